@@ -1,0 +1,20 @@
+"""CIFAR-10 models: MSViT 4-384 and the QKFormer HST-4-384 baseline, built from `cifar10.yml`.
+
+    python model.py                          # the configured model and its size
+    python model.py --model qkformer_cifar_4_384   # another suitable model
+"""
+from pathlib import Path
+
+from msvit.zoo import create_dataset_model, describe_dataset_model
+
+CONFIG = Path(__file__).with_name("cifar10.yml")
+VARIANTS = ("msvit_cifar_4_384", "qkformer_cifar_4_384")
+
+
+def create_model(cfg=None, **overrides):
+    """The configured model; `cfg` is a resolved config dict (default: `cifar10.yml`)."""
+    return create_dataset_model(CONFIG if cfg is None else cfg, VARIANTS, **overrides)
+
+
+if __name__ == "__main__":
+    describe_dataset_model(CONFIG, VARIANTS)

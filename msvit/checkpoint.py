@@ -1,0 +1,113 @@
+"""Load our checkpoints and the authors' (MSViT / QKFormer releases) into the models of this package."""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+from typing import Any, Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = ["CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "extract_state_dict",
+           "to_native_keys"]
+
+# Where a state_dict sits inside a checkpoint dict, in order of preference.
+_MODEL_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema")
+_EMA_KEYS = ("model_ema", "state_dict_ema")
+# The authors' attribute names -> ours (applied to dotted key segments).
+_RENAMES = ((re.compile(r"\.(tssa|ssa)\."), ".attn."),
+            (re.compile(r"\.mlp\.mlp([12])_"), r".mlp.fc\1_"))
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read, or whose tensors do not fit the model."""
+
+
+class LoadResult(NamedTuple):
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """`torch.load` with `weights_only=True`, allowing the `argparse.Namespace` the authors store as `args`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    allow = getattr(torch.serialization, "safe_globals", None)
+    try:
+        if allow is None:  # torch < 2.4 has no allow-list context
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with allow([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def extract_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Unwrap `model` / `state_dict` / `state_dict_ema` (or EMA first with `use_ema`), strip `module.`."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
+    state = checkpoint
+    if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        keys = (_EMA_KEYS + _MODEL_KEYS) if use_ema else _MODEL_KEYS
+        found = next((k for k in keys if isinstance(checkpoint.get(k), Mapping)), None)
+        if found is None:
+            raise CheckpointError(f"no state_dict in checkpoint: expected one of {', '.join(keys)} "
+                                  f"among its keys ({', '.join(map(str, list(checkpoint)[:8]))})")
+        state = checkpoint[found]
+    out = {}
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def to_native_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the authors' attribute names (`tssa`, `ssa`, `mlp1_conv`, ...) to this package's."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _RENAMES:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+def _listing(label: str, keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"{len(keys)} {label} ({shown})"
+
+
+def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[str, Any],
+                    strict: bool = True, use_ema: bool = False) -> LoadResult:
+    """Load a checkpoint file or dict into `model`, in any of the supported layouts.
+
+    Accepts our checkpoints, the authors' (wrapped under `state_dict`, `model` or `state_dict_ema`,
+    with or without `module.` prefixes, with their attribute names) and bare state_dicts.
+    With `strict=True` any missing, unexpected or mis-shaped key raises `CheckpointError` naming them;
+    with `strict=False` the fitting tensors are loaded and the rest reported in the result.
+    """
+    checkpoint = path_or_dict if isinstance(path_or_dict, Mapping) else read_checkpoint(path_or_dict)
+    state = to_native_keys(extract_state_dict(checkpoint, use_ema))
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in target if k in state and state[k].shape != target[k].shape]
+    if strict and (missing or unexpected or mismatched):
+        parts = [_listing(label, keys) for label, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected),
+                  ("shape mismatches", mismatched)) if keys]
+        name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        raise CheckpointError(f"checkpoint does not fit {name}: {'; '.join(parts)}. Check the model "
+                              f"name and its num_classes/mlp_ratio/embed_dim, or load with strict=False")
+    fitting = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    model.load_state_dict(fitting, strict=False)
+    return LoadResult(missing, unexpected, mismatched)

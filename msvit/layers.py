@@ -1,0 +1,248 @@
+"""Building blocks of the hierarchical spiking transformers (MSViT and QKFormer).
+
+Every module takes and returns `[T, B, C, H, W]`. Convolutions and batch norms
+run on the `[T*B, ...]` view; neurons integrate along the leading T axis.
+Attribute names follow the authors' releases (`proj_conv`, `q_bn`, ...), so
+their checkpoints load with few renames (see `msvit.checkpoint`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .neurons import LIF
+
+__all__ = ["PatchEmbed", "TokenAttention", "SpikingSelfAttention", "MLP", "Block", "DropPath",
+           "SSA_SCALE"]
+
+# SSA multiplies Q(K^T V) by this fixed constant in both releases, whatever the head width.
+SSA_SCALE = 0.125
+
+
+def _bt(x: torch.Tensor) -> torch.Tensor:
+    """[T, B, ...] -> [T*B, ...]"""
+    return x.flatten(0, 1)
+
+
+def _tb(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[T*B, ...] -> [T, B, ...]"""
+    return x.reshape(T, x.shape[0] // T, *x.shape[1:])
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on `[T, B, ...]` tensors: one keep/drop draw per sample, shared by all time steps."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask_shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+        mask = x.new_empty(mask_shape).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class PatchEmbed(nn.Module):
+    """Spiking patch embedding with a deformed shortcut (QKFormer's SPEDS), configured by layer specs.
+
+    `layers` is a sequence of `(name, in_channels, out_channels, max_pool)`: each is a bias-free
+    3x3 conv `{name}_conv`, a batch norm `{name}_bn`, an optional 3x3/2 max-pool and a LIF.
+    The shortcut is a bias-free 1x1 conv `proj_res_conv` with stride `shortcut_stride`, a batch norm
+    and a LIF, applied to the output of layer `shortcut_from` (-1: the module input). The module
+    returns main path + shortcut, two spike tensors, so its output holds counts 0, 1 or 2.
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, int, int, bool]], shortcut_from: int,
+                 shortcut_stride: int, neuron_backend: str = "auto") -> None:
+        super().__init__()
+        self.names = [name for name, *_ in layers]
+        self.pooled = [pool for *_, pool in layers]
+        for name, c_in, c_out, _ in layers:
+            self.add_module(f"{name}_conv", nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
+            self.add_module(f"{name}_bn", nn.BatchNorm2d(c_out))
+            self.add_module(f"{name}_lif", LIF(backend=neuron_backend))
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.shortcut_from = shortcut_from
+        res_in = layers[0][1] if shortcut_from == -1 else layers[shortcut_from][2]
+        self.proj_res_conv = nn.Conv2d(res_in, layers[-1][2], 1, shortcut_stride, bias=False)
+        self.proj_res_bn = nn.BatchNorm2d(layers[-1][2])
+        self.proj_res_lif = LIF(backend=neuron_backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        tap = x
+        for i, (name, pooled) in enumerate(zip(self.names, self.pooled)):
+            y = getattr(self, f"{name}_bn")(getattr(self, f"{name}_conv")(_bt(x)))
+            if pooled:
+                y = self.pool(y)
+            x = getattr(self, f"{name}_lif")(_tb(y, T))
+            if i == self.shortcut_from:
+                tap = x
+        shortcut = self.proj_res_bn(self.proj_res_conv(_bt(tap)))
+        return x + self.proj_res_lif(_tb(shortcut, T))
+
+
+def cifar_stem(in_chans: int, width: int, backend: str) -> PatchEmbed:
+    """32x32 -> 32x32: conv in->w/2, conv w/2->w; shortcut 1x1 from the first layer."""
+    return PatchEmbed([("proj", in_chans, width // 2, False), ("proj1", width // 2, width, False)],
+                      shortcut_from=0, shortcut_stride=1, neuron_backend=backend)
+
+
+def cifar_downsample(c_in: int, c_out: int, backend: str) -> PatchEmbed:
+    """Halves H and W: conv, then conv + max-pool; shortcut 1x1/2 from the input."""
+    return PatchEmbed([("proj3", c_in, c_out, False), ("proj4", c_out, c_out, True)],
+                      shortcut_from=-1, shortcut_stride=2, neuron_backend=backend)
+
+
+def imagenet_stem(in_chans: int, width: int, backend: str) -> PatchEmbed:
+    """224 -> 56: conv + pool, conv + pool, conv; shortcut 1x1/2 from the first layer."""
+    return PatchEmbed([("proj", in_chans, width // 2, True), ("proj1", width // 2, width, True),
+                       ("proj2", width, width, False)],
+                      shortcut_from=0, shortcut_stride=2, neuron_backend=backend)
+
+
+def imagenet_downsample(c_in: int, c_out: int, backend: str) -> PatchEmbed:
+    """Halves H and W: conv + max-pool, conv; shortcut 1x1/2 from the input."""
+    return PatchEmbed([("proj3", c_in, c_out, True), ("proj4", c_out, c_out, False)],
+                      shortcut_from=-1, shortcut_stride=2, neuron_backend=backend)
+
+
+def dvs_stem(in_chans: int, width: int, backend: str) -> PatchEmbed:
+    """128 -> 16: four convs (the last three pooled); shortcut 1x1/4 from the second layer."""
+    return PatchEmbed([("proj", in_chans, width // 8, False), ("proj1", width // 8, width // 4, True),
+                       ("proj2", width // 4, width // 2, True), ("proj3", width // 2, width, True)],
+                      shortcut_from=1, shortcut_stride=4, neuron_backend=backend)
+
+
+def dvs_downsample(c_in: int, c_out: int, backend: str) -> PatchEmbed:
+    """Halves H and W: conv, then conv + max-pool; shortcut 1x1/2 from the input."""
+    return PatchEmbed([("proj", c_in, c_out, False), ("proj4", c_out, c_out, True)],
+                      shortcut_from=-1, shortcut_stride=2, neuron_backend=backend)
+
+
+STEMS = {"cifar": (cifar_stem, cifar_downsample),
+         "imagenet": (imagenet_stem, imagenet_downsample),
+         "dvs": (dvs_stem, dvs_downsample)}
+
+
+class _AttentionBase(nn.Module):
+    """Shared parts: the spiking branches named `{b}_conv/{b}_bn/{b}_lif` and the output projection."""
+
+    def __init__(self, dim: int, num_heads: int, branches: dict[str, int], attn_threshold: float,
+                 backend: str) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
+        self.dim, self.num_heads = dim, num_heads
+        self.branches = tuple(branches)
+        for name, kernel in branches.items():
+            self.add_module(f"{name}_conv", nn.Conv1d(dim, dim, kernel, padding=kernel // 2, bias=False))
+            self.add_module(f"{name}_bn", nn.BatchNorm1d(dim))
+            self.add_module(f"{name}_lif", LIF(backend=backend))
+        self.attn_lif = LIF(v_threshold=attn_threshold, backend=backend)
+        self.proj_conv = nn.Conv1d(dim, dim, 1)
+        self.proj_bn = nn.BatchNorm1d(dim)
+        self.proj_lif = LIF(backend=backend)
+
+    def branch(self, name: str, tokens: torch.Tensor, T: int) -> torch.Tensor:
+        """Spikes `[T, B, C, N]` of branch `name` on `tokens` `[T*B, C, N]`."""
+        y = getattr(self, f"{name}_bn")(getattr(self, f"{name}_conv")(tokens))
+        return getattr(self, f"{name}_lif")(_tb(y, T))
+
+    def project(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Output projection of `[T, B, C, N]` back to `shape` `[T, B, C, H, W]`."""
+        y = self.proj_bn(self.proj_conv(_bt(x)))
+        return self.proj_lif(_tb(y, shape[0])).reshape(shape)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, C, N] -> [T, B, heads, C/heads, N] (heads take contiguous channel groups)."""
+        T, B, C, N = x.shape
+        return x.reshape(T, B, self.num_heads, C // self.num_heads, N)
+
+
+class TokenAttention(_AttentionBase):
+    """QK token attention (QKTA, QKFormer) or, with `multi_scale=True`, MSViT's MSSA.
+
+    Per head and token the Q spikes are counted over the head's channels; MSSA adds the count of
+    a third branch P, a kernel-3 Conv1d along the raster token sequence (receptive fields 1 and 3
+    fused before one neuron). The attention neuron turns the count into a binary mask
+    `[T, B, heads, 1, N]` that gates K; no softmax, no scaling, no V.
+    """
+
+    def __init__(self, dim: int, num_heads: int, attn_threshold: float, multi_scale: bool,
+                 neuron_backend: str = "auto") -> None:
+        branches = {"q": 1, "k": 1, **({"p": 3} if multi_scale else {})}
+        super().__init__(dim, num_heads, branches, attn_threshold, neuron_backend)
+        self.multi_scale = multi_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        tokens = _bt(x.flatten(3))  # [T*B, C, N]
+        count = self.split_heads(self.branch("q", tokens, T)).sum(3, keepdim=True)
+        if self.multi_scale:
+            count = count + self.split_heads(self.branch("p", tokens, T)).sum(3, keepdim=True)
+        mask = self.attn_lif(count)  # [T, B, heads, 1, N]
+        k = self.split_heads(self.branch("k", tokens, T))
+        return self.project((mask * k).flatten(2, 3), x.shape)
+
+    def extra_repr(self) -> str:
+        return f"{'MSSA' if self.multi_scale else 'QKTA'}, heads={self.num_heads}"
+
+
+class SpikingSelfAttention(_AttentionBase):
+    """Spikformer's SSA: LIF(Q (K^T V) * 0.125) per head, then the output projection."""
+
+    def __init__(self, dim: int, num_heads: int, attn_threshold: float,
+                 neuron_backend: str = "auto") -> None:
+        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neuron_backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        tokens = _bt(x.flatten(3))
+        q, k, v = (self.split_heads(self.branch(b, tokens, T)) for b in ("q", "k", "v"))
+        # [T, B, h, d, N]: K^T V is k @ v^T over tokens, then Q (K^T V) per token
+        kv = k @ v.transpose(-1, -2)  # [T, B, h, d, d]
+        attn = kv.transpose(-1, -2) @ q  # [T, B, h, d, N]
+        out = self.attn_lif(attn * SSA_SCALE)
+        return self.project(out.flatten(2, 3), x.shape)
+
+
+class MLP(nn.Module):
+    """1x1 Conv2d (with bias), BN, LIF, twice: C -> ratio*C -> C."""
+
+    def __init__(self, dim: int, hidden: int, neuron_backend: str = "auto") -> None:
+        super().__init__()
+        self.fc1_conv = nn.Conv2d(dim, hidden, 1)
+        self.fc1_bn = nn.BatchNorm2d(hidden)
+        self.fc1_lif = LIF(backend=neuron_backend)
+        self.fc2_conv = nn.Conv2d(hidden, dim, 1)
+        self.fc2_bn = nn.BatchNorm2d(dim)
+        self.fc2_lif = LIF(backend=neuron_backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        x = self.fc1_lif(_tb(self.fc1_bn(self.fc1_conv(_bt(x))), T))
+        return self.fc2_lif(_tb(self.fc2_bn(self.fc2_conv(_bt(x))), T))
+
+
+class Block(nn.Module):
+    """x + attn(x), then x + mlp(x); both branches end in a neuron, so x carries small counts."""
+
+    def __init__(self, attn: nn.Module, dim: int, mlp_ratio: float, drop_path: float = 0.0,
+                 neuron_backend: str = "auto") -> None:
+        super().__init__()
+        self.attn = attn
+        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron_backend)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(x))
+        return x + self.drop_path(self.mlp(x))

@@ -1,0 +1,229 @@
+"""MSViT and QKFormer: one hierarchical spiking transformer, configured per family, registered with timm.
+
+After `import msvit`, `timm.create_model('msvit_10_384', T=4, num_classes=1000)` builds a model.
+Smaller members of a family come from `embed_dim`, `depths`, `num_heads` and `img_size`.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .layers import STEMS, Block, SpikingSelfAttention, TokenAttention
+from .neurons import reset_neurons, validate_backend
+
+__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "count_parameters"]
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+class SpikingTransformer(nn.Module):
+    """Stem, then stages of spiking blocks separated by downsampling patch embeddings, then a linear head.
+
+    All stages but the last use token attention (`token_attention='mssa'` for MSViT, `'qkta'` for
+    QKFormer); the last uses spiking self-attention. Stage widths are `embed_dim * width_ratios`.
+    Input: `[B, C, H, W]` images (repeated over `T` time steps) or `[B, T, C, H, W]` event frames.
+    Every forward starts and ends with all neurons at rest, so calls are independent.
+    """
+
+    def __init__(self, *, stem: str, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
+                 T: int = 4, embed_dim: int = 384, depths: Sequence[int] = (1, 2, 7),
+                 num_heads: int = 6, mlp_ratio: float = 4.0,
+                 width_ratios: Sequence[float] = (0.5, 0.5, 1.0), token_attention: str = "mssa",
+                 attn_threshold: float = 1.0, drop_path_rate: float = 0.0,
+                 neuron_backend: str = "auto") -> None:
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+        if token_attention not in ("mssa", "qkta"):
+            raise ValueError(f"unknown token_attention {token_attention!r}; choose 'mssa' or 'qkta'")
+        if len(depths) != len(width_ratios) or len(depths) < 2:
+            raise ValueError(f"depths {tuple(depths)} and width_ratios {tuple(width_ratios)} must "
+                             f"have the same length, at least 2")
+        validate_backend(neuron_backend)
+        self.config = dict(stem=stem, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+                           T=T, embed_dim=embed_dim, depths=tuple(depths), num_heads=num_heads,
+                           mlp_ratio=mlp_ratio, width_ratios=tuple(width_ratios),
+                           token_attention=token_attention, attn_threshold=attn_threshold,
+                           drop_path_rate=drop_path_rate, neuron_backend=neuron_backend)
+        self.T, self.num_classes, self.img_size, self.in_chans = T, num_classes, img_size, in_chans
+        self.dims = [int(embed_dim * r) for r in width_ratios]
+        self.num_features = self.dims[-1]
+
+        make_stem, make_downsample = STEMS[stem]
+        drop_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        for i, (dim, depth) in enumerate(zip(self.dims, depths)):
+            embed = (make_stem(in_chans, dim, neuron_backend) if i == 0
+                     else make_downsample(self.dims[i - 1], dim, neuron_backend))
+            last = i == len(depths) - 1
+            blocks = []
+            for j in range(depth):
+                if last:
+                    attn = SpikingSelfAttention(dim, num_heads, attn_threshold, neuron_backend)
+                else:
+                    attn = TokenAttention(dim, num_heads, attn_threshold,
+                                          token_attention == "mssa", neuron_backend)
+                blocks.append(Block(attn, dim, mlp_ratio, drop_rates[sum(depths[:i]) + j],
+                                    neuron_backend))
+            self.add_module(f"patch_embed{i + 1}", embed)
+            self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
+        self.num_stages = len(depths)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def time_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `[B, C, H, W]` -> `[T, B, C, H, W]` (direct encoding); frames `[B, T, ...]` -> `[T, B, ...]`."""
+        if x.dim() == 4:
+            return x.unsqueeze(0).expand(self.T, *x.shape)
+        if x.dim() == 5:
+            return x.transpose(0, 1)
+        raise ValueError(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got shape {tuple(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`[T, B, C, H, W]` input -> last stage output `[T, B, C', H', W']`."""
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"stage{i}")(getattr(self, f"patch_embed{i}")(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(3).mean(3).mean(0)  # average over tokens, then over time
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reset_neurons(self)
+        try:
+            return self.forward_head(self.forward_features(self.time_major(x)))
+        finally:
+            reset_neurons(self)  # no membrane state (or graph) outlives the call
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.config["num_classes"] = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (BN running statistics are buffers and not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+_MSVIT = dict(token_attention="mssa", attn_threshold=1.0)   # the release drops the 0.5 it is given
+_QKFORMER = dict(token_attention="qkta", attn_threshold=0.5)
+_CIFAR = dict(stem="cifar", img_size=32, in_chans=3, num_classes=10, T=4, embed_dim=384,
+              depths=(1, 1, 2), num_heads=8, mlp_ratio=4.0)
+_IMAGENET = dict(stem="imagenet", img_size=224, in_chans=3, num_classes=1000, T=4, depths=(1, 2, 7))
+# DVS defaults are the DVS128 Gesture model (11 classes, mlp 4); CIFAR10-DVS uses num_classes=10, mlp_ratio=1.
+_DVS = dict(stem="dvs", img_size=128, in_chans=2, num_classes=11, T=16, embed_dim=256, depths=(1, 1),
+            num_heads=16, mlp_ratio=4.0, width_ratios=(0.5, 1.0), attn_threshold=0.5)
+_MSVIT_WIDTHS = dict(width_ratios=(0.5, 0.5, 1.0))      # the second downsample keeps the width
+_QKFORMER_WIDTHS = dict(width_ratios=(0.25, 0.5, 1.0))  # every downsample doubles it
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "msvit_cifar_4_384": {**_CIFAR, **_MSVIT, **_MSVIT_WIDTHS},
+    "msvit_10_384": {**_IMAGENET, **_MSVIT, **_MSVIT_WIDTHS, "embed_dim": 384, "num_heads": 6},
+    "msvit_10_512": {**_IMAGENET, **_MSVIT, **_MSVIT_WIDTHS, "embed_dim": 512, "num_heads": 8},
+    "msvit_10_768": {**_IMAGENET, **_MSVIT, **_MSVIT_WIDTHS, "embed_dim": 768, "num_heads": 12},
+    "msvit_dvs_2_256": {**_DVS, "token_attention": "mssa"},
+    "qkformer_cifar_4_384": {**_CIFAR, **_QKFORMER, **_QKFORMER_WIDTHS},
+    "qkformer_10_384": {**_IMAGENET, **_QKFORMER, **_QKFORMER_WIDTHS, "embed_dim": 384, "num_heads": 6},
+    "qkformer_10_512": {**_IMAGENET, **_QKFORMER, **_QKFORMER_WIDTHS, "embed_dim": 512, "num_heads": 8},
+    "qkformer_10_768": {**_IMAGENET, **_QKFORMER, **_QKFORMER_WIDTHS, "embed_dim": 768, "num_heads": 12},
+    "qkformer_dvs_2_256": {**_DVS, "token_attention": "qkta"},
+}
+MODEL_NAMES = tuple(ARCHS)
+
+
+def _pretrained_cfg(arch: dict[str, Any]) -> dict[str, Any]:
+    size = arch["img_size"]
+    if arch["stem"] == "cifar":
+        norm = dict(mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0, interpolation="bilinear")
+    elif arch["stem"] == "imagenet":
+        norm = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875,
+                    interpolation="bicubic")
+    else:  # raw event counts: no normalisation
+        norm = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, interpolation="nearest")
+    return dict(url="", input_size=(arch["in_chans"], size, size), num_classes=arch["num_classes"],
+                classifier="head", first_conv="patch_embed1.proj_conv", license="mit", **norm)
+
+
+default_cfgs = generate_default_cfgs({name: _pretrained_cfg(arch) for name, arch in ARCHS.items()})
+_BUILDER_TAKES_CACHE_DIR = "cache_dir" in inspect.signature(build_model_with_cfg).parameters
+
+
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> SpikingTransformer:
+    if not _BUILDER_TAKES_CACHE_DIR:
+        kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
+    model_kwargs = {**ARCHS[variant], **kwargs}
+    model = build_model_with_cfg(SpikingTransformer, variant, pretrained, **model_kwargs)
+    # keep the config in step with what was actually built (e.g. num_classes=100, img_size=64)
+    model.pretrained_cfg.update(num_classes=model.num_classes,
+                                input_size=(model.in_chans, model.img_size, model.img_size))
+    return model
+
+
+@register_model
+def msvit_cifar_4_384(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """MSViT 4-384 for CIFAR-10/100 (7,558,762 parameters at 10 classes)."""
+    return _create("msvit_cifar_4_384", pretrained, **kwargs)
+
+
+@register_model
+def msvit_10_384(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """MSViT-10-384 for ImageNet-1K (17.69M parameters, 80.09% published)."""
+    return _create("msvit_10_384", pretrained, **kwargs)
+
+
+@register_model
+def msvit_10_512(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """MSViT-10-512 for ImageNet-1K (31.23M parameters, 82.96% published)."""
+    return _create("msvit_10_512", pretrained, **kwargs)
+
+
+@register_model
+def msvit_10_768(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """MSViT-10-768 for ImageNet-1K (69.80M parameters, 85.06% published)."""
+    return _create("msvit_10_768", pretrained, **kwargs)
+
+
+@register_model
+def msvit_dvs_2_256(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """MSViT 2-256 for DVS128 Gesture (default) and CIFAR10-DVS (num_classes=10, mlp_ratio=1)."""
+    return _create("msvit_dvs_2_256", pretrained, **kwargs)
+
+
+@register_model
+def qkformer_cifar_4_384(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """QKFormer HST-4-384 for CIFAR-10/100 (6,706,234 parameters at 10 classes)."""
+    return _create("qkformer_cifar_4_384", pretrained, **kwargs)
+
+
+@register_model
+def qkformer_10_384(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """QKFormer HST-10-384 for ImageNet-1K (16.47M parameters, 78.80% published)."""
+    return _create("qkformer_10_384", pretrained, **kwargs)
+
+
+@register_model
+def qkformer_10_512(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """QKFormer HST-10-512 for ImageNet-1K (29.08M parameters, 82.04% published)."""
+    return _create("qkformer_10_512", pretrained, **kwargs)
+
+
+@register_model
+def qkformer_10_768(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """QKFormer HST-10-768 for ImageNet-1K (64.96M parameters, 84.22% published)."""
+    return _create("qkformer_10_768", pretrained, **kwargs)
+
+
+@register_model
+def qkformer_dvs_2_256(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
+    """QKFormer HST-2-256 for DVS128 Gesture (default) and CIFAR10-DVS (num_classes=10, mlp_ratio=1)."""
+    return _create("qkformer_dvs_2_256", pretrained, **kwargs)

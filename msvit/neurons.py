@@ -1,0 +1,113 @@
+"""Spiking neurons: spikingjelly's multi-step LIF with an automatic CuPy/torch backend choice.
+
+Every neuron in MSViT and QKFormer is the same leaky integrate-and-fire unit
+(tau 2, hard reset to 0, detached reset, sigmoid surrogate with alpha 4); only
+the threshold differs. The CuPy kernel of spikingjelly 0.0.0.0.14 fuses the
+loop over time on the GPU; the torch backend runs everywhere.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from torch import nn
+from spikingjelly.clock_driven import neuron as sj_neuron
+from spikingjelly.clock_driven import surrogate
+from spikingjelly.clock_driven.base import MemoryModule
+
+__all__ = ["LIF", "BACKENDS", "cupy_unavailable_reason", "reset_neurons", "set_neuron_backend"]
+
+BACKENDS = ("auto", "cupy", "torch")
+TAU = 2.0
+V_RESET = 0.0
+SURROGATE_ALPHA = 4.0
+
+_log = logging.getLogger("msvit")
+_announced: set[str] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def cupy_unavailable_reason() -> str | None:
+    """Why the CuPy backend cannot run here, or None when it can.
+
+    spikingjelly swallows CuPy's import error and only says "not installed";
+    this imports CuPy itself so the real error reaches the user.
+    """
+    if not torch.cuda.is_available():
+        return "no CUDA device is available to torch"
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # any import failure: missing wheel, CUDA mismatch, ...
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return (f"cupy could not be imported ({detail}); install the wheel matching torch's CUDA "
+                f"build (torch {torch.version.cuda}): cupy-cuda12x or cupy-cuda13x")
+    if sj_neuron.neuron_kernel is None:
+        return "spikingjelly failed to load its CuPy kernels (spikingjelly.clock_driven.neuron_kernel)"
+    return None
+
+
+def _announce(backend: str, why: str) -> None:
+    if backend not in _announced:
+        _announced.add(backend)
+        _log.info("LIF neurons use the %s backend (%s)", backend, why)
+
+
+class LIF(sj_neuron.MultiStepLIFNode):
+    """Multi-step LIF neuron on `[T, ...]` input with the backend chosen per call.
+
+    `backend='auto'` runs the CuPy kernel for CUDA tensors when CuPy works and the
+    torch reference otherwise; `'cupy'` fails here, at construction, with the reason
+    when it cannot work; `'torch'` always uses the reference implementation.
+    """
+
+    def __init__(self, v_threshold: float = 1.0, backend: str = "auto") -> None:
+        super().__init__(tau=TAU, decay_input=True, v_threshold=v_threshold, v_reset=V_RESET,
+                         surrogate_function=surrogate.Sigmoid(alpha=SURROGATE_ALPHA, spiking=True),
+                         detach_reset=True, backend="torch")
+        self.requested_backend = validate_backend(backend)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        self.backend = self._resolve(x_seq)
+        return super().forward(x_seq)
+
+    def _resolve(self, x: torch.Tensor) -> str:
+        if self.requested_backend != "auto":
+            return self.requested_backend
+        if x.is_cuda and cupy_unavailable_reason() is None:
+            _announce("cupy", "auto: CUDA input and CuPy available")
+            return "cupy"
+        reason = "CPU input" if not x.is_cuda else cupy_unavailable_reason()
+        _announce("torch", f"auto: {reason}")
+        return "torch"
+
+    def extra_repr(self) -> str:
+        return f"v_threshold={self.v_threshold}, tau={self.tau}, backend={self.requested_backend}"
+
+
+def validate_backend(backend: str) -> str:
+    """Check a backend name, and that CuPy can run when it is asked for explicitly."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "cupy":
+        reason = cupy_unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"neuron backend 'cupy' cannot run: {reason}. "
+                               f"Use neuron_backend='auto' or 'torch'.")
+    return backend
+
+
+def set_neuron_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Switch every LIF neuron of `model` to `backend` ('auto', 'cupy' or 'torch')."""
+    backend = validate_backend(backend)
+    for m in model.modules():
+        if isinstance(m, LIF):
+            m.requested_backend = backend
+    return model
+
+
+def reset_neurons(model: nn.Module) -> None:
+    """Return every stateful spiking module of `model` to its initial (zero) membrane state."""
+    for m in model.modules():
+        if isinstance(m, MemoryModule):
+            m.reset()

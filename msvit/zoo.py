@@ -1,0 +1,107 @@
+"""The model zoo: which model suits which dataset, the published figures, and `python -m msvit.zoo`,
+which builds every model and prints its parameter table."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import timm
+from torch import nn
+
+from .errors import ConfigError, cli_entry
+from .models import count_parameters
+
+__all__ = ["ZooEntry", "ZOO", "create_dataset_model", "describe_dataset_model", "main"]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    model: str
+    dataset: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    published_params: str = ""
+    published_top1: float | None = None  # %, from the papers (MSViT's non-ImageNet rows via an aggregator)
+
+
+ZOO: tuple[ZooEntry, ...] = (
+    ZooEntry("msvit_cifar_4_384", "cifar10", dict(num_classes=10), "", 96.53),
+    ZooEntry("msvit_cifar_4_384", "cifar100", dict(num_classes=100), "", 81.98),
+    ZooEntry("msvit_10_384", "imagenet", {}, "17.69M", 80.09),
+    ZooEntry("msvit_10_512", "imagenet", {}, "30.23M", 82.96),
+    ZooEntry("msvit_10_768", "imagenet", {}, "69.80M", 85.06),
+    ZooEntry("msvit_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "", 84.0),
+    ZooEntry("msvit_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "", 98.8),
+    ZooEntry("qkformer_cifar_4_384", "cifar10", dict(num_classes=10), "6.74M", 96.18),
+    ZooEntry("qkformer_cifar_4_384", "cifar100", dict(num_classes=100), "6.74M", 81.15),
+    ZooEntry("qkformer_10_384", "imagenet", {}, "16.47M", 78.80),
+    ZooEntry("qkformer_10_512", "imagenet", {}, "29.08M", 82.04),
+    ZooEntry("qkformer_10_768", "imagenet", {}, "64.96M", 84.22),
+    ZooEntry("qkformer_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "1.50M", 84.0),
+    ZooEntry("qkformer_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "1.50M", 98.6),
+)
+
+
+def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[str],
+                         **overrides: Any) -> nn.Module:
+    """Build the configured model (`cfg`: a resolved config or a YAML path), checking it is one of
+    the `variants` that suit the dataset; `overrides` go to the model on top of the config."""
+    from .config import model_kwargs, parse_args
+
+    if not isinstance(cfg, dict):
+        cfg = parse_args([], cfg)
+    name = cfg.get("model")
+    if name not in variants:
+        raise ConfigError(f"model {name!r} does not suit dataset {cfg.get('dataset')!r}; "
+                          f"choose one of {', '.join(variants)}")
+    return timm.create_model(name, **{**model_kwargs(cfg), **overrides})
+
+
+@cli_entry
+def describe_dataset_model(config: str | Path, variants: Sequence[str],
+                           argv: Sequence[str] | None = None) -> None:
+    """`python <dataset>/model.py [--key value ...]`: build the configured model and print its size."""
+    from .config import parse_args
+
+    cfg = parse_args(list(sys.argv[1:] if argv is None else argv), config)
+    model = create_dataset_model(cfg, variants)
+    print(f"{cfg['model']} for {cfg['dataset']}: {count_parameters(model):,} parameters, "
+          f"input {model.pretrained_cfg['input_size']}, T={model.T}, {model.num_classes} classes "
+          f"(suitable models: {', '.join(variants)})")
+
+
+def parameter_table(entries: Sequence[ZooEntry] = ZOO) -> list[dict[str, Any]]:
+    """Build each model and return its measured parameter count next to the published figures."""
+    rows = []
+    for entry in entries:
+        start = time.perf_counter()
+        model = timm.create_model(entry.model, **entry.kwargs)
+        cfg = model.pretrained_cfg
+        rows.append(dict(model=entry.model, dataset=entry.dataset, classes=model.num_classes,
+                         input="x".join(map(str, cfg["input_size"])), T=model.T,
+                         params=count_parameters(model), published_params=entry.published_params,
+                         published_top1=entry.published_top1,
+                         build_s=time.perf_counter() - start))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build every MSViT/QKFormer model and print its parameters.")
+    parser.add_argument("--model", nargs="*", help="only these model names")
+    args = parser.parse_args(argv)
+    entries = [e for e in ZOO if not args.model or e.model in args.model]
+    header = f"{'model':22} {'dataset':15} {'classes':>7} {'input':>10} {'T':>3} {'params':>12} " \
+             f"{'paper':>7} {'top-1 (paper)':>13}"
+    print(header)
+    print("-" * len(header))
+    for row in parameter_table(entries):
+        top1 = f"{row['published_top1']:.2f}" if row["published_top1"] is not None else "-"
+        print(f"{row['model']:22} {row['dataset']:15} {row['classes']:>7} {row['input']:>10} {row['T']:>3} "
+              f"{row['params']:>12,} {row['published_params'] or '-':>7} {top1:>13}")
+
+
+if __name__ == "__main__":
+    main()

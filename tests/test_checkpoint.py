@@ -1,0 +1,137 @@
+"""Loading the authors' checkpoint layouts (tests/data/keys/*.tsv: their exact state_dict names and
+shapes) and our own, and clear errors for checkpoints that do not fit."""
+import argparse
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import msvit
+from msvit import CheckpointError, load_checkpoint
+
+KEYS = Path(__file__).parent / "data" / "keys"
+# key file -> the model (and arguments) it belongs to
+UPSTREAM = {
+    "upstream_msvit_cifar10": ("msvit_cifar_4_384", {}),
+    "upstream_msvit_10_384": ("msvit_10_384", {}),
+    "upstream_msvit_10_512": ("msvit_10_512", {}),
+    "upstream_msvit_10_768": ("msvit_10_768", {}),
+    "upstream_qkformer_cifar10": ("qkformer_cifar_4_384", {}),
+    "upstream_qkformer_cifar100": ("qkformer_cifar_4_384", dict(num_classes=100)),
+    "upstream_qkformer_10_384": ("qkformer_10_384", {}),
+    "upstream_qkformer_10_512": ("qkformer_10_512", {}),
+    "upstream_qkformer_10_768": ("qkformer_10_768", {}),
+    "upstream_qkformer_cifar10dvs": ("qkformer_dvs_2_256", dict(num_classes=10, mlp_ratio=1)),
+    "upstream_qkformer_dvs128": ("qkformer_dvs_2_256", dict(num_classes=11, mlp_ratio=4)),
+}
+
+
+def synthesize(key_file: str) -> dict[str, torch.Tensor]:
+    """A state_dict with exactly the names and shapes of an authors' release, filled with random values."""
+    state = {}
+    gen = torch.Generator().manual_seed(0)
+    for line in (KEYS / f"{key_file}.tsv").read_text().splitlines():
+        name, shape = line.split("\t")
+        dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(7)
+        else:
+            state[name] = torch.rand(dims, generator=gen)
+    return state
+
+
+def test_key_files_cover_every_release():
+    assert sorted(p.stem for p in KEYS.glob("*.tsv")) == sorted(UPSTREAM)
+
+
+@pytest.mark.parametrize("key_file", sorted(UPSTREAM))
+def test_authors_state_dict_loads_strictly(key_file):
+    name, kwargs = UPSTREAM[key_file]
+    model = timm.create_model(name, **kwargs)
+    upstream = synthesize(key_file)
+    result = load_checkpoint(model, {"model": upstream}, strict=True)
+    assert result.missing == [] and result.unexpected == [] and result.mismatched == []
+    ours = model.state_dict()
+    assert len(ours) == len(upstream)
+    renamed = {k.replace(".tssa.", ".attn.").replace(".ssa.", ".attn.")
+               .replace(".mlp1_", ".fc1_").replace(".mlp2_", ".fc2_"): v for k, v in upstream.items()}
+    for key, value in renamed.items():
+        assert torch.equal(ours[key], value), key
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "model", "state_dict_ema", "bare"])
+def test_authors_checkpoint_files_with_namespace_args(tmp_path, wrapper):
+    upstream = synthesize("upstream_qkformer_cifar10")
+    upstream = {f"module.{k}": v for k, v in upstream.items()}  # as saved from a DDP model
+    payload = upstream if wrapper == "bare" else {
+        wrapper: upstream, "epoch": 395, "arch": "QKFormer", "optimizer": {},
+        "args": argparse.Namespace(lr=1e-3, model="QKFormer", mean=(0.4914,), amp=True)}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(payload, path)
+    model = timm.create_model("qkformer_cifar_4_384")
+    load_checkpoint(model, path)
+    assert torch.equal(model.stage1[0].attn.q_conv.weight, upstream["module.stage1.0.tssa.q_conv.weight"])
+    assert torch.equal(model.stage3[1].mlp.fc2_bn.running_var,
+                       upstream["module.stage3.1.mlp.mlp2_bn.running_var"])
+
+
+def test_ema_weights_are_chosen_on_request():
+    model = timm.create_model("qkformer_dvs_2_256", num_classes=10, mlp_ratio=1)
+    regular, ema = synthesize("upstream_qkformer_cifar10dvs"), synthesize("upstream_qkformer_cifar10dvs")
+    ema["head.bias"] = torch.full((10,), 3.0)
+    load_checkpoint(model, {"state_dict": regular, "state_dict_ema": ema})
+    assert torch.equal(model.head.bias, regular["head.bias"])
+    load_checkpoint(model, {"state_dict": regular, "state_dict_ema": ema}, use_ema=True)
+    assert torch.equal(model.head.bias, ema["head.bias"])
+
+
+def test_wrong_checkpoint_lists_missing_unexpected_and_mismatched_keys():
+    model = timm.create_model("msvit_cifar_4_384")  # MSViT needs p_conv; QKFormer's file has none
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model, {"state_dict": synthesize("upstream_qkformer_cifar100")})
+    message = str(info.value)
+    assert "does not fit msvit_cifar_4_384" in message
+    assert "missing keys" in message and "stage1.0.attn.p_conv.weight" in message
+    assert "shape mismatches" in message and "patch_embed1.proj_conv.weight" in message
+    assert "\n" not in message
+    cifar10 = timm.create_model("qkformer_cifar_4_384", num_classes=10)
+    with pytest.raises(CheckpointError, match=r"2 shape mismatches \(head.weight: checkpoint \(100, 384\) "
+                                              r"vs model \(10, 384\), head.bias"):
+        load_checkpoint(cifar10, {"state_dict": synthesize("upstream_qkformer_cifar100")})
+
+
+def test_unexpected_keys_are_listed_and_non_strict_loads_the_rest():
+    model = timm.create_model("qkformer_cifar_4_384")
+    state = synthesize("upstream_qkformer_cifar10")
+    state["stage9.0.extra.weight"] = torch.zeros(3)
+    del state["head.bias"]
+    with pytest.raises(CheckpointError, match=r"1 missing keys \(head.bias\); 1 unexpected keys \(stage9"):
+        load_checkpoint(model, state)
+    result = load_checkpoint(model, state, strict=False)
+    assert result.missing == ["head.bias"] and result.unexpected == ["stage9.0.extra.weight"]
+    assert torch.equal(model.head.weight, state["head.weight"])
+
+
+def test_our_own_checkpoint_round_trips(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("msvit_dvs_2_256", embed_dim=64, num_heads=4)
+    path = tmp_path / "ours.pth"
+    torch.save({"model": source.state_dict(), "epoch": 3, "config": {"lr": 1e-3}}, path)
+    target = timm.create_model("msvit_dvs_2_256", embed_dim=64, num_heads=4)
+    load_checkpoint(target, path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value)
+
+
+def test_unreadable_inputs_give_one_line_errors(tmp_path):
+    model = timm.create_model("qkformer_dvs_2_256", embed_dim=64, num_heads=4)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(model, tmp_path / "missing.pth")
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(model, broken)
+    with pytest.raises(CheckpointError, match="no state_dict in checkpoint"):
+        load_checkpoint(model, {"epoch": 3, "optimizer": {}})
+    assert issubclass(CheckpointError, msvit.errors.UserError)
