@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo zoo test setup clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+DEMO_RUN := output/digits-demo
+
+# train a small MSViT on scikit-learn's digits, then evaluate its best checkpoint (JSON last)
 demo: $(STAMP)
+	rm -rf $(DEMO_RUN)
+	cd digits && ../$(PY) train.py --output ../$(DEMO_RUN)
+	cd digits && ../$(PY) test.py --checkpoint ../$(DEMO_RUN)/best.pth --json
+
+# build every registered model and print its parameter table
+zoo: $(STAMP)
 	$(PY) -m msvit.zoo
 
 test: $(STAMP)

@@ -1,4 +1,7 @@
-"""Placeholder: test.py arrives with the training issue (#3)."""
-import sys
+"""Evaluate a checkpoint on the cifar10-dvs validation set: `python test.py --checkpoint PATH [--json]`."""
+from model import CONFIG, VARIANTS
 
-sys.exit("cifar10-dvs/test.py is not implemented yet: the training loop comes with issue #3")
+from msvit.evaluate import main
+
+if __name__ == "__main__":
+    main(CONFIG, VARIANTS)

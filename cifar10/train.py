@@ -1,4 +1,12 @@
-"""Placeholder: train.py arrives with the training issue (#3)."""
-import sys
+"""Train on cifar10 with `cifar10.yml`; any key can be overridden: `python train.py --key value`.
 
-sys.exit("cifar10/train.py is not implemented yet: the training loop comes with issue #3")
+    python train.py                          # one process (GPU if available)
+    torchrun --nproc_per_node=8 train.py     # or: python -m torch.distributed.launch --nproc_per_node=8 train.py
+    python train.py --resume auto --output RUN_FOLDER
+"""
+from model import CONFIG, VARIANTS
+
+from msvit.train import main
+
+if __name__ == "__main__":
+    main(CONFIG, VARIANTS)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import re
 from typing import Any, Mapping, NamedTuple
 
@@ -12,8 +11,8 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "extract_state_dict",
-           "to_native_keys"]
+__all__ = ["CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "save_checkpoint",
+           "extract_state_dict", "to_native_keys"]
 
 # Where a state_dict sits inside a checkpoint dict, in order of preference.
 _MODEL_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema")
@@ -44,9 +43,25 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
         with allow([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch's unpickler raises many types (IndexError, KeyError, ...) on junk
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed over `path`.
+    A crash mid-write leaves the previous file at `path` intact."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(checkpoint), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:

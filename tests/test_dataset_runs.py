@@ -1,0 +1,279 @@
+"""End to end, as a user runs them: each dataset folder's train.py then test.py on a tiny dataset written in the real
+on-disk format, and the one-line `error: ...` (exit code 2, no traceback) of the CLIs on bad input.
+
+Every run is a subprocess `python <folder>/{train,test}.py ...` from the repository root, on CPU, with a tiny model,
+one epoch and no DataLoader workers. A subprocess spends most of its few seconds importing torch and timm on one
+core, so the `started` fixture launches those of the selected tests two at a time when the module begins, and each
+test waits for its own.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from fakedata import C10DVS_CLASSES, make_cifar, make_cifar10_dvs_events_np, make_dvs128_events_np, make_imagenet
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 600  # seconds per subprocess: generous, a loaded 2-core machine is slow
+PARALLEL = 2   # subprocesses at once
+SUMMARY_HEADER = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb"]
+
+# One short epoch: even batch sizes (the recipes' mixup needs them), CPU fp32, no workers; --verify-data false
+# because the tiny files cannot match the published MD5 sums.
+ONE_EPOCH = ["--epochs", "1", "--cooldown-epochs", "0", "--warmup-epochs", "0", "--batch-size", "2",
+             "--val-batch-size", "4", "--workers", "0", "--verify-data", "false", "--amp", "false",
+             "--time-step", "2"]
+TINY_STATIC = ["--model-kwargs", "{embed_dim: 32, num_heads: 2, depths: [1, 1, 1]}"]
+TINY_DVS = ["--model-kwargs", "{embed_dim: 32, num_heads: 2}"]
+# test.py takes the model from the checkpoint, the data settings from the folder's YAML and the command line
+EVAL = ["--workers", "0", "--verify-data", "false", "--json"]
+
+# CIFAR10-DVS: the first ceil(90%) of each class trains, so a class needs 10 samples to give one to the test split;
+# two such classes and one sample for each other class: 9 + 9 + 8 train, 2 test.
+C10DVS_SMALL = {cls: 10 if cls in ("airplane", "automobile") else 1 for cls in C10DVS_CLASSES}
+
+
+def cli(script: str, *args: object) -> subprocess.CompletedProcess:
+    """`python <script> args...` from the repository root, as a user runs it.
+
+    One intra-op thread unless the environment says otherwise: the models are tiny, and torch's default (a thread
+    per core) makes a run 5-50x slower on a small machine that is busy with anything else.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT, env=env)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def error_message(proc: subprocess.CompletedProcess) -> str:
+    """The message of a CLI that refused its input: exit code 2, no traceback, and one stderr line 'error: ...'."""
+    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 2, f"exit code {proc.returncode}\n{output}"
+    assert "Traceback" not in proc.stderr + proc.stdout, output
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0][len("error: "):].strip(), output
+    return lines[0][len("error: "):]
+
+
+# ------------------------------------------------------------------------------- the five dataset folders
+
+def _cifar10(root: Path) -> int:
+    return len(make_cifar(root, "cifar10", np.random.default_rng(0))["test_batch"][1])  # 10 train, 3 test
+
+
+def _cifar100(root: Path) -> int:
+    return len(make_cifar(root, "cifar100", np.random.default_rng(0))["test"][1])  # 6 train, 4 test
+
+
+def _imagenet(root: Path) -> int:
+    make_imagenet(root, n_train=2, n_val=1)  # 2 classes: 4 train, 2 val
+    return 2
+
+
+def _dvs128(root: Path) -> int:
+    written = make_dvs128_events_np(root, np.random.default_rng(0))  # one sample per label 0..10 in each split
+    return sum(key.startswith("test/") for key in written)
+
+
+def _cifar10_dvs(root: Path) -> int:
+    make_cifar10_dvs_events_np(root, np.random.default_rng(0), counts=C10DVS_SMALL)
+    return sum(n - (9 * n + 9) // 10 for n in C10DVS_SMALL.values())
+
+
+@dataclass(frozen=True)
+class Recipe:
+    make_data: Callable[[Path], int]  # writes the dataset under a root, returns the number of validation samples
+    args: tuple[str, ...]             # train.py arguments on top of ONE_EPOCH
+
+
+RECIPES = {
+    "cifar10": Recipe(_cifar10, (*TINY_STATIC,)),
+    "cifar100": Recipe(_cifar100, (*TINY_STATIC,)),
+    "imagenet": Recipe(_imagenet, (*TINY_STATIC, "--img-size", "64")),  # eval: resize 73 (crop_pct), crop 64
+    "dvs128-gesture": Recipe(_dvs128, (*TINY_DVS,)),
+    "cifar10-dvs": Recipe(_cifar10_dvs, (*TINY_DVS,)),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    data: Path
+    output: Path
+    n_val: int
+    train: subprocess.CompletedProcess
+    test: subprocess.CompletedProcess | None  # test.py on last.pth; None when train.py failed
+
+
+def train_and_test(folder: str, base: Path) -> Run:
+    recipe = RECIPES[folder]
+    data, output = base / "data", base / "run"
+    n_val = recipe.make_data(data)
+    train = cli(f"{folder}/train.py", "--data-dir", data, "--output", output, *ONE_EPOCH, *recipe.args)
+    test = None
+    if train.returncode == 0:
+        test = cli(f"{folder}/test.py", "--checkpoint", output / "last.pth", "--data-dir", data, *EVAL)
+    return Run(data, output, n_val, train, test)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+# Each case writes what it needs under a folder and returns (script, arguments, parts the message must contain).
+
+Case = tuple[str, list, list[str]]
+
+
+def _missing_dataset(tmp: Path) -> Case:
+    return "cifar10/train.py", ["--data-dir", tmp / "nothing"], ["--download", str(tmp / "nothing")]
+
+
+def _dvs128_without_archive(tmp: Path) -> Case:
+    return "dvs128-gesture/train.py", ["--data-dir", tmp], ["DvsGesture.tar.gz", "ibm.com", str(tmp / "download")]
+
+
+def _unknown_option(tmp: Path) -> Case:
+    return "cifar10/train.py", ["--lrr", "0.1"], ["--lrr", "'--lr'"]
+
+
+def _unknown_yaml_key(tmp: Path) -> Case:
+    (tmp / "typo.yml").write_text("dataset: cifar10\nlrr: 0.1\n")
+    return "cifar10/train.py", ["--config", tmp / "typo.yml"], ["'lrr'", str(tmp / "typo.yml"), "'lr'"]
+
+
+def _malformed_yaml(tmp: Path) -> Case:
+    (tmp / "broken.yml").write_text("lr: 0.1\nscale: [0.08, 1.0\nepochs: 3\n")
+    return "cifar10/train.py", ["--config", tmp / "broken.yml"], [str(tmp / "broken.yml"), "YAML"]
+
+
+def _wrong_type(tmp: Path) -> Case:
+    return "cifar10/train.py", ["--epochs", "ten"], ["epochs", "integer", "'ten'"]
+
+
+def _no_checkpoint(tmp: Path) -> Case:
+    return "cifar10/test.py", [], ["--checkpoint"]
+
+
+def _not_a_checkpoint(name: str, content: str) -> Callable[[Path], Case]:
+    def case(tmp: Path) -> Case:
+        (tmp / name).write_text(content)
+        return "cifar10/test.py", ["--checkpoint", tmp / name], [str(tmp / name)]
+    return case
+
+
+def refuse(script: str, args: list, expected: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    return cli(script, *args, "--workers", 0), expected
+
+
+BAD_INPUT: dict[str, Callable[[Path], Case]] = {
+    "missing-dataset-folder": _missing_dataset,
+    "dvs128-without-archive": _dvs128_without_archive,
+    "unknown-option": _unknown_option,
+    "unknown-yaml-key": _unknown_yaml_key,
+    "malformed-yaml": _malformed_yaml,
+    "wrong-type": _wrong_type,
+    "test-without-checkpoint": _no_checkpoint,
+    "yaml-as-checkpoint": _not_a_checkpoint("config.yaml", "# resolved settings\ndataset: cifar10\nlr: 0.001\n"),
+    "csv-as-checkpoint": _not_a_checkpoint("summary.csv", "epoch,lr,train_loss\n0,0.001,2.3\n"),
+}
+# ------------------------------------------------------------------------------- background subprocesses
+
+class Started:
+    """The subprocesses of the tests, PARALLEL at a time: those of the selected tests are submitted at once (in file
+    order), any other on first request; `run` and `refusal` wait for one."""
+
+    def __init__(self, pool: ThreadPoolExecutor, tmp_path_factory) -> None:
+        self._pool, self._tmp = pool, tmp_path_factory
+        self._runs: dict[str, Future[Run]] = {}
+        self._refusals: dict[str, Future[tuple[subprocess.CompletedProcess, list[str]]]] = {}
+
+    def submit_run(self, folder: str) -> None:
+        if folder not in self._runs:
+            self._runs[folder] = self._pool.submit(train_and_test, folder, self._tmp.mktemp(folder))
+
+    def submit_refusal(self, name: str) -> None:
+        if name not in self._refusals:
+            script, args, expected = BAD_INPUT[name](self._tmp.mktemp(name))
+            self._refusals[name] = self._pool.submit(refuse, script, args, expected)
+
+    def run(self, folder: str) -> Run:
+        self.submit_run(folder)
+        return self._runs[folder].result()
+
+    def refusal(self, name: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+        self.submit_refusal(name)
+        return self._refusals[name].result()
+
+
+@pytest.fixture(scope="module")
+def started(request, tmp_path_factory):
+    """Submits at once the subprocesses of this module's selected tests (after -k, node ids, ...), in their order."""
+    pool = ThreadPoolExecutor(PARALLEL)
+    jobs = Started(pool, tmp_path_factory)
+    try:
+        for item in request.session.items:
+            if item.path != request.path:
+                continue
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            if "folder" in params:
+                jobs.submit_run(params["folder"])
+            if "case" in params:
+                jobs.submit_refusal(params["case"])
+            if getattr(item, "originalname", "") == "test_evaluation_refuses_a_checkpoint_of_another_dataset":
+                jobs.submit_run("cifar100")
+        yield jobs
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("folder", list(RECIPES))
+def test_train_one_epoch_then_evaluate(started, folder):
+    run = started.run(folder)
+    ok(run.train)
+    for name in ("config.yaml", "summary.csv", "last.pth", "best.pth"):
+        assert (run.output / name).is_file(), f"{name} missing from {sorted(p.name for p in run.output.iterdir())}"
+    assert list(run.output.glob("events.out.tfevents.*")), "no TensorBoard events"
+    with (run.output / "summary.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == SUMMARY_HEADER
+    assert len(rows) == 2 and rows[1][0] == "0", rows
+    summary = dict(zip(rows[0], rows[1]))
+
+    metrics = json.loads(ok(run.test).stdout.strip().splitlines()[-1])
+    assert set(metrics) == {"top1", "top5", "loss", "n"}
+    assert metrics["n"] == run.n_val
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+    # last.pth holds the model that the epoch's evaluation measured, on the same validation set
+    assert metrics["top1"] == pytest.approx(float(summary["eval_top1"]), abs=1e-3)
+    assert metrics["top5"] == pytest.approx(float(summary["eval_top5"]), abs=1e-3)
+    assert metrics["loss"] == pytest.approx(float(summary["eval_loss"]), abs=1e-3)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_error_line(started, case):
+    proc, expected = started.refusal(case)
+    message = error_message(proc)
+    for part in expected:
+        assert part in message
+
+
+def test_evaluation_refuses_a_checkpoint_of_another_dataset(started, tmp_path):
+    cifar100 = started.run("cifar100")
+    ok(cifar100.train)
+    _cifar10(tmp_path)
+    proc = cli("cifar10/test.py", "--checkpoint", cifar100.output / "last.pth", "--data-dir", tmp_path, *EVAL)
+    message = error_message(proc)
+    assert "head.weight" in message and "head.bias" in message

@@ -1,0 +1,149 @@
+"""The shared training loop on scikit-learn's digits: it learns, a resumed run equals an uninterrupted
+one, checkpoints survive a crash mid-write, a NaN stops the run, and two CPU processes (gloo) train and
+evaluate every sample exactly once."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import msvit.checkpoint
+import msvit.train
+from msvit.config import parse_args
+from msvit.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "digits" / "digits.yml"
+VARIANTS = ("msvit_cifar_4_384", "qkformer_cifar_4_384")
+# a tiny, fast member of the family on 8x8 digits
+TINY = ["--img-size", "8", "--workers", "0"]  # the demo's model on the native 8x8 digits
+
+
+def tiny_cfg(output: Path, *extra: str) -> dict:
+    return parse_args([*TINY, "--output", str(output), *extra], DIGITS)
+
+
+def summary_rows(run: Path) -> list[dict]:
+    with (run / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_digits_run_learns(tmp_path):
+    result = msvit.train.run(tiny_cfg(tmp_path / "run", "--epochs", "4"), VARIANTS)
+    rows = summary_rows(tmp_path / "run")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.3
+    assert result["best_top1"] > 50.0  # chance is 10%
+    assert all(float(r["img_per_s"]) > 0 and float(r["peak_mem_mb"]) > 0 for r in rows)
+    # the lr column is the rate used during the epoch: cosine over 4 epochs from 1e-2 towards 1e-4
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(1e-2) and lrs[2] == pytest.approx(1e-4 + (1e-2 - 1e-4) / 2)
+    saved = parse_args(["--config", str(tmp_path / "run" / "config.yaml")], None)
+    assert saved["model_kwargs"] == {"embed_dim": 64, "num_heads": 2, "depths": [1, 1, 1]}
+    assert saved["img_size"] == 8
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
+    args = ("--epochs", "3", "--mixup", "0.4", "--smoothing", "0.1")
+    msvit.train.run(tiny_cfg(tmp_path / "straight", *args), VARIANTS)
+
+    real_save = msvit.checkpoint.save_checkpoint
+
+    def crash_after_epoch_1(checkpoint, path):
+        real_save(checkpoint, path)
+        if checkpoint["epoch"] == 1 and Path(path).name == "last.pth":
+            raise KeyboardInterrupt  # the job is killed right after epoch 1's checkpoint
+
+    monkeypatch.setattr(msvit.train, "save_checkpoint", crash_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        msvit.train.run(tiny_cfg(tmp_path / "resumed", *args), VARIANTS)
+    assert [int(r["epoch"]) for r in summary_rows(tmp_path / "resumed")] == [0, 1]
+    monkeypatch.setattr(msvit.train, "save_checkpoint", real_save)
+    msvit.train.run(tiny_cfg(tmp_path / "resumed", *args, "--resume", "auto"), VARIANTS)
+
+    straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)
+    assert straight["epoch"] == resumed["epoch"] == 2
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert summary_rows(tmp_path / "straight") == summary_rows(tmp_path / "resumed") or \
+        [r["epoch"] for r in summary_rows(tmp_path / "resumed")] == ["0", "1", "2"]
+    assert [r["train_loss"] for r in summary_rows(tmp_path / "resumed")] == \
+        [r["train_loss"] for r in summary_rows(tmp_path / "straight")]
+
+
+def test_existing_run_folder_is_not_overwritten_without_resume(tmp_path):
+    run = tmp_path / "run"
+    msvit.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
+    before = (run / "last.pth").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        msvit.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
+    assert (run / "last.pth").read_bytes() == before
+    with pytest.raises(UserError, match="cannot resume"):
+        msvit.train.run(tiny_cfg(tmp_path / "other", "--resume", "auto"), VARIANTS)
+
+
+def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    msvit.checkpoint.save_checkpoint({"epoch": 4, "model": {"w": torch.ones(3)}}, path)
+
+    def torn_write(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        msvit.checkpoint.save_checkpoint({"epoch": 5, "model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temporary file left behind
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    msvit.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
+    good = torch.load(run / "last.pth", weights_only=True)
+
+    class DivergingLoss(msvit.train.LabelSmoothingCrossEntropy):
+        calls = 0
+
+        def forward(self, x, target):
+            DivergingLoss.calls += 1
+            loss = super().forward(x, target)
+            return loss * float("nan") if DivergingLoss.calls == 3 else loss
+
+    monkeypatch.setattr(msvit.train, "LabelSmoothingCrossEntropy", DivergingLoss)
+    with pytest.raises(UserError, match=r"loss is nan at epoch 1, step 2"):
+        msvit.train.run(tiny_cfg(run, "--epochs", "2", "--resume", "auto"), VARIANTS)
+    kept = torch.load(run / "last.pth", weights_only=True)
+    assert kept["epoch"] == good["epoch"] == 0
+    assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
+
+
+def test_two_process_cpu_run_with_torchrun(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                            "--rdzv-endpoint=localhost:0", "--rdzv-backend=c10d",
+                            str(ROOT / "digits" / "train.py"), *TINY, "--epochs", "1", "--output", str(run)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "2 processes on cpu" in train.stdout + train.stderr
+    rows = summary_rows(run)
+    assert len(rows) == 1  # rank 0 alone writes
+    evaluation = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                 "--rdzv-endpoint=localhost:0", "--rdzv-backend=c10d",
+                                 str(ROOT / "digits" / "test.py"), "--checkpoint", str(run / "last.pth"),
+                                 "--json", "--workers", "0", "--img-size", "8", "--val-batch-size", "7"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    lines = [line for line in evaluation.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # printed by rank 0 only
+    metrics = json.loads(lines[0])
+    assert metrics["n"] == 360  # the held-out digits, each counted once over the two shards
+    assert metrics["top1"] == pytest.approx(float(rows[0]["eval_top1"]), abs=1e-3)
