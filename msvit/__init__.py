@@ -5,9 +5,9 @@ Importing the package registers every model with timm:
     >>> model = timm.create_model("msvit_cifar_4_384", num_classes=100)
 """
 from .checkpoint import CheckpointError, load_checkpoint
-from .models import ARCHS, MODEL_NAMES, SpikingTransformer, count_parameters
+from .models import ARCHS, MODEL_NAMES, SpikingTransformer, count_parameters, use_reference_implementation
 from .neurons import LIF, reset_neurons, set_neuron_backend
 
-__all__ = ["ARCHS", "MODEL_NAMES", "SpikingTransformer", "count_parameters", "LIF", "reset_neurons",
+__all__ = ["ARCHS", "MODEL_NAMES", "SpikingTransformer", "count_parameters", "use_reference_implementation", "LIF", "reset_neurons",
            "set_neuron_backend", "load_checkpoint", "CheckpointError"]
 __version__ = "0.1.0"

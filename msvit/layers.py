@@ -14,7 +14,7 @@ from torch import nn
 
 from .neurons import LIF
 
-__all__ = ["PatchEmbed", "TokenAttention", "SpikingSelfAttention", "MLP", "Block", "DropPath",
+__all__ = ["PatchEmbed", "AttentionBase", "TokenAttention", "SpikingSelfAttention", "MLP", "Block", "DropPath",
            "SSA_SCALE"]
 
 # SSA multiplies Q(K^T V) by this fixed constant in both releases, whatever the head width.
@@ -133,7 +133,7 @@ STEMS = {"cifar": (cifar_stem, cifar_downsample),
          "dvs": (dvs_stem, dvs_downsample)}
 
 
-class _AttentionBase(nn.Module):
+class AttentionBase(nn.Module):
     """Shared parts: the spiking branches named `{b}_conv/{b}_bn/{b}_lif` and the output projection."""
 
     def __init__(self, dim: int, num_heads: int, branches: dict[str, int], attn_threshold: float,
@@ -142,7 +142,7 @@ class _AttentionBase(nn.Module):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
-        self.branches = tuple(branches)
+        self.branch_names = tuple(branches)
         for name, kernel in branches.items():
             self.add_module(f"{name}_conv", nn.Conv1d(dim, dim, kernel, padding=kernel // 2, bias=False))
             self.add_module(f"{name}_bn", nn.BatchNorm1d(dim))
@@ -152,10 +152,24 @@ class _AttentionBase(nn.Module):
         self.proj_bn = nn.BatchNorm1d(dim)
         self.proj_lif = LIF(backend=backend)
 
+    # False: one Conv1d call per branch (the straightforward reference path)
+    fuse_projections = True
+
     def branch(self, name: str, tokens: torch.Tensor, T: int) -> torch.Tensor:
         """Spikes `[T, B, C, N]` of branch `name` on `tokens` `[T*B, C, N]`."""
         y = getattr(self, f"{name}_bn")(getattr(self, f"{name}_conv")(tokens))
         return getattr(self, f"{name}_lif")(_tb(y, T))
+
+    def branches(self, names: Sequence[str], tokens: torch.Tensor, T: int) -> list[torch.Tensor]:
+        """Spikes of several 1x1 branches over the same tokens. Fused, their convolutions run as one
+        Conv1d with the weights stacked (one pass over the input instead of one per branch); the
+        parameters stay separate, so state_dicts are unchanged."""
+        if not self.fuse_projections:
+            return [self.branch(name, tokens, T) for name in names]
+        weight = torch.cat([getattr(self, f"{name}_conv").weight for name in names])
+        stacked = nn.functional.conv1d(tokens, weight).split(self.dim, dim=1)
+        return [getattr(self, f"{name}_lif")(_tb(getattr(self, f"{name}_bn")(y), T))
+                for name, y in zip(names, stacked)]
 
     def project(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Output projection of `[T, B, C, N]` back to `shape` `[T, B, C, H, W]`."""
@@ -168,7 +182,7 @@ class _AttentionBase(nn.Module):
         return x.reshape(T, B, self.num_heads, C // self.num_heads, N)
 
 
-class TokenAttention(_AttentionBase):
+class TokenAttention(AttentionBase):
     """QK token attention (QKTA, QKFormer) or, with `multi_scale=True`, MSViT's MSSA.
 
     Per head and token the Q spikes are counted over the head's channels; MSSA adds the count of
@@ -186,18 +200,18 @@ class TokenAttention(_AttentionBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         tokens = _bt(x.flatten(3))  # [T*B, C, N]
-        count = self.split_heads(self.branch("q", tokens, T)).sum(3, keepdim=True)
+        q, k = (self.split_heads(spikes) for spikes in self.branches(("q", "k"), tokens, T))
+        count = q.sum(3, keepdim=True)
         if self.multi_scale:
             count = count + self.split_heads(self.branch("p", tokens, T)).sum(3, keepdim=True)
         mask = self.attn_lif(count)  # [T, B, heads, 1, N]
-        k = self.split_heads(self.branch("k", tokens, T))
         return self.project((mask * k).flatten(2, 3), x.shape)
 
     def extra_repr(self) -> str:
         return f"{'MSSA' if self.multi_scale else 'QKTA'}, heads={self.num_heads}"
 
 
-class SpikingSelfAttention(_AttentionBase):
+class SpikingSelfAttention(AttentionBase):
     """Spikformer's SSA: LIF(Q (K^T V) * 0.125) per head, then the output projection."""
 
     def __init__(self, dim: int, num_heads: int, attn_threshold: float,
@@ -207,7 +221,7 @@ class SpikingSelfAttention(_AttentionBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         tokens = _bt(x.flatten(3))
-        q, k, v = (self.split_heads(self.branch(b, tokens, T)) for b in ("q", "k", "v"))
+        q, k, v = (self.split_heads(spikes) for spikes in self.branches(("q", "k", "v"), tokens, T))
         # [T, B, h, d, N]: K^T V is k @ v^T over tokens, then Q (K^T V) per token
         kv = k @ v.transpose(-1, -2)  # [T, B, h, d, d]
         attn = kv.transpose(-1, -2) @ q  # [T, B, h, d, N]

@@ -13,10 +13,10 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .layers import STEMS, Block, SpikingSelfAttention, TokenAttention
-from .neurons import reset_neurons, validate_backend
+from .layers import STEMS, Block, SpikingSelfAttention, TokenAttention, AttentionBase
+from .neurons import LIF, reset_neurons, validate_backend
 
-__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "count_parameters"]
+__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "count_parameters", "use_reference_implementation"]
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -108,6 +108,18 @@ class SpikingTransformer(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = self.config["num_classes"] = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch `model` to the straightforward forward path (or back): spikingjelly's per-step LIF loop
+    and one convolution per attention branch. Same weights, same spikes, same results up to float
+    rounding; the default optimised path is faster and lighter. Used by parity tests and benchmarks."""
+    for module in model.modules():
+        if isinstance(module, LIF):
+            module.fused = not enabled
+        elif isinstance(module, AttentionBase):
+            module.fuse_projections = not enabled
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -53,6 +53,48 @@ def _announce(backend: str, why: str) -> None:
         _log.info("LIF neurons use the %s backend (%s)", backend, why)
 
 
+class _FusedLIF(torch.autograd.Function):
+    """The torch backend's LIF loop as one autograd node (hard reset to 0, detached reset).
+
+    Forward runs exactly spikingjelly's arithmetic (`h = v + (x - v) / tau`, spike at `h - thr >= 0`,
+    `v = (1 - s) * h + s * 0`), so spikes are bit-identical; backward is the same BPTT that autograd
+    derives from spikingjelly's per-step graph, written out once. It keeps only the charged potentials
+    `h` for backward instead of every intermediate of every step, and stores no `v_seq`.
+    """
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor, v_init: torch.Tensor, tau: float, v_threshold: float,
+                alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        h_seq = torch.empty_like(x_seq)
+        spikes = torch.empty_like(x_seq)
+        v = v_init
+        for t in range(x_seq.shape[0]):
+            h = v + (x_seq[t] - v) / tau
+            s = torch.ge(h - v_threshold, 0.0).to(x_seq.dtype)
+            v = (1.0 - s) * h + s * V_RESET
+            h_seq[t] = h
+            spikes[t] = s
+        ctx.save_for_backward(h_seq)
+        ctx.constants = (tau, v_threshold, alpha)
+        return spikes, v
+
+    @staticmethod
+    def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor):
+        (h_seq,) = ctx.saved_tensors
+        tau, v_threshold, alpha = ctx.constants
+        grad_x = torch.empty_like(h_seq)
+        grad_v = grad_v_last  # gradient reaching v_t from later steps (or from the final state)
+        for t in range(h_seq.shape[0] - 1, -1, -1):
+            shifted = h_seq[t] - v_threshold
+            sg = (shifted * alpha).sigmoid_()
+            surrogate_grad = grad_spikes[t] * (1.0 - sg) * sg * alpha  # spikingjelly's sigmoid backward
+            not_spiked = 1.0 - torch.ge(shifted, 0.0).to(h_seq.dtype)  # the reset factor (1 - s), detached
+            grad_h = surrogate_grad + grad_v * not_spiked
+            grad_x[t] = grad_h / tau
+            grad_v = grad_h - grad_h / tau  # dh_t / dv_{t-1} = 1 - 1/tau
+        return grad_x, grad_v, None, None, None
+
+
 class LIF(sj_neuron.MultiStepLIFNode):
     """Multi-step LIF neuron on `[T, ...]` input with the backend chosen per call.
 
@@ -67,9 +109,17 @@ class LIF(sj_neuron.MultiStepLIFNode):
                          detach_reset=True, backend="torch")
         self.requested_backend = validate_backend(backend)
 
+    # False: spikingjelly's own per-step torch loop (the straightforward reference path)
+    fused = True
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         self.backend = self._resolve(x_seq)
-        return super().forward(x_seq)
+        if self.backend != "torch" or not self.fused:
+            return super().forward(x_seq)
+        v_init = self.v if isinstance(self.v, torch.Tensor) else torch.full_like(x_seq[0], self.v)
+        spikes, self.v = _FusedLIF.apply(x_seq, v_init, self.tau, self.v_threshold,
+                                         self.surrogate_function.alpha)
+        return spikes
 
     def _resolve(self, x: torch.Tensor) -> str:
         if self.requested_backend != "auto":

@@ -9,14 +9,18 @@ import msvit
 from msvit.neurons import LIF, cupy_unavailable_reason, set_neuron_backend
 
 
-def test_lif_sequence_by_hand():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "spikingjelly-loop"])
+def test_lif_sequence_by_hand(fused):
     # tau 2, v_reset 0: v <- v + (x - v) / 2; spike at v >= 1; hard reset to 0
-    #   x: 0.5 -> v 0.25;  1.0 -> 0.625;  2.0 -> 1.3125 spike, v 0;  0.0 -> 0;  3.0 -> 1.5 spike
+    #   x: 0.5 -> v 0.25;  1.0 -> 0.625;  2.0 -> 1.3125 spike, v 0;  0.0 -> 0;  1.5 -> 0.75
     lif = LIF(backend="torch")
-    x = torch.tensor([0.5, 1.0, 2.0, 0.0, 3.0]).reshape(5, 1)
+    lif.fused = fused
+    x = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5]).reshape(5, 1)
     spikes = lif(x)
-    assert spikes.flatten().tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
-    assert lif.v_seq.flatten().tolist() == pytest.approx([0.25, 0.625, 0.0, 0.0, 0.0])
+    assert spikes.flatten().tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert lif.v.item() == pytest.approx(0.75)
+    if not fused:
+        assert lif.v_seq.flatten().tolist() == pytest.approx([0.25, 0.625, 0.0, 0.0, 0.75])
 
 
 def test_lif_fires_exactly_at_threshold_and_leaks_below():
@@ -24,7 +28,7 @@ def test_lif_fires_exactly_at_threshold_and_leaks_below():
     # 1.0 charges to exactly 0.5 = threshold -> spike; 0.999 stays below and leaks
     spikes = lif(torch.tensor([[1.0, 0.999], [0.0, 0.0]]))
     assert spikes.tolist() == [[1.0, 0.0], [0.0, 0.0]]
-    assert lif.v_seq[1].tolist() == pytest.approx([0.0, 0.24975])
+    assert lif.v.tolist() == pytest.approx([0.0, 0.24975])
 
 
 def test_surrogate_gradient_is_sigmoid_alpha_4():
