@@ -181,8 +181,13 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     val_loader = build_eval_loader(val_set, cfg, env)
 
     model = create_dataset_model(cfg, variants).to(env.device)
+    if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
+        model = model.to(memory_format=torch.channels_last)
     if cfg["sync_bn"] and env.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if env.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log.warning("sync_bn needs CUDA devices; it is ignored on CPU")
     lr = _learning_rate(cfg, env)
     optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
                                     eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]), momentum=cfg["momentum"])
@@ -218,6 +223,8 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     if env.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if cfg["compile"]:  # opt-in: the training forward is compiled, evaluation runs eagerly
+        train_model = torch.compile(train_model)
 
     writer = None
     if env.is_main:

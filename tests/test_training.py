@@ -4,6 +4,7 @@ evaluate every sample exactly once."""
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,12 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good(tmp_path, monkey
     assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_process_cpu_run_with_torchrun(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -136,9 +143,9 @@ def test_two_process_cpu_run_with_torchrun(tmp_path):
     assert "2 processes on cpu" in train.stdout + train.stderr
     rows = summary_rows(run)
     assert len(rows) == 1  # rank 0 alone writes
-    evaluation = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                                 "--rdzv-endpoint=localhost:0", "--rdzv-backend=c10d",
-                                 str(ROOT / "digits" / "test.py"), "--checkpoint", str(run / "last.pth"),
+    # evaluation through the authors' legacy launcher, which passes --local-rank=N to the script
+    evaluation = subprocess.run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2",
+                                 "--master_port", str(_free_port()), str(ROOT / "digits" / "test.py"), "--checkpoint", str(run / "last.pth"),
                                  "--json", "--workers", "0", "--img-size", "8", "--val-batch-size", "7"],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
