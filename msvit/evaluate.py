@@ -1,12 +1,13 @@
 """The evaluation program behind every dataset folder's `test.py`.
 
-    python test.py --checkpoint PATH [--json] [--data-dir ...]
+    python test.py --checkpoint PATH [--json] [--energy] [--data-dir ...]
 
 Accepts our checkpoints (the model is rebuilt from the run's saved config) and the authors'
 (the model comes from the folder's YAML and the command line).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ from .checkpoint import load_checkpoint, read_checkpoint
 from .config import parse_args
 from .data import build_datasets
 from .distributed import cleanup, init_distributed, main_process_first
+from .energy import EnergyMeter, format_totals
 from .errors import ConfigError, cli_entry
 from .train import amp_settings, build_eval_loader, setup_logging
 from .engine import evaluate
@@ -47,16 +49,22 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         model.to(env.device)
         with main_process_first(env):
             _, val_set = build_datasets(cfg, train=False)
-        metrics = evaluate(model, build_eval_loader(val_set, cfg, env), env, amp_settings(cfg, env.device))
+        meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
+        with meter:
+            metrics = evaluate(model, build_eval_loader(val_set, cfg, env), env, amp_settings(cfg, env.device))
+        energy = meter.totals() if cfg["energy"] else {}  # per image, summed over all processes
     finally:
         cleanup()
     if env.is_main:
         if cfg["json"]:
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+            print(json.dumps({**{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
+                              **energy}))
         else:
             print(f"{cfg['model']} on {cfg['dataset']}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
                   f"loss {metrics['loss']:.4f}  images {metrics['n']}")
-    return metrics
+            if energy:
+                print(format_totals(energy))
+    return {**metrics, **energy}
 
 
 @cli_entry
