@@ -1,0 +1,347 @@
+"""Training-step benchmark: `python -m msvit.bench --model msvit_cifar_4_384 --device cpu`.
+
+Times full training steps (zero_grad, forward, loss, backward, AdamW step) of a registered model on
+random data at its dataset's real input size, and reports the median step time split into forward
+(zero_grad + forward + loss), backward and optimizer, images/s, peak memory and the parameter count.
+
+    python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --T 4 --device cpu
+    python -m msvit.bench --all --models msvit_cifar_4_384,qkformer_cifar_4_384 --json
+    python -m msvit.bench --model msvit_cifar_4_384 --model-kwargs '{"embed_dim": 32, "num_heads": 2}'
+
+Peak memory is `torch.cuda.max_memory_allocated()` over the timed steps on CUDA, and the peak
+resident set size of the whole process (imports included) on CPU; `--all` therefore runs every
+model in a fresh subprocess. From Python: `benchmark("msvit_cifar_4_384", batch_size=8)` returns
+the same dict as `--json` prints.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from .errors import UserError, cli_entry
+from .models import ARCHS, MODEL_NAMES, count_parameters
+from .neurons import BACKENDS, LIF, cupy_unavailable_reason
+
+__all__ = ["DEFAULT_BATCH", "benchmark", "format_table", "main"]
+
+# per-GPU batch sizes of the recipes (cifar10.yml, dvs128-gesture.yml, imagenet.yml)
+DEFAULT_BATCH = {"cifar": 64, "dvs": 16, "imagenet": 32}
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+Autocast = Callable[[], contextlib.AbstractContextManager]  # a factory of autocast (or null) contexts
+
+
+def check_model_name(name: str) -> None:
+    if name not in ARCHS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def check_device(device: str, backend: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}; choose cpu or cuda")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but torch sees no CUDA device; use --device cpu")
+    if backend == "cupy" and device != "cuda":
+        raise UserError("--backend cupy runs on CUDA tensors only; use --device cuda or --backend torch/auto")
+    if backend == "cupy" and (reason := cupy_unavailable_reason()) is not None:
+        raise UserError(f"--backend cupy cannot run: {reason}")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rss_peak_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_batch(stem: str, batch_size: int, T: int, in_chans: int, img_size: int, num_classes: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random normal images `[B, C, H, W]`, or small integer event counts `[B, T, C, H, W]` for DVS."""
+    if stem == "dvs":
+        inputs = torch.randint(0, 4, (batch_size, T, in_chans, img_size, img_size), device=device).float()
+    else:
+        inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
+    return inputs, torch.randint(0, num_classes, (batch_size,), device=device)
+
+
+def reference_switch() -> Callable[[nn.Module], Any]:
+    """`msvit.use_reference_implementation`, which switches a model to the unoptimised forward path."""
+    import msvit
+
+    switch = getattr(msvit, "use_reference_implementation", None)
+    if switch is None:
+        raise UserError("--reference needs msvit.use_reference_implementation(model), "
+                        "which this version of msvit does not provide yet")
+    return switch
+
+
+def train_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+               optimizer: torch.optim.Optimizer, criterion: nn.Module, autocast: Autocast,
+               scaler: torch.amp.GradScaler | None, sync: Callable[[], None]) -> tuple[float, float, float]:
+    """One training step; returns the seconds of (zero_grad + forward + loss, backward, optimizer)."""
+    sync()
+    t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        loss = criterion(model(inputs), targets)
+    sync()
+    t1 = time.perf_counter()
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    sync()
+    t2 = time.perf_counter()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    sync()
+    t3 = time.perf_counter()
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+def mixed_precision(device: torch.device, amp: bool,
+                    amp_dtype: str | None) -> tuple[Autocast, torch.amp.GradScaler | None, str | None]:
+    """The autocast context factory, the grad scaler (float16 on CUDA only) and the dtype name."""
+    if not amp:
+        return contextlib.nullcontext, None, None
+    name = amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
+    dtype = AMP_DTYPES[name]
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
+    return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), scaler, name
+
+
+def benchmark(model_name: str, batch_size: int | None = None, T: int | None = None, device: str = "cpu",
+              backend: str = "auto", warmup: int = 2, repeats: int = 5, img_size: int | None = None,
+              model_kwargs: dict[str, Any] | None = None, reference: bool = False,
+              channels_last: bool = False, compile: bool = False, amp: bool = False,
+              amp_dtype: str | None = None, threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
+    (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
+    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`."""
+    check_model_name(model_name)
+    check_device(device, backend)
+    if warmup < 0 or repeats < 1:
+        raise UserError(f"need --warmup >= 0 and --repeats >= 1, got {warmup} and {repeats}")
+    if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
+        raise UserError(f"unknown --amp-dtype {amp_dtype!r}; choose float16 or bfloat16")
+    switch = reference_switch() if reference else None
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    load_before = os.getloadavg()[0]
+    rss_before_model = rss_peak_mb()
+
+    arch = {**ARCHS[model_name], **(model_kwargs or {})}
+    T = T or arch["T"]
+    img_size = img_size or arch["img_size"]
+    batch_size = batch_size or DEFAULT_BATCH[arch["stem"]]
+    try:
+        model = timm.create_model(model_name, **{**(model_kwargs or {}), "T": T, "img_size": img_size,
+                                                 "neuron_backend": backend})
+    except (TypeError, ValueError) as exc:  # a misspelt or impossible --model-kwargs entry
+        raise UserError(f"cannot build {model_name}: {exc}") from exc
+    if switch is not None:
+        switched = switch(model)
+        model = switched if isinstance(switched, nn.Module) else model
+    model.to(dev).train()
+    inputs, targets = make_batch(arch["stem"], batch_size, T, arch["in_chans"], img_size,
+                                 model.num_classes, dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        if inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+
+    autocast, scaler, amp_name = mixed_precision(dev, amp, amp_dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    criterion = nn.CrossEntropyLoss()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    runner, compiled = model, False
+    if compile:
+        try:  # torch.compile is lazy: failures show up at the first call, so make that call here
+            runner = torch.compile(model, dynamic=False)  # fixed shapes; the default fails on CPU (torch 2.14)
+            train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+            compiled = True
+        except Exception as exc:  # any backend/dynamo failure: warn and measure eager mode
+            first_line = (str(exc).splitlines() or [""])[0]
+            print(f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); "
+                  f"benchmarking the eager model", file=sys.stderr)
+            runner = model
+    for _ in range(warmup):
+        train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = [train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+             for _ in range(repeats)]
+    if dev.type == "cuda":
+        peak_mb, memory = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda max_memory_allocated"
+    else:
+        peak_mb, memory = rss_peak_mb(), "process peak RSS"
+
+    steps = [sum(t) for t in times]
+    step_s = statistics.median(steps)
+    used = sorted({m.backend for m in model.modules() if isinstance(m, LIF)})
+    return dict(
+        model=model_name, batch_size=batch_size, T=T, img_size=img_size, input_shape=list(inputs.shape),
+        num_classes=model.num_classes, params=count_parameters(model), model_kwargs=model_kwargs or {},
+        device=device, backend=",".join(used) or backend, requested_backend=backend,
+        amp=amp_name, channels_last=channels_last,
+        compile=compiled, reference=reference, warmup=warmup, repeats=repeats,
+        images_per_s=batch_size / step_s, step_ms=1000 * step_s,
+        forward_ms=1000 * statistics.median(t[0] for t in times),
+        backward_ms=1000 * statistics.median(t[1] for t in times),
+        optimizer_ms=1000 * statistics.median(t[2] for t in times),
+        step_ms_all=[round(1000 * s, 3) for s in steps],
+        peak_memory_mb=peak_mb, memory=memory, rss_before_model_mb=rss_before_model,
+        torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(), cpu_count=os.cpu_count(),
+        gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        loadavg_before=load_before, loadavg_after=os.getloadavg()[0],
+    )
+
+
+COLUMNS = (("model", "model", "{}"), ("batch", "batch_size", "{}"), ("T", "T", "{}"),
+           ("input", "input_shape", "{}"), ("img/s", "images_per_s", "{:.2f}"),
+           ("ms/step", "step_ms", "{:.1f}"), ("fwd ms", "forward_ms", "{:.1f}"),
+           ("bwd ms", "backward_ms", "{:.1f}"), ("opt ms", "optimizer_ms", "{:.1f}"),
+           ("peak MiB", "peak_memory_mb", "{:.0f}"), ("params", "params", "{:,}"))
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """The settings shared by the runs, then one row per model (failed runs show their error)."""
+    ok = [r for r in results if "error" not in r]
+    lines = []
+    if ok:
+        r = ok[0]
+        flags = [f for f in ("reference", "channels_last", "compile") if r[f]]
+        flags += [f"amp {r['amp']}"] if r["amp"] else []
+        lines.append(f"device {r['device']} ({r['gpu'] or r['cpu']}, {r['threads']} threads), backend {r['backend']}, "
+                     f"torch {r['torch']}, warmup {r['warmup']}, median of {r['repeats']}"
+                     + (f", {', '.join(flags)}" if flags else ""))
+        lines.append(f"peak memory: {r['memory']}; load average {r['loadavg_before']:.2f} -> {r['loadavg_after']:.2f}")
+    columns = COLUMNS
+    if ok and ok[0]["device"] == "cpu":  # RSS includes the imports: show what was there before the model
+        columns += (("pre-model MiB", "rss_before_model_mb", "{:.0f}"),)
+    rows = [[head for head, _, _ in columns]]
+    rows += [[fmt.format("x".join(map(str, r[key])) if key == "input_shape" else r[key])
+              for _, key, fmt in columns] for r in ok]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            lines.append("-" * len(lines[-1]))
+    lines += [f"{r['model']}: error: {r['error']}" for r in results if "error" in r]
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one `error: ...` line and exit 2, like every msvit CLI
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m msvit.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help=f"one of {', '.join(MODEL_NAMES)}")
+    p.add_argument("--all", action="store_true", help="every registered model, each in a fresh subprocess")
+    p.add_argument("--models", help="with --all: only these, comma-separated (implies --all)")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's (CIFAR 64, DVS 16, ImageNet 32)")
+    p.add_argument("--T", type=int, help="time steps; default: the model's (4, DVS 16)")
+    p.add_argument("--img-size", type=int, help="default: the model's dataset size (32, 128, 224)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: %(default)s")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="LIF neuron backend (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps, median reported (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads; default: torch's choice")
+    p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for timm.create_model, e.g. '{\"embed_dim\": 32}'")
+    p.add_argument("--reference", action="store_true", help="msvit.use_reference_implementation(model)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last model (and 4-D inputs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if it fails)")
+    p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
+    p.add_argument("--amp-dtype", choices=tuple(AMP_DTYPES), help="override the --amp dtype")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return p
+
+
+def parse_model_kwargs(text: str) -> dict[str, Any]:
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--model-kwargs is not valid JSON ({exc}): {text}") from exc
+    if not isinstance(kwargs, dict):
+        raise UserError(f"--model-kwargs must be a JSON object, got {text}")
+    return kwargs
+
+
+def child_argv(args: argparse.Namespace, model: str) -> list[str]:
+    """The command line that benchmarks `model` alone with the settings of `args`, printing JSON."""
+    argv = ["--model", model, "--json", "--device", args.device, "--backend", args.backend,
+            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--model-kwargs", args.model_kwargs]
+    for flag in ("batch_size", "T", "img_size", "threads", "amp_dtype"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for flag in ("reference", "channels_last", "compile", "amp"):
+        if getattr(args, flag):
+            argv.append(f"--{flag.replace('_', '-')}")
+    return argv
+
+
+def run_child(argv: list[str]) -> dict[str, Any]:
+    """Benchmark in a fresh interpreter (so the CPU peak RSS is this model's); errors become a dict."""
+    proc = subprocess.run([sys.executable, "-m", "msvit.bench", *argv], capture_output=True, text=True)
+    model = argv[argv.index("--model") + 1]
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return dict(model=model, error=last.removeprefix("error: "))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    if args.all or args.models:
+        names = args.models.split(",") if args.models else list(MODEL_NAMES)
+        for name in names:
+            check_model_name(name)
+        check_device(args.device, args.backend)
+        results = []
+        for i, name in enumerate(names, 1):
+            print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+            results.append(run_child(child_argv(args, name)))
+        print(json.dumps({"results": results}) if args.json else format_table(results))
+        if any("error" in r for r in results):
+            sys.exit(1)
+        return
+    if not args.model:
+        raise UserError(f"give --model NAME or --all; models: {', '.join(MODEL_NAMES)}")
+    result = benchmark(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
+                       args.repeats, args.img_size, kwargs, args.reference, args.channels_last,
+                       args.compile, args.amp, args.amp_dtype, args.threads)
+    print(json.dumps(result) if args.json else format_table([result]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""`python -m msvit.bench`: timings of a tiny model add up, the JSON CLI parses, bad arguments exit 2."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import msvit
+import msvit.bench as bench
+from msvit.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), img_size=8)
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():  # benchmark(threads=1) changes the process-wide setting
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_run(**kwargs):
+    settings = dict(batch_size=4, T=2, device="cpu", backend="torch", warmup=1, repeats=3,
+                    model_kwargs=TINY, threads=1)
+    return bench.benchmark("msvit_cifar_4_384", **{**settings, **kwargs})
+
+
+def test_timings_add_up_and_settings_are_reported():
+    r = tiny_run()
+    assert all(r[k] > 0 for k in ("step_ms", "forward_ms", "backward_ms", "optimizer_ms", "peak_memory_mb"))
+    # each step is exactly fwd + bwd + opt; the medians of the parts add up to the median step only roughly
+    assert r["forward_ms"] + r["backward_ms"] + r["optimizer_ms"] == pytest.approx(r["step_ms"], rel=0.5)
+    assert r["images_per_s"] == pytest.approx(4 / (r["step_ms"] / 1000))
+    assert sorted(r["step_ms_all"])[1] == pytest.approx(r["step_ms"], abs=1e-3)
+    assert r["input_shape"] == [4, 3, 8, 8] and r["img_size"] == 8 and r["T"] == 2
+    assert r["backend"] == "torch" and r["threads"] == 1 and r["device"] == "cpu" and r["gpu"] is None
+    assert r["params"] == msvit.count_parameters(timm.create_model("msvit_cifar_4_384", **TINY))
+    assert r["torch"] == torch.__version__ and r["cpu"]
+
+
+def test_dvs_models_get_event_frames_and_model_defaults():
+    r = bench.benchmark("qkformer_dvs_2_256", batch_size=2, T=None, warmup=0, repeats=1, threads=1,
+                        model_kwargs=dict(embed_dim=32, num_heads=2, img_size=16))
+    assert r["T"] == 16 and r["input_shape"] == [2, 16, 2, 16, 16] and r["num_classes"] == 11
+
+
+def test_reference_switch_is_called_or_explained(monkeypatch):
+    monkeypatch.delattr(msvit, "use_reference_implementation", raising=False)
+    with pytest.raises(UserError, match="use_reference_implementation"):
+        tiny_run(reference=True)
+    called = []
+    monkeypatch.setattr(msvit, "use_reference_implementation", lambda m: called.append(m), raising=False)
+    assert tiny_run(reference=True, repeats=1)["reference"] and len(called) == 1
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(device="cpu", backend="cupy"), "cupy runs on CUDA"),
+    (dict(model_kwargs=dict(embed_dimm=32)), "embed_dimm"),
+    (dict(repeats=0), "repeats"),
+])
+def test_bad_settings_are_user_errors(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        tiny_run(**kwargs)
+
+
+def test_unknown_model_exits_2_with_one_error_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--model", "msvit_tiny"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown model 'msvit_tiny'")
+    assert "qkformer_cifar_4_384" in err[0]
+
+
+def test_all_runs_each_model_through_a_child(monkeypatch, capsys):
+    args = bench.build_parser().parse_args(["--models", "a", "--batch-size", "4", "--T", "2", "--amp",
+                                            "--threads", "1", "--model-kwargs", json.dumps(TINY)])
+    back = bench.build_parser().parse_args(bench.child_argv(args, "msvit_cifar_4_384"))
+    same = {k for k in vars(args) if k not in ("model", "models", "all", "json")}
+    assert {k: getattr(back, k) for k in same} == {k: getattr(args, k) for k in same}
+    assert back.model == "msvit_cifar_4_384" and back.json
+
+    children = []
+    monkeypatch.setattr(bench, "run_child", lambda argv: children.append(argv) or dict(
+        tiny_run(), model=argv[argv.index("--model") + 1]))
+    bench.main(["--models", "msvit_cifar_4_384,qkformer_cifar_4_384", "--json"])
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["model"] for r in results] == ["msvit_cifar_4_384", "qkformer_cifar_4_384"]
+    assert len(children) == 2
+    table = bench.format_table(results + [dict(model="x", error="boom")])
+    assert "qkformer_cifar_4_384" in table and "x: error: boom" in table
+
+
+def test_json_cli_in_a_subprocess():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "msvit.bench", "--model", "qkformer_cifar_4_384",
+                           "--batch-size", "2", "--T", "2", "--warmup", "1", "--repeats", "2", "--json",
+                           "--model-kwargs", json.dumps(TINY)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["model"] == "qkformer_cifar_4_384" and r["batch_size"] == 2 and r["threads"] == 1
+    assert r["step_ms"] > 0 and r["images_per_s"] == pytest.approx(2000 / r["step_ms"])
+    assert r["memory"] == "process peak RSS" and r["peak_memory_mb"] >= r["rss_before_model_mb"] > 0
