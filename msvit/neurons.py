@@ -56,43 +56,43 @@ def _announce(backend: str, why: str) -> None:
 class _FusedLIF(torch.autograd.Function):
     """The torch backend's LIF loop as one autograd node (hard reset to 0, detached reset).
 
-    Forward runs exactly spikingjelly's arithmetic (`h = v + (x - v) / tau`, spike at `h - thr >= 0`,
-    `v = (1 - s) * h + s * 0`), so spikes are bit-identical; backward is the same BPTT that autograd
-    derives from spikingjelly's per-step graph, written out once. It keeps only the charged potentials
-    `h` for backward instead of every intermediate of every step, and stores no `v_seq`.
+    Forward charges exactly as spikingjelly does (`h = v + (x - v) / tau`; a spike where `h >= thr`,
+    which equals its `h - thr >= 0`; reset `v = h * (1 - s)`), so spikes are bit-identical. Backward is
+    the BPTT that autograd derives from spikingjelly's per-step graph, with everything that does not
+    depend on the previous step (surrogate gradients, reset factors) computed once over all steps:
+    the sequential part is one multiply-add per step. Only the surrogate slopes are kept for backward,
+    and no membrane sequence is stored.
     """
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v_init: torch.Tensor, tau: float, v_threshold: float,
                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         h_seq = torch.empty_like(x_seq)
-        spikes = torch.empty_like(x_seq)
         v = v_init
         for t in range(x_seq.shape[0]):
             h = v + (x_seq[t] - v) / tau
-            s = torch.ge(h - v_threshold, 0.0).to(x_seq.dtype)
-            v = (1.0 - s) * h + s * V_RESET
             h_seq[t] = h
-            spikes[t] = s
-        ctx.save_for_backward(h_seq)
-        ctx.constants = (tau, v_threshold, alpha)
+            v = h.masked_fill(h >= v_threshold, V_RESET)
+        spikes = (h_seq >= v_threshold).to(x_seq.dtype)
+        # spikingjelly's sigmoid surrogate: d spike / d h = alpha * sg * (1 - sg), sg = sigmoid(alpha * (h - thr))
+        sg = h_seq.sub_(v_threshold).mul_(alpha).sigmoid_()
+        slope = (1.0 - sg).mul_(sg).mul_(alpha)
+        ctx.save_for_backward(slope, spikes)
+        ctx.tau = tau
         return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor):
-        (h_seq,) = ctx.saved_tensors
-        tau, v_threshold, alpha = ctx.constants
-        grad_x = torch.empty_like(h_seq)
-        grad_v = grad_v_last  # gradient reaching v_t from later steps (or from the final state)
-        for t in range(h_seq.shape[0] - 1, -1, -1):
-            shifted = h_seq[t] - v_threshold
-            sg = (shifted * alpha).sigmoid_()
-            surrogate_grad = grad_spikes[t] * (1.0 - sg) * sg * alpha  # spikingjelly's sigmoid backward
-            not_spiked = 1.0 - torch.ge(shifted, 0.0).to(h_seq.dtype)  # the reset factor (1 - s), detached
-            grad_h = surrogate_grad + grad_v * not_spiked
-            grad_x[t] = grad_h / tau
-            grad_v = grad_h - grad_h / tau  # dh_t / dv_{t-1} = 1 - 1/tau
-        return grad_x, grad_v, None, None, None
+        slope, spikes = ctx.saved_tensors
+        direct = grad_spikes * slope          # through each step's own spike
+        keep = 1.0 - spikes                   # the detached reset factor (1 - s)
+        grad_h = torch.empty_like(direct)
+        grad_v = grad_v_last                  # gradient reaching v_t from later steps (or the final state)
+        decay = 1.0 - 1.0 / ctx.tau           # d h_t / d v_{t-1}
+        for t in range(direct.shape[0] - 1, -1, -1):
+            torch.addcmul(direct[t], grad_v, keep[t], out=grad_h[t])
+            grad_v = grad_h[t] * decay
+        return grad_h.div_(ctx.tau), grad_v, None, None, None
 
 
 class LIF(sj_neuron.MultiStepLIFNode):

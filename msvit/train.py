@@ -224,7 +224,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if cfg["compile"]:  # opt-in: the training forward is compiled, evaluation runs eagerly
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, dynamic=False)  # dynamic shapes fail in inductor on CPU
 
     writer = None
     if env.is_main:
