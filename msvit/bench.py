@@ -35,11 +35,17 @@ from .errors import UserError, cli_entry
 from .models import ARCHS, MODEL_NAMES, count_parameters
 from .neurons import BACKENDS, LIF, cupy_unavailable_reason
 
-__all__ = ["DEFAULT_BATCH", "benchmark", "format_table", "main"]
+__all__ = ["DEFAULT_BATCH", "benchmark", "format_table", "lif_bandwidth", "main"]
 
 # per-GPU batch sizes of the recipes (cifar10.yml, dvs128-gesture.yml, imagenet.yml)
 DEFAULT_BATCH = {"cifar": 64, "dvs": 16, "imagenet": 32}
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+LIF_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# the largest LIF input of msvit_cifar_4_384 at the recipe's batch: [T, B, C, H, W] of the first stage
+LIF_SHAPE = (4, 64, 192, 32, 32)
+# nominal DRAM bandwidth (GB/s) of GPUs this is likely to meet, by a substring of torch's device name
+NOMINAL_GBPS = {"H200": 4800, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
+                "A100 80GB PCIe": 1935, "A100": 1555, "V100": 900, "RTX 4090": 1008, "RTX 3090": 936}
 Autocast = Callable[[], contextlib.AbstractContextManager]  # a factory of autocast (or null) contexts
 
 
@@ -137,10 +143,13 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
               backend: str = "auto", warmup: int = 2, repeats: int = 5, img_size: int | None = None,
               model_kwargs: dict[str, Any] | None = None, reference: bool = False,
               channels_last: bool = False, compile: bool = False, amp: bool = False,
-              amp_dtype: str | None = None, threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+              amp_dtype: str | None = None, threads: int | None = None, seed: int = 0,
+              profile_rows: int = 0) -> dict[str, Any]:
     """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
     (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
-    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`."""
+    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`. With
+    `profile_rows`, one more step runs under torch.profiler and the result's `profile` holds its
+    busiest operators (by self CUDA time on CUDA, self CPU time on CPU) as a table."""
     check_model_name(model_name)
     check_device(device, backend)
     if warmup < 0 or repeats < 1:
@@ -202,6 +211,16 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     else:
         peak_mb, memory = rss_peak_mb(), "process peak RSS"
 
+    profile_table = None
+    if profile_rows:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+        sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        profile_table = prof.key_averages().table(sort_by=sort, row_limit=profile_rows, max_name_column_width=60)
+
     steps = [sum(t) for t in times]
     step_s = statistics.median(steps)
     used = sorted({m.backend for m in model.modules() if isinstance(m, LIF)})
@@ -219,8 +238,119 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         peak_memory_mb=peak_mb, memory=memory, rss_before_model_mb=rss_before_model,
         torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(), cpu_count=os.cpu_count(),
         gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-        loadavg_before=load_before, loadavg_after=os.getloadavg()[0],
+        loadavg_before=load_before, loadavg_after=os.getloadavg()[0], profile=profile_table,
     )
+
+
+def _cuda_kernel_ms(prof: Any, marker: str, calls: int) -> float | None:
+    """Device milliseconds per call of the CUDA kernels whose name contains `marker` (None if none ran)."""
+    total_us = sum(getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+                   for e in prof.key_averages() if marker in e.key)
+    return total_us / 1000 / calls if total_us else None
+
+
+def lif_bandwidth(shape: Sequence[int] = LIF_SHAPE, device: str = "cuda", backend: str = "auto",
+                  dtype: str = "float32", warmup: int = 3, repeats: int = 20,
+                  reference: bool = False) -> dict[str, Any]:
+    """Time one multi-step LIF neuron on a `[T, ...]` input: the forward and backward calls (as the
+    model makes them) and, on CUDA with the CuPy backend, the fused kernels alone (torch.profiler).
+    `reference` times spikingjelly's own node (`LIF.fused = False`) instead of msvit's.
+
+    Bandwidth counts the bytes the CuPy kernels must move, with N neurons and T steps. msvit's
+    forward kernel reads x and v_init and writes h, spikes and v_last, (3T + 2) N elements; its
+    backward reads the spike and v_last gradients, h and spikes and writes the x and v_init
+    gradients, (4T + 2) N. spikingjelly's kernels also write (forward) and read (backward) the
+    membrane sequence: (4T + 1) N and (5T + 1) N. Call bandwidths use the same counts, so they show
+    what the work around the kernel costs; the yardsticks are a device-to-device copy of the input
+    (2 x its bytes moved) and the device's nominal bandwidth.
+    """
+    check_device(device, backend)
+    if dtype not in LIF_DTYPES or (dtype == "float16" and device == "cpu"):
+        raise UserError(f"--lif-dtype {dtype!r}: choose float32, or float16 on CUDA")
+    dev, dt = torch.device(device), LIF_DTYPES[dtype]
+    T, neurons = shape[0], 1
+    for n in shape[1:]:
+        neurons *= n
+    lif = LIF(backend=backend)
+    lif.fused = not reference
+    x = torch.randn(*shape, device=dev, dtype=dt).mul_(2).requires_grad_()
+    grad_spikes = torch.randn_like(x)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        return out, 1000 * (time.perf_counter() - t0)
+
+    def one_call() -> tuple[float, float]:
+        x.grad = None
+        spikes, fwd_ms = timed(lambda: lif(x))
+        _, bwd_ms = timed(lambda: spikes.backward(grad_spikes))
+        lif.reset()
+        return fwd_ms, bwd_ms
+
+    for _ in range(warmup):
+        one_call()
+    times = [one_call() for _ in range(repeats)]
+    fwd_ms = statistics.median(t[0] for t in times)
+    bwd_ms = statistics.median(t[1] for t in times)
+    used = lif.backend
+    kernel_fwd_ms = kernel_bwd_ms = None
+    if dev.type == "cuda" and used == "cupy":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                one_call()
+            sync()
+        kernel_fwd_ms = _cuda_kernel_ms(prof, "LIFNode_fptt" if reference else "msvit_lif_forward", repeats)
+        kernel_bwd_ms = _cuda_kernel_ms(prof, "LIFNode_bptt" if reference else "msvit_lif_backward", repeats)
+
+    size = torch.finfo(dt).bits // 8
+    fwd_elements, bwd_elements = ((4 * T + 1, 5 * T + 1) if reference and used == "cupy" else (3 * T + 2, 4 * T + 2))
+    fwd_bytes, bwd_bytes = fwd_elements * neurons * size, bwd_elements * neurons * size
+    copy = torch.empty_like(x)
+    copy_ms = statistics.median(timed(lambda: copy.copy_(x))[1] for _ in range(max(repeats, 5)))
+    gbps = lambda nbytes, ms: nbytes / ms / 1e6 if ms else None  # noqa: E731 (bytes per ms -> GB/s)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    nominal = next((v for k, v in NOMINAL_GBPS.items() if gpu and k in gpu), None)
+    result = dict(
+        shape=list(shape), neurons=neurons, T=T, dtype=dtype, device=device, backend=used,
+        requested_backend=backend, reference=reference, forward_bytes=fwd_bytes, backward_bytes=bwd_bytes,
+        forward_ms=fwd_ms, backward_ms=bwd_ms, kernel_forward_ms=kernel_fwd_ms, kernel_backward_ms=kernel_bwd_ms,
+        forward_gbps=gbps(fwd_bytes, fwd_ms), backward_gbps=gbps(bwd_bytes, bwd_ms),
+        kernel_forward_gbps=gbps(fwd_bytes, kernel_fwd_ms), kernel_backward_gbps=gbps(bwd_bytes, kernel_bwd_ms),
+        copy_ms=copy_ms, copy_gbps=gbps(2 * x.numel() * size, copy_ms), nominal_gbps=nominal,
+        spike_rate=float(lif(x.detach()).float().mean()), gpu=gpu, cpu=cpu_name(), torch=torch.__version__,
+        threads=torch.get_num_threads(), warmup=warmup, repeats=repeats,
+    )
+    lif.reset()
+    return result
+
+
+def format_lif(r: dict[str, Any]) -> str:
+    """The LIF timings as a few readable lines."""
+    def line(name: str, ms: float | None, gbps: float | None) -> str:
+        if ms is None:
+            return f"  {name:<16} -"
+        share = f", {100 * gbps / r['nominal_gbps']:.0f}% of nominal" if gbps and r["nominal_gbps"] else ""
+        return f"  {name:<16} {ms:9.3f} ms  {gbps:8.1f} GB/s{share}"
+
+    variant = " (spikingjelly's node)" if r["reference"] else ""
+    lines = [f"LIF {r['dtype']} {'x'.join(map(str, r['shape']))} ({r['neurons']:,} neurons, T {r['T']}) on "
+             f"{r['gpu'] or r['cpu']}, backend {r['backend']}{variant}, torch {r['torch']}, "
+             f"median of {r['repeats']}, spike rate {r['spike_rate']:.3f}",
+             line("forward call", r["forward_ms"], r["forward_gbps"]),
+             line("backward call", r["backward_ms"], r["backward_gbps"])]
+    if r["kernel_forward_ms"] is not None or r["kernel_backward_ms"] is not None:
+        lines += [line("forward kernel", r["kernel_forward_ms"], r["kernel_forward_gbps"]),
+                  line("backward kernel", r["kernel_backward_ms"], r["kernel_backward_gbps"])]
+    lines.append(line("device copy", r["copy_ms"], r["copy_gbps"]))
+    if r["nominal_gbps"]:
+        lines.append(f"  nominal DRAM bandwidth {r['nominal_gbps']} GB/s")
+    return "\n".join(lines)
 
 
 COLUMNS = (("model", "model", "{}"), ("batch", "batch_size", "{}"), ("T", "T", "{}"),
@@ -281,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if it fails)")
     p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
     p.add_argument("--amp-dtype", choices=tuple(AMP_DTYPES), help="override the --amp dtype")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="profile one more step and print its ROWS busiest operators (not with --all)")
+    p.add_argument("--lif", action="store_true", help="time one LIF neuron (forward, backward, CuPy kernels) "
+                   "and report its memory bandwidth instead of a model")
+    p.add_argument("--lif-shape", default="x".join(map(str, LIF_SHAPE)), help="with --lif: T x neuron dims "
+                   "(default: %(default)s)")
+    p.add_argument("--lif-dtype", default="float32", choices=tuple(LIF_DTYPES), help="with --lif (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p
 
@@ -322,8 +459,21 @@ def run_child(argv: list[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     kwargs = parse_model_kwargs(args.model_kwargs)
+    if args.lif:
+        try:
+            shape = tuple(int(n) for n in args.lif_shape.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--lif-shape must look like 4x64x192x32x32, got {args.lif_shape!r}") from None
+        if len(shape) < 2 or min(shape) < 1:
+            raise UserError(f"--lif-shape needs T and at least one positive neuron dimension, got {args.lif_shape!r}")
+        result = lif_bandwidth(shape, args.device, args.backend, args.lif_dtype, args.warmup, args.repeats,
+                               args.reference)
+        print(json.dumps(result) if args.json else format_lif(result))
+        return
     if args.all or args.models:
         names = args.models.split(",") if args.models else list(MODEL_NAMES)
+        if args.profile:
+            raise UserError("--profile times one model; use --model NAME instead of --all")
         for name in names:
             check_model_name(name)
         check_device(args.device, args.backend)
@@ -339,8 +489,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"give --model NAME or --all; models: {', '.join(MODEL_NAMES)}")
     result = benchmark(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
                        args.repeats, args.img_size, kwargs, args.reference, args.channels_last,
-                       args.compile, args.amp, args.amp_dtype, args.threads)
+                       args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile)
     print(json.dumps(result) if args.json else format_table([result]))
+    if result["profile"] and not args.json:
+        print(result["profile"])
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Every neuron in MSViT and QKFormer is the same leaky integrate-and-fire unit
 (tau 2, hard reset to 0, detached reset, sigmoid surrogate with alpha 4); only
-the threshold differs. The CuPy kernel of spikingjelly 0.0.0.0.14 fuses the
-loop over time on the GPU; the torch backend runs everywhere.
+the threshold differs. On the GPU the CuPy backend runs the loop over time as one
+CUDA kernel (`msvit.cuda_lif`); the torch backend runs everywhere, as one autograd
+node. `LIF.fused = False` switches to spikingjelly 0.0.0.0.14's own node (its
+per-step torch loop or its CuPy kernel), the reference both are tested against.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from torch import nn
 from spikingjelly.clock_driven import neuron as sj_neuron
 from spikingjelly.clock_driven import surrogate
 from spikingjelly.clock_driven.base import MemoryModule
+
+from .cuda_lif import SUPPORTED_DTYPES, CupyLIF
 
 __all__ = ["LIF", "BACKENDS", "cupy_unavailable_reason", "reset_neurons", "set_neuron_backend"]
 
@@ -109,16 +113,17 @@ class LIF(sj_neuron.MultiStepLIFNode):
                          detach_reset=True, backend="torch")
         self.requested_backend = validate_backend(backend)
 
-    # False: spikingjelly's own per-step torch loop (the straightforward reference path)
+    # False: spikingjelly's own node, its per-step torch loop or its CuPy kernel (the reference path)
     fused = True
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         self.backend = self._resolve(x_seq)
-        if self.backend != "torch" or not self.fused:
+        if not self.fused:
             return super().forward(x_seq)
         v_init = self.v if isinstance(self.v, torch.Tensor) else torch.full_like(x_seq[0], self.v)
-        spikes, self.v = _FusedLIF.apply(x_seq, v_init, self.tau, self.v_threshold,
-                                         self.surrogate_function.alpha)
+        # the CuPy kernels take float32 and float16; anything else (bfloat16 autocast) takes the torch loop
+        function = CupyLIF if self.backend == "cupy" and x_seq.dtype in SUPPORTED_DTYPES else _FusedLIF
+        spikes, self.v = function.apply(x_seq, v_init, self.tau, self.v_threshold, self.surrogate_function.alpha)
         return spikes
 
     def _resolve(self, x: torch.Tensor) -> str:

@@ -107,3 +107,33 @@ def test_json_cli_in_a_subprocess():
     assert r["model"] == "qkformer_cifar_4_384" and r["batch_size"] == 2 and r["threads"] == 1
     assert r["step_ms"] > 0 and r["images_per_s"] == pytest.approx(2000 / r["step_ms"])
     assert r["memory"] == "process peak RSS" and r["peak_memory_mb"] >= r["rss_before_model_mb"] > 0
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_lif_bandwidth_counts_bytes_and_times_both_directions(reference):
+    r = bench.lif_bandwidth((3, 2, 5, 7), device="cpu", backend="torch", warmup=1, repeats=3, reference=reference)
+    assert r["neurons"] == 70 and r["T"] == 3 and r["backend"] == "torch" and r["reference"] is reference
+    assert r["forward_bytes"] == (3 * 3 + 2) * 70 * 4 and r["backward_bytes"] == (4 * 3 + 2) * 70 * 4
+    assert r["forward_ms"] > 0 and r["backward_ms"] > 0 and r["kernel_forward_ms"] is None
+    assert r["forward_gbps"] == pytest.approx(r["forward_bytes"] / r["forward_ms"] / 1e6)
+    assert 0 < r["spike_rate"] < 1 and r["nominal_gbps"] is None
+    text = bench.format_lif(r)
+    assert "forward call" in text and "backward call" in text and "kernel" not in text
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--lif", "--lif-shape", "4xa"], "--lif-shape must look like"),
+    (["--lif", "--lif-shape", "4"], "at least one positive neuron dimension"),
+    (["--lif", "--lif-dtype", "float16"], "float16 on CUDA"),
+    (["--all", "--profile", "5"], "--profile times one model"),
+])
+def test_lif_and_profile_arguments_are_checked(argv, match, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_profile_reports_the_busiest_operators(capsys):
+    r = tiny_run(repeats=1, warmup=0, profile_rows=5)
+    assert "convolution" in r["profile"] and "Self CPU" in r["profile"]
+    assert tiny_run(repeats=1, warmup=0)["profile"] is None

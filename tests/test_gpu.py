@@ -1,6 +1,6 @@
-"""GPU checks, skipped cleanly where CUDA (or CuPy) is missing: the CuPy LIF kernel against the torch
-backend for every family in fp32 and under AMP, and a real training step on the GPU (DDP on two
-devices when the machine has them)."""
+"""GPU checks, skipped cleanly where CUDA (or CuPy) is missing: msvit's CuPy LIF kernel against the torch
+backend (one neuron, and every family in fp32 and under AMP) and against spikingjelly's kernel, its
+memory, and a real training step on the GPU (DDP on two devices when the machine has them)."""
 import json
 import os
 import subprocess
@@ -27,6 +27,61 @@ FAMILIES = [
     ("msvit_dvs_2_256", {}, (2, 16, 2, 128, 128)),
     ("qkformer_dvs_2_256", dict(num_classes=10, mlp_ratio=1), (2, 16, 2, 128, 128)),
 ]
+
+
+@needs_cupy
+@pytest.mark.parametrize("threshold", [1.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_cupy_lif_kernel_matches_torch_loop(dtype, threshold):
+    """Two calls in a row (the second starts from the first's membrane), an odd neuron count."""
+    torch.manual_seed(0)
+    x = (torch.randn(6, 3, 37, 5) * 1.5 + 0.8).cuda().to(dtype)
+    weights = torch.randn(6, 3, 37, 5, device="cuda")
+    results = []
+    for backend in ("cupy", "torch"):
+        lif = LIF(threshold, backend)
+        leaf = x.clone().requires_grad_()
+        spikes = torch.cat([lif(leaf[:3]), lif(leaf[3:])])
+        assert lif.backend == backend and spikes.dtype == dtype
+        ((spikes.float() * weights).sum() + 0.3 * lif.v.float().sum()).backward()
+        results.append((spikes, lif.v, leaf.grad))
+    (s_cupy, v_cupy, g_cupy), (s_torch, v_torch, g_torch) = results
+    assert torch.equal(s_cupy, s_torch) and 0 < s_cupy.sum() < s_cupy.numel()
+    assert set(s_cupy.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(v_cupy, v_torch)
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=1e-2)
+    assert torch.allclose(g_cupy.float(), g_torch.float(), **tol)
+
+
+def _lif_modules(model):
+    return [m for m in model.modules() if isinstance(m, LIF)]
+
+
+@needs_cupy
+@pytest.mark.parametrize("name", ["msvit_cifar_4_384", "msvit_dvs_2_256"])
+def test_cupy_lif_kernel_matches_spikingjelly_kernel_and_saves_memory(name):
+    """Same model, same backend: msvit's kernel against spikingjelly's (LIF.fused = False), in fp32;
+    training memory must be lower, since no membrane sequence is kept."""
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=96, num_heads=4) if "cifar" in name else dict(embed_dim=64, num_heads=4, T=4)
+    shape = (8, 3, 32, 32) if "cifar" in name else (4, 4, 2, 128, 128)
+    model = timm.create_model(name, neuron_backend="cupy", **kwargs).cuda().eval()
+    x = (torch.randn(shape) if len(shape) == 4 else torch.randint(0, 3, shape).float()).cuda()
+    y = torch.randint(0, model.num_classes, (shape[0],), device="cuda")
+    runs = {}
+    for fused in (False, True):
+        for m in _lif_modules(model):
+            m.fused = fused
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        runs[fused] = (*_run(model, x, y, "cupy", amp=False), torch.cuda.max_memory_allocated() - base)
+    (ref_spikes, ref_logits, ref_grads, ref_peak), (spikes, logits, grads, peak) = runs[False], runs[True]
+    assert all(torch.equal(a, b) for a, b in zip(ref_spikes, spikes)) and len(spikes) == len(ref_spikes)
+    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for key, grad in ref_grads.items():
+        assert torch.allclose(grads[key], grad, atol=1e-4, rtol=1e-4), key
+    assert peak < ref_peak, (peak, ref_peak)
 
 
 def _run(model, x, y, backend, amp):

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/benchmarks.md, on a machine with CUDA (and CuPy for the cupy rows).
+#
+#   tools/gpu_report.sh OUTDIR [PART ...]     PART: tests lif cupy reference torch extras (default: all)
+#
+# tests   the GPU tests (CuPy kernel vs torch backend, a training step on the GPU) -> pytest.txt
+# lif     one LIF neuron's forward/backward and kernel bandwidth, fp32 and fp16  -> lif.jsonl
+# cupy    every model at the recipe's per-GPU batch, CuPy LIF, AMP and fp32     -> bench_cupy*.json
+# reference  four models with --reference (spikingjelly's kernel, unfused convs), AMP -> bench_reference.json
+# torch   the same with the torch LIF backend                                   -> bench_torch*.json
+# extras  channels_last, torch.compile and a profiled step of msvit_cifar_4_384  -> extras.txt
+# Each part runs even if an earlier one failed; the exit status is that of the last failure.
+set -u -o pipefail
+out=${1:?usage: tools/gpu_report.sh OUTDIR [tests lif cupy reference torch extras]}
+shift
+parts=${*:-tests lif cupy reference torch extras}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+status=0
+step() { "$@" || status=$?; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$out/gpu.txt" 2>&1
+$py -c "import torch, timm, spikingjelly, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'timm', timm.__version__, 'cupy', cupy.__version__)" >> "$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+for part in $parts; do
+  echo "== $part $(date -u +%H:%M:%S)"
+  case $part in
+    tests)
+      $py -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/pytest.txt" || status=$? ;;
+    lif)
+      for dtype in float32 float16; do
+        for variant in "cupy" "cupy --reference" "torch"; do
+          step $py -m msvit.bench --lif --device cuda --backend $variant --lif-dtype $dtype --json >> "$out/lif.jsonl"
+          $py -c "import json, sys, msvit.bench as b; print(b.format_lif(json.loads(sys.argv[1])))" \
+            "$(tail -n 1 "$out/lif.jsonl")"
+        done
+      done ;;
+    reference)
+      step $py -m msvit.bench --all --models msvit_cifar_4_384,qkformer_cifar_4_384,msvit_10_384,msvit_dvs_2_256 \
+        --device cuda --backend cupy --amp --reference --json > "$out/bench_reference.json"
+      $py -c "import json, sys, msvit.bench as b; print(b.format_table(json.load(open(sys.argv[1]))['results']))" \
+        "$out/bench_reference.json" ;;
+    cupy | torch)
+      for amp in --amp ""; do
+        step $py -m msvit.bench --all --device cuda --backend "$part" $amp --json > "$out/bench_$part${amp:+_amp}.json"
+        $py -c "import json, sys, msvit.bench as b; print(b.format_table(json.load(open(sys.argv[1]))['results']))" \
+          "$out/bench_$part${amp:+_amp}.json"
+      done ;;
+    extras)
+      for flags in "" "--channels-last" "--compile"; do
+        for backend in cupy torch; do
+          $py -m msvit.bench --model msvit_cifar_4_384 --device cuda --backend $backend --amp $flags 2>&1 \
+            | tee -a "$out/extras.txt" || status=$?
+        done
+      done
+      $py -m msvit.bench --model msvit_cifar_4_384 --device cuda --backend cupy --amp --profile 30 2>&1 \
+        | tee -a "$out/extras.txt" || status=$? ;;
+    *)
+      echo "unknown part $part; choose tests lif cupy reference torch extras" >&2; status=2 ;;
+  esac
+done
+exit $status
