@@ -144,19 +144,27 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
               model_kwargs: dict[str, Any] | None = None, reference: bool = False,
               channels_last: bool = False, compile: bool = False, amp: bool = False,
               amp_dtype: str | None = None, threads: int | None = None, seed: int = 0,
-              profile_rows: int = 0) -> dict[str, Any]:
+              profile_rows: int = 0, alternate: bool = False) -> dict[str, Any]:
     """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
     (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
     (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`. With
     `profile_rows`, one more step runs under torch.profiler and the result's `profile` holds its
-    busiest operators (by self CUDA time on CUDA, self CPU time on CPU) as a table."""
+    busiest operators (by self CUDA time on CUDA, self CPU time on CPU) as a table.
+
+    `alternate` times the reference path against the optimised one on the same model and batch in
+    this process: every warm-up and timed step becomes a reference step followed by an optimised
+    step (`msvit.use_reference_implementation` switched in between), which cancels most of the drift
+    between separate runs. The result then adds `reference_step_ms`, `speedup` (reference / optimised
+    median) and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths."""
     check_model_name(model_name)
     check_device(device, backend)
     if warmup < 0 or repeats < 1:
         raise UserError(f"need --warmup >= 0 and --repeats >= 1, got {warmup} and {repeats}")
     if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
         raise UserError(f"unknown --amp-dtype {amp_dtype!r}; choose float16 or bfloat16")
-    switch = reference_switch() if reference else None
+    if reference and alternate:
+        raise UserError("--reference times the reference path alone; --alternate already includes it")
+    switch = reference_switch() if reference or alternate else None
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -173,7 +181,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
                                                  "neuron_backend": backend})
     except (TypeError, ValueError) as exc:  # a misspelt or impossible --model-kwargs entry
         raise UserError(f"cannot build {model_name}: {exc}") from exc
-    if switch is not None:
+    if reference:
         switched = switch(model)
         model = switched if isinstance(switched, nn.Module) else model
     model.to(dev).train()
@@ -200,16 +208,37 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
             print(f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); "
                   f"benchmarking the eager model", file=sys.stderr)
             runner = model
-    for _ in range(warmup):
-        train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+    def step() -> tuple[float, float, float]:
+        return train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+
+    paths = (True, False) if alternate else (reference,)  # True: the reference path
+    times: dict[bool, list[tuple[float, float, float]]] = {path: [] for path in paths}
+    cuda_peaks = dict.fromkeys(paths, 0.0)
+    for i in range(warmup + repeats):
+        for path in paths:
+            if alternate:
+                switch(model, path)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            timing = step()
+            if i >= warmup:
+                times[path].append(timing)
+                if dev.type == "cuda":
+                    cuda_peaks[path] = max(cuda_peaks[path], torch.cuda.max_memory_allocated(dev) / 2**20)
+    if alternate:
+        switch(model, False)
     if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = [train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
-             for _ in range(repeats)]
-    if dev.type == "cuda":
-        peak_mb, memory = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda max_memory_allocated"
+        peak_mb, memory = cuda_peaks[paths[-1]], "cuda max_memory_allocated"
     else:
         peak_mb, memory = rss_peak_mb(), "process peak RSS"
+    comparison = {}
+    if alternate:
+        reference_s = statistics.median(sum(t) for t in times[True])
+        comparison = dict(reference_step_ms=1000 * reference_s,
+                          reference_step_ms_all=[round(1000 * sum(t), 3) for t in times[True]],
+                          speedup=reference_s / statistics.median(sum(t) for t in times[False]),
+                          reference_peak_memory_mb=cuda_peaks[True] if dev.type == "cuda" else None)
+    times = times[paths[-1]]
 
     profile_table = None
     if profile_rows:
@@ -239,6 +268,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(), cpu_count=os.cpu_count(),
         gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         loadavg_before=load_before, loadavg_after=os.getloadavg()[0], profile=profile_table,
+        alternate=alternate, **comparison,
     )
 
 
@@ -366,7 +396,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     lines = []
     if ok:
         r = ok[0]
-        flags = [f for f in ("reference", "channels_last", "compile") if r[f]]
+        flags = [f for f in ("reference", "alternate", "channels_last", "compile") if r[f]]
         flags += [f"amp {r['amp']}"] if r["amp"] else []
         lines.append(f"device {r['device']} ({r['gpu'] or r['cpu']}, {r['threads']} threads), backend {r['backend']}, "
                      f"torch {r['torch']}, warmup {r['warmup']}, median of {r['repeats']}"
@@ -375,6 +405,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     columns = COLUMNS
     if ok and ok[0]["device"] == "cpu":  # RSS includes the imports: show what was there before the model
         columns += (("pre-model MiB", "rss_before_model_mb", "{:.0f}"),)
+    if ok and ok[0]["alternate"]:
+        columns += (("reference ms/step", "reference_step_ms", "{:.1f}"), ("speed-up", "speedup", "{:.2f}x"))
+        if ok[0]["device"] == "cuda":
+            columns += (("reference peak MiB", "reference_peak_memory_mb", "{:.0f}"),)
     rows = [[head for head, _, _ in columns]]
     rows += [[fmt.format("x".join(map(str, r[key])) if key == "input_shape" else r[key])
               for _, key, fmt in columns] for r in ok]
@@ -407,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch.set_num_threads; default: torch's choice")
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for timm.create_model, e.g. '{\"embed_dim\": 32}'")
     p.add_argument("--reference", action="store_true", help="msvit.use_reference_implementation(model)")
+    p.add_argument("--alternate", action="store_true", help="alternate reference and optimised steps in one "
+                   "process and report the speed-up")
     p.add_argument("--channels-last", action="store_true", help="channels_last model (and 4-D inputs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if it fails)")
     p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
@@ -439,7 +475,7 @@ def child_argv(args: argparse.Namespace, model: str) -> list[str]:
     for flag in ("batch_size", "T", "img_size", "threads", "amp_dtype"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    for flag in ("reference", "channels_last", "compile", "amp"):
+    for flag in ("reference", "alternate", "channels_last", "compile", "amp"):
         if getattr(args, flag):
             argv.append(f"--{flag.replace('_', '-')}")
     return argv
@@ -489,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"give --model NAME or --all; models: {', '.join(MODEL_NAMES)}")
     result = benchmark(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
                        args.repeats, args.img_size, kwargs, args.reference, args.channels_last,
-                       args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile)
+                       args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile,
+                       alternate=args.alternate)
     print(json.dumps(result) if args.json else format_table([result]))
     if result["profile"] and not args.json:
         print(result["profile"])

@@ -18,6 +18,7 @@ from spikingjelly.clock_driven import neuron as sj_neuron
 from spikingjelly.clock_driven import surrogate
 from spikingjelly.clock_driven.base import MemoryModule
 
+from . import cpu_lif
 from .cuda_lif import SUPPORTED_DTYPES, CupyLIF
 
 __all__ = ["LIF", "BACKENDS", "cupy_unavailable_reason", "reset_neurons", "set_neuron_backend"]
@@ -60,27 +61,32 @@ def _announce(backend: str, why: str) -> None:
 class _FusedLIF(torch.autograd.Function):
     """The torch backend's LIF loop as one autograd node (hard reset to 0, detached reset).
 
-    Forward charges exactly as spikingjelly does (`h = v + (x - v) / tau`; a spike where `h >= thr`,
-    which equals its `h - thr >= 0`; reset `v = h * (1 - s)`), so spikes are bit-identical. Backward is
-    the BPTT that autograd derives from spikingjelly's per-step graph, with everything that does not
-    depend on the previous step (surrogate gradients, reset factors) computed once over all steps:
-    the sequential part is one multiply-add per step. Only the surrogate slopes are kept for backward,
-    and no membrane sequence is stored.
+    Forward charges exactly as spikingjelly does (`h = v + (x - v) / tau`, the same three roundings;
+    a spike where `h >= thr`, which equals its `h - thr >= 0`; reset `v = h * (1 - s)`), so spikes
+    are bit-identical. Backward is the BPTT that autograd derives from spikingjelly's per-step graph,
+    with the surrogate slopes computed once over all steps, in place over the charge buffer: the
+    sequential part is an add and a multiply per step. On CPU most of the cost of such elementwise
+    work is first touching freshly allocated large buffers, so every step writes into preallocated
+    memory and the only new sequence-sized tensors are the charge/slope buffer, the spikes and,
+    in backward, the input gradient. No membrane sequence is stored.
     """
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v_init: torch.Tensor, tau: float, v_threshold: float,
                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         h_seq = torch.empty_like(x_seq)
-        v = v_init
+        fired = torch.empty(x_seq.shape, dtype=torch.bool, device=x_seq.device)
+        v, v_next = v_init, torch.empty_like(x_seq[0])
         for t in range(x_seq.shape[0]):
-            h = v + (x_seq[t] - v) / tau
-            h_seq[t] = h
-            v = h.masked_fill(h >= v_threshold, V_RESET)
-        spikes = (h_seq >= v_threshold).to(x_seq.dtype)
-        # spikingjelly's sigmoid surrogate: d spike / d h = alpha * sg * (1 - sg), sg = sigmoid(alpha * (h - thr))
+            h = torch.sub(x_seq[t], v, out=h_seq[t]).div_(tau).add_(v)  # v + (x - v) / tau
+            torch.ge(h, v_threshold, out=fired[t])
+            v = v_next.copy_(h).masked_fill_(fired[t], V_RESET)
+        spikes = fired.to(x_seq.dtype)
+        del fired
+        # spikingjelly's sigmoid surrogate, d spike / d h = alpha * sg * (1 - sg) with
+        # sg = sigmoid(alpha * (h - thr)); stored divided by tau, the factor every input gradient needs
         sg = h_seq.sub_(v_threshold).mul_(alpha).sigmoid_()
-        slope = (1.0 - sg).mul_(sg).mul_(alpha)
+        slope = sg.addcmul_(sg, sg, value=-1.0).mul_(alpha / tau)
         ctx.save_for_backward(slope, spikes)
         ctx.tau = tau
         return spikes, v
@@ -88,15 +94,15 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor):
         slope, spikes = ctx.saved_tensors
-        direct = grad_spikes * slope          # through each step's own spike
-        keep = 1.0 - spikes                   # the detached reset factor (1 - s)
-        grad_h = torch.empty_like(direct)
-        grad_v = grad_v_last                  # gradient reaching v_t from later steps (or the final state)
-        decay = 1.0 - 1.0 / ctx.tau           # d h_t / d v_{t-1}
-        for t in range(direct.shape[0] - 1, -1, -1):
-            torch.addcmul(direct[t], grad_v, keep[t], out=grad_h[t])
-            grad_v = grad_h[t] * decay
-        return grad_h.div_(ctx.tau), grad_v, None, None, None
+        tau = ctx.tau
+        decay = 1.0 - 1.0 / tau                      # d h_t / d v_{t-1}
+        grad_x = torch.mul(grad_spikes, slope)       # through each step's own spike, already / tau
+        carried = grad_v_last / tau                  # (gradient reaching v_t from later steps) / tau
+        for t in range(grad_x.shape[0] - 1, -1, -1):
+            # the detached reset v_t = h_t (1 - s_t) passes it on only where step t did not fire
+            g = grad_x[t].add_(carried.masked_fill_(spikes[t].bool(), 0.0))
+            torch.mul(g, decay, out=carried)
+        return grad_x, carried.mul_(tau), None, None, None
 
 
 class LIF(sj_neuron.MultiStepLIFNode):
@@ -121,10 +127,18 @@ class LIF(sj_neuron.MultiStepLIFNode):
         if not self.fused:
             return super().forward(x_seq)
         v_init = self.v if isinstance(self.v, torch.Tensor) else torch.full_like(x_seq[0], self.v)
-        # the CuPy kernels take float32 and float16; anything else (bfloat16 autocast) takes the torch loop
-        function = CupyLIF if self.backend == "cupy" and x_seq.dtype in SUPPORTED_DTYPES else _FusedLIF
-        spikes, self.v = function.apply(x_seq, v_init, self.tau, self.v_threshold, self.surrogate_function.alpha)
+        spikes, self.v = self._function(x_seq).apply(x_seq, v_init, self.tau, self.v_threshold,
+                                                      self.surrogate_function.alpha)
         return spikes
+
+    def _function(self, x_seq: torch.Tensor) -> type[torch.autograd.Function]:
+        """The fused implementation for this input: the CuPy kernel (float32/float16 on CUDA), the C
+        kernel (float32 on CPU, where a compiler works), else the loop of torch operations."""
+        if self.backend == "cupy":
+            return CupyLIF if x_seq.dtype in SUPPORTED_DTYPES else _FusedLIF
+        if x_seq.device.type == "cpu" and x_seq.dtype == torch.float32 and cpu_lif.kernel() is not None:
+            return cpu_lif.CpuLIF
+        return _FusedLIF
 
     def _resolve(self, x: torch.Tensor) -> str:
         if self.requested_backend != "auto":

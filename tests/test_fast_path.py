@@ -1,19 +1,36 @@
-"""The optimised forward path (fused LIF autograd node, stacked 1x1 attention convolutions) against the
-straightforward reference (spikingjelly's per-step loop, one convolution per branch), same weights."""
+"""The optimised forward path (fused LIF: the C kernel on CPU or one autograd node of torch operations;
+stacked 1x1 attention convolutions) against the straightforward reference (spikingjelly's per-step
+loop, one convolution per branch), same weights."""
 import pytest
 import timm
 import torch
 
 import msvit
-from msvit.neurons import LIF
+from msvit import cpu_lif
+from msvit.neurons import LIF, _FusedLIF
+
+needs_cpu_kernel = pytest.mark.skipif(cpu_lif.kernel() is None,
+                                      reason=f"no C compiler for the CPU LIF kernel ({cpu_lif.unavailable_reason()})")
+
+
+@pytest.fixture(params=["c-kernel", "torch-ops"])
+def implementation(request, monkeypatch):
+    """Each fused CPU implementation in turn: the C kernel, and the torch operations it falls back to."""
+    if request.param == "c-kernel":
+        if cpu_lif.kernel() is None:
+            pytest.skip(f"no C compiler for the CPU LIF kernel ({cpu_lif.unavailable_reason()})")
+        return cpu_lif.CpuLIF
+    monkeypatch.setattr(cpu_lif, "kernel", lambda: None)
+    return _FusedLIF
 
 
 @pytest.mark.parametrize("threshold", [1.0, 0.5])
-@pytest.mark.parametrize("shape", [(4, 3, 5), (16, 2, 6, 7)])
-def test_fused_lif_matches_spikingjelly_loop(threshold, shape):
+@pytest.mark.parametrize("shape", [(4, 3, 5), (16, 2, 6, 7), (3, 2, 1100)])  # the last spans two kernel blocks
+def test_fused_lif_matches_spikingjelly_loop(threshold, shape, implementation):
     torch.manual_seed(0)
     x = torch.randn(shape) * 1.5 + 0.8
     fused, loop = LIF(threshold, "torch"), LIF(threshold, "torch")
+    assert fused._function(x) is implementation
     loop.fused = False
     x_fused, x_loop = x.clone().requires_grad_(), x.clone().requires_grad_()
     s_fused, s_loop = fused(x_fused), loop(x_loop)
@@ -25,7 +42,7 @@ def test_fused_lif_matches_spikingjelly_loop(threshold, shape):
     assert torch.allclose(x_fused.grad, x_loop.grad, atol=1e-6, rtol=0)
 
 
-def test_fused_lif_carries_state_across_calls_like_the_loop():
+def test_fused_lif_carries_state_across_calls_like_the_loop(implementation):
     torch.manual_seed(1)
     x1, x2 = torch.randn(3, 4) + 0.6, torch.randn(3, 4) + 0.6
     leaves = [(a.clone().requires_grad_(), b.clone().requires_grad_()) for a, b in [(x1, x2)] * 2]
@@ -62,7 +79,7 @@ FAMILIES = [
 
 
 @pytest.mark.parametrize("name,kwargs,shape", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_optimised_model_matches_reference_path(name, kwargs, shape):
+def test_optimised_model_matches_reference_path(name, kwargs, shape, implementation):
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs)
     x = torch.randn(shape) if len(shape) == 4 else torch.randint(0, 3, shape).float()
@@ -80,7 +97,7 @@ def test_optimised_model_matches_reference_path(name, kwargs, shape):
     assert sum(s.sum() for s in fast_spikes) > 0
 
 
-def test_training_gradients_match_reference_path():
+def test_training_gradients_match_reference_path(implementation):
     torch.manual_seed(0)
     model = timm.create_model("msvit_cifar_4_384", embed_dim=64, num_heads=2)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
@@ -94,3 +111,46 @@ def test_training_gradients_match_reference_path():
         assert torch.allclose(fast, grads[1][key], atol=1e-5, rtol=1e-4), key
     msvit.use_reference_implementation(model, False)
     assert all(m.fused for m in model.modules() if isinstance(m, LIF))
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_is_independent_of_threads_and_backward_can_run_twice():
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 2100) * 1.5 + 0.8
+    weights = torch.randn_like(x)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            lif = LIF(backend="torch")
+            leaf = x.clone().requires_grad_()
+            spikes = lif(leaf)
+            loss = (spikes * weights).sum()
+            loss.backward(retain_graph=True)
+            first = leaf.grad.clone()
+            loss.backward()  # retain_graph: the second pass must see the same surrogate slopes
+            results.append((spikes.detach(), first))
+            assert torch.allclose(leaf.grad, 2 * first, atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+    (s1, g1), (s3, g3) = results
+    assert torch.equal(s1, s3) and torch.equal(g1, g3)
+    with torch.no_grad():  # no gradient: the kernel skips the surrogate buffer
+        assert torch.equal(LIF(backend="torch")(x), s1)
+
+
+def test_cpu_kernel_falls_back_to_torch_ops_when_it_cannot_be_built(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("MSVIT_CACHE_DIR", str(tmp_path / "cache"))
+    cpu_lif._load.cache_clear()
+    try:
+        assert cpu_lif.kernel() is None and "no-such-compiler" in cpu_lif.unavailable_reason()
+        x = torch.randn(4, 3, 5) + 0.8
+        assert LIF(backend="torch")._function(x) is _FusedLIF
+        monkeypatch.setenv("MSVIT_CPU_KERNEL", "0")
+        cpu_lif._load.cache_clear()
+        assert cpu_lif.kernel() is None and "MSVIT_CPU_KERNEL=0" in cpu_lif.unavailable_reason()
+    finally:
+        monkeypatch.undo()
+        cpu_lif._load.cache_clear()
