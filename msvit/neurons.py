@@ -3,9 +3,10 @@
 Every neuron in MSViT and QKFormer is the same leaky integrate-and-fire unit
 (tau 2, hard reset to 0, detached reset, sigmoid surrogate with alpha 4); only
 the threshold differs. On the GPU the CuPy backend runs the loop over time as one
-CUDA kernel (`msvit.cuda_lif`); the torch backend runs everywhere, as one autograd
-node. `LIF.fused = False` switches to spikingjelly 0.0.0.0.14's own node (its
-per-step torch loop or its CuPy kernel), the reference both are tested against.
+CUDA kernel (`msvit.cuda_lif`); the torch backend runs everywhere, on CPU as a C
+kernel (`msvit.cpu_lif`) where a compiler works, else as one autograd node of torch
+operations. `LIF.fused = False` switches to spikingjelly 0.0.0.0.14's own node (its
+per-step torch loop or its CuPy kernel), the reference all are tested against.
 """
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ class LIF(sj_neuron.MultiStepLIFNode):
     """Multi-step LIF neuron on `[T, ...]` input with the backend chosen per call.
 
     `backend='auto'` runs the CuPy kernel for CUDA tensors when CuPy works and the
-    torch reference otherwise; `'cupy'` fails here, at construction, with the reason
-    when it cannot work; `'torch'` always uses the reference implementation.
+    torch backend otherwise; `'cupy'` fails here, at construction, with the reason
+    when it cannot work; `'torch'` always uses the torch backend.
     """
 
     def __init__(self, v_threshold: float = 1.0, backend: str = "auto") -> None:
