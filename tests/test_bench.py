@@ -137,3 +137,13 @@ def test_profile_reports_the_busiest_operators(capsys):
     r = tiny_run(repeats=1, warmup=0, profile_rows=5)
     assert "convolution" in r["profile"] and "Self CPU" in r["profile"]
     assert tiny_run(repeats=1, warmup=0)["profile"] is None
+
+
+def test_gpu_report_script_parses_and_rejects_unknown_parts(tmp_path):
+    script = ROOT / "tools" / "gpu_report.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "out"), "bogus"], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 2 and "unknown part bogus" in proc.stderr
+    assert (tmp_path / "out" / "gpu.txt").exists()
