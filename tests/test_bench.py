@@ -147,3 +147,18 @@ def test_gpu_report_script_parses_and_rejects_unknown_parts(tmp_path):
                           cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 2 and "unknown part bogus" in proc.stderr
     assert (tmp_path / "out" / "gpu.txt").exists()
+
+
+def test_alternate_times_both_paths_on_one_model(monkeypatch):
+    calls = []
+    real_switch = msvit.use_reference_implementation
+    monkeypatch.setattr(msvit, "use_reference_implementation",
+                        lambda model, enabled=True: calls.append(enabled) or real_switch(model, enabled))
+    r = tiny_run(alternate=True, warmup=1, repeats=2)
+    assert calls == [True, False] * 3 + [False]  # each step pair, then back to the optimised path
+    assert len(r["step_ms_all"]) == len(r["reference_step_ms_all"]) == 2
+    assert r["speedup"] == pytest.approx(r["reference_step_ms"] / r["step_ms"])
+    assert r["alternate"] and r["reference_peak_memory_mb"] is None  # CPU: one process RSS for both
+    assert "speed-up" in bench.format_table([r])
+    with pytest.raises(UserError, match="--alternate already includes it"):
+        tiny_run(alternate=True, reference=True)
