@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -212,7 +213,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         return train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
 
     paths = (True, False) if alternate else (reference,)  # True: the reference path
-    times: dict[bool, list[tuple[float, float, float]]] = {path: [] for path in paths}
+    timings: dict[bool, list[tuple[float, float, float]]] = {path: [] for path in paths}
     cuda_peaks = dict.fromkeys(paths, 0.0)
     for i in range(warmup + repeats):
         for path in paths:
@@ -222,7 +223,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
                 torch.cuda.reset_peak_memory_stats(dev)
             timing = step()
             if i >= warmup:
-                times[path].append(timing)
+                timings[path].append(timing)
                 if dev.type == "cuda":
                     cuda_peaks[path] = max(cuda_peaks[path], torch.cuda.max_memory_allocated(dev) / 2**20)
     if alternate:
@@ -233,12 +234,12 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         peak_mb, memory = rss_peak_mb(), "process peak RSS"
     comparison = {}
     if alternate:
-        reference_s = statistics.median(sum(t) for t in times[True])
+        reference_s = statistics.median(sum(t) for t in timings[True])
         comparison = dict(reference_step_ms=1000 * reference_s,
-                          reference_step_ms_all=[round(1000 * sum(t), 3) for t in times[True]],
-                          speedup=reference_s / statistics.median(sum(t) for t in times[False]),
+                          reference_step_ms_all=[round(1000 * sum(t), 3) for t in timings[True]],
+                          speedup=reference_s / statistics.median(sum(t) for t in timings[False]),
                           reference_peak_memory_mb=cuda_peaks[True] if dev.type == "cuda" else None)
-    times = times[paths[-1]]
+    times = timings[paths[-1]]
 
     profile_table = None
     if profile_rows:
@@ -246,7 +247,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+            step()
         sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         profile_table = prof.key_averages().table(sort_by=sort, row_limit=profile_rows, max_name_column_width=60)
 
@@ -298,9 +299,7 @@ def lif_bandwidth(shape: Sequence[int] = LIF_SHAPE, device: str = "cuda", backen
     if dtype not in LIF_DTYPES or (dtype == "float16" and device == "cpu"):
         raise UserError(f"--lif-dtype {dtype!r}: choose float32, or float16 on CUDA")
     dev, dt = torch.device(device), LIF_DTYPES[dtype]
-    T, neurons = shape[0], 1
-    for n in shape[1:]:
-        neurons *= n
+    T, neurons = shape[0], math.prod(shape[1:])
     lif = LIF(backend=backend)
     lif.fused = not reference
     x = torch.randn(*shape, device=dev, dtype=dt).mul_(2).requires_grad_()

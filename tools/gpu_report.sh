@@ -18,6 +18,7 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 status=0
 step() { "$@" || status=$?; }
+table() { $py -c "import json, sys, msvit.bench as b; print(b.format_table(json.load(open(sys.argv[1]))['results']))" "$1"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$out/gpu.txt" 2>&1
 $py -c "import torch, timm, spikingjelly, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
@@ -40,13 +41,11 @@ for part in $parts; do
     reference)
       step $py -m msvit.bench --all --models msvit_cifar_4_384,qkformer_cifar_4_384,msvit_10_384,msvit_dvs_2_256 \
         --device cuda --backend cupy --amp --reference --json > "$out/bench_reference.json"
-      $py -c "import json, sys, msvit.bench as b; print(b.format_table(json.load(open(sys.argv[1]))['results']))" \
-        "$out/bench_reference.json" ;;
+      table "$out/bench_reference.json" ;;
     cupy | torch)
       for amp in --amp ""; do
         step $py -m msvit.bench --all --device cuda --backend "$part" $amp --json > "$out/bench_$part${amp:+_amp}.json"
-        $py -c "import json, sys, msvit.bench as b; print(b.format_table(json.load(open(sys.argv[1]))['results']))" \
-          "$out/bench_$part${amp:+_amp}.json"
+        table "$out/bench_$part${amp:+_amp}.json"
       done ;;
     extras)
       for flags in "" "--channels-last" "--compile"; do
