@@ -5,9 +5,11 @@ Importing the package registers every model with timm:
     >>> model = timm.create_model("msvit_cifar_4_384", num_classes=100)
 """
 from .checkpoint import CheckpointError, load_checkpoint
-from .models import ARCHS, MODEL_NAMES, SpikingTransformer, count_parameters, use_reference_implementation
+from .models import (ARCHS, MODEL_NAMES, SpikingTransformer, count_parameters,
+                     set_batch_coupled_ssa, use_reference_implementation)
 from .neurons import LIF, reset_neurons, set_neuron_backend
 
-__all__ = ["ARCHS", "MODEL_NAMES", "SpikingTransformer", "count_parameters", "use_reference_implementation", "LIF", "reset_neurons",
-           "set_neuron_backend", "load_checkpoint", "CheckpointError"]
+__all__ = ["ARCHS", "MODEL_NAMES", "SpikingTransformer", "count_parameters", "use_reference_implementation",
+           "set_batch_coupled_ssa", "LIF", "reset_neurons", "set_neuron_backend",
+           "load_checkpoint", "CheckpointError"]
 __version__ = "0.1.0"

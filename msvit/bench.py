@@ -7,6 +7,8 @@ random data at its dataset's real input size, and reports the median step time s
     python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --T 4 --device cpu
     python -m msvit.bench --all --models msvit_cifar_4_384,qkformer_cifar_4_384 --json
     python -m msvit.bench --model msvit_cifar_4_384 --model-kwargs '{"embed_dim": 32, "num_heads": 2}'
+    python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --alternate      # optimised vs reference path
+    python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --alternate-ssa  # batch-coupled vs per-sample SSA
 
 Peak memory is `torch.cuda.max_memory_allocated()` over the timed steps on CUDA, and the peak
 resident set size of the whole process (imports included) on CPU; `--all` therefore runs every
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, cli_entry
-from .models import ARCHS, MODEL_NAMES, count_parameters
+from .models import ARCHS, MODEL_NAMES, count_parameters, set_batch_coupled_ssa
 from .neurons import BACKENDS, LIF, cupy_unavailable_reason
 
 __all__ = ["DEFAULT_BATCH", "benchmark", "format_table", "lif_bandwidth", "main"]
@@ -145,10 +147,12 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
               model_kwargs: dict[str, Any] | None = None, reference: bool = False,
               channels_last: bool = False, compile: bool = False, amp: bool = False,
               amp_dtype: str | None = None, threads: int | None = None, seed: int = 0,
-              profile_rows: int = 0, alternate: bool = False) -> dict[str, Any]:
+              profile_rows: int = 0, alternate: bool = False,
+              batch_coupled_ssa: bool | None = None, alternate_ssa: bool = False) -> dict[str, Any]:
     """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
     (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
-    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`. With
+    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`, and so does
+    `batch_coupled_ssa` when given (None: the model's default, the release's batch-coupled SSA). With
     `profile_rows`, one more step runs under torch.profiler and the result's `profile` holds its
     busiest operators (by self CUDA time on CUDA, self CPU time on CPU) as a table.
 
@@ -156,7 +160,11 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     this process: every warm-up and timed step becomes a reference step followed by an optimised
     step (`msvit.use_reference_implementation` switched in between), which cancels most of the drift
     between separate runs. The result then adds `reference_step_ms`, `speedup` (reference / optimised
-    median) and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths."""
+    median) and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths.
+
+    `alternate_ssa` alternates the same way between per-sample and batch-coupled SSA (the measured
+    path, reported as the model's), and adds `per_sample_step_ms`, `coupling_cost` (batch-coupled /
+    per-sample median) and, on CUDA, `per_sample_peak_memory_mb`."""
     check_model_name(model_name)
     check_device(device, backend)
     if warmup < 0 or repeats < 1:
@@ -165,6 +173,10 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         raise UserError(f"unknown --amp-dtype {amp_dtype!r}; choose float16 or bfloat16")
     if reference and alternate:
         raise UserError("--reference times the reference path alone; --alternate already includes it")
+    if alternate and alternate_ssa:
+        raise UserError("--alternate and --alternate-ssa each compare two paths; choose one")
+    if alternate_ssa and batch_coupled_ssa is not None:
+        raise UserError("--alternate-ssa times both SSA settings; drop --batch-coupled-ssa")
     switch = reference_switch() if reference or alternate else None
     if threads:
         torch.set_num_threads(threads)
@@ -178,7 +190,8 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     img_size = img_size or arch["img_size"]
     batch_size = batch_size or DEFAULT_BATCH[arch["stem"]]
     try:
-        model = timm.create_model(model_name, **{**(model_kwargs or {}), "T": T, "img_size": img_size,
+        coupling = {} if batch_coupled_ssa is None else {"batch_coupled_ssa": batch_coupled_ssa}
+        model = timm.create_model(model_name, **{**(model_kwargs or {}), **coupling, "T": T, "img_size": img_size,
                                                  "neuron_backend": backend})
     except (TypeError, ValueError) as exc:  # a misspelt or impossible --model-kwargs entry
         raise UserError(f"cannot build {model_name}: {exc}") from exc
@@ -212,13 +225,20 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     def step() -> tuple[float, float, float]:
         return train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
 
-    paths = (True, False) if alternate else (reference,)  # True: the reference path
-    timings: dict[bool, list[tuple[float, float, float]]] = {path: [] for path in paths}
+    # the paths timed in turn, each with what switches the model to it; the last one is the measured path
+    if alternate:
+        paths = {"reference": lambda: switch(model, True), "measured": lambda: switch(model, False)}
+    elif alternate_ssa:
+        paths = {"per_sample": lambda: set_batch_coupled_ssa(model, False),
+                 "measured": lambda: set_batch_coupled_ssa(model, True)}
+    else:
+        paths = {"measured": lambda: None}
+    timings: dict[str, list[tuple[float, float, float]]] = {path: [] for path in paths}
     cuda_peaks = dict.fromkeys(paths, 0.0)
     for i in range(warmup + repeats):
-        for path in paths:
-            if alternate:
-                switch(model, path)
+        for path, switch_to in paths.items():
+            if len(paths) > 1:
+                switch_to()
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             timing = step()
@@ -226,20 +246,22 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
                 timings[path].append(timing)
                 if dev.type == "cuda":
                     cuda_peaks[path] = max(cuda_peaks[path], torch.cuda.max_memory_allocated(dev) / 2**20)
-    if alternate:
-        switch(model, False)
+    if len(paths) > 1:
+        paths["measured"]()
     if dev.type == "cuda":
-        peak_mb, memory = cuda_peaks[paths[-1]], "cuda max_memory_allocated"
+        peak_mb, memory = cuda_peaks["measured"], "cuda max_memory_allocated"
     else:
         peak_mb, memory = rss_peak_mb(), "process peak RSS"
+    times = timings["measured"]
     comparison = {}
-    if alternate:
-        reference_s = statistics.median(sum(t) for t in timings[True])
-        comparison = dict(reference_step_ms=1000 * reference_s,
-                          reference_step_ms_all=[round(1000 * sum(t), 3) for t in timings[True]],
-                          speedup=reference_s / statistics.median(sum(t) for t in timings[False]),
-                          reference_peak_memory_mb=cuda_peaks[True] if dev.type == "cuda" else None)
-    times = timings[paths[-1]]
+    for other, ratio, inverted in (("reference", "speedup", False), ("per_sample", "coupling_cost", True)):
+        if other in timings:
+            other_s = statistics.median(sum(t) for t in timings[other])
+            measured_s = statistics.median(sum(t) for t in times)
+            comparison = {f"{other}_step_ms": 1000 * other_s,
+                          f"{other}_step_ms_all": [round(1000 * sum(t), 3) for t in timings[other]],
+                          ratio: measured_s / other_s if inverted else other_s / measured_s,
+                          f"{other}_peak_memory_mb": cuda_peaks[other] if dev.type == "cuda" else None}
 
     profile_table = None
     if profile_rows:
@@ -258,6 +280,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         model=model_name, batch_size=batch_size, T=T, img_size=img_size, input_shape=list(inputs.shape),
         num_classes=model.num_classes, params=count_parameters(model), model_kwargs=model_kwargs or {},
         device=device, backend=",".join(used) or backend, requested_backend=backend,
+        batch_coupled_ssa=model.config["batch_coupled_ssa"],
         amp=amp_name, channels_last=channels_last,
         compile=compiled, reference=reference, warmup=warmup, repeats=repeats,
         images_per_s=batch_size / step_s, step_ms=1000 * step_s,
@@ -269,7 +292,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(), cpu_count=os.cpu_count(),
         gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         loadavg_before=load_before, loadavg_after=os.getloadavg()[0], profile=profile_table,
-        alternate=alternate, **comparison,
+        alternate=alternate, alternate_ssa=alternate_ssa, **comparison,
     )
 
 
@@ -395,7 +418,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     lines = []
     if ok:
         r = ok[0]
-        flags = [f for f in ("reference", "alternate", "channels_last", "compile") if r[f]]
+        flags = [f for f in ("reference", "alternate", "alternate_ssa", "channels_last", "compile") if r.get(f)]
+        flags += [] if r.get("alternate_ssa") else [f"SSA {'batch-coupled' if r['batch_coupled_ssa'] else 'per sample'}"]
         flags += [f"amp {r['amp']}"] if r["amp"] else []
         lines.append(f"device {r['device']} ({r['gpu'] or r['cpu']}, {r['threads']} threads), backend {r['backend']}, "
                      f"torch {r['torch']}, warmup {r['warmup']}, median of {r['repeats']}"
@@ -408,6 +432,11 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         columns += (("reference ms/step", "reference_step_ms", "{:.1f}"), ("speed-up", "speedup", "{:.2f}x"))
         if ok[0]["device"] == "cuda":
             columns += (("reference peak MiB", "reference_peak_memory_mb", "{:.0f}"),)
+    if ok and ok[0].get("alternate_ssa"):
+        columns += (("per-sample ms/step", "per_sample_step_ms", "{:.1f}"),
+                    ("coupled/per-sample", "coupling_cost", "{:.3f}x"))
+        if ok[0]["device"] == "cuda":
+            columns += (("per-sample peak MiB", "per_sample_peak_memory_mb", "{:.0f}"),)
     rows = [[head for head, _, _ in columns]]
     rows += [[fmt.format("x".join(map(str, r[key])) if key == "input_shape" else r[key])
               for _, key, fmt in columns] for r in ok]
@@ -439,9 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed steps, median reported (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads; default: torch's choice")
     p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for timm.create_model, e.g. '{\"embed_dim\": 32}'")
+    p.add_argument("--batch-coupled-ssa", choices=("true", "false"), help="SSA output neuron along T*B as in the "
+                   "release (true, the models' default) or per sample (false)")
     p.add_argument("--reference", action="store_true", help="msvit.use_reference_implementation(model)")
     p.add_argument("--alternate", action="store_true", help="alternate reference and optimised steps in one "
                    "process and report the speed-up")
+    p.add_argument("--alternate-ssa", action="store_true", help="alternate per-sample and batch-coupled SSA steps "
+                   "in one process and report what the coupling costs")
     p.add_argument("--channels-last", action="store_true", help="channels_last model (and 4-D inputs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if it fails)")
     p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
@@ -471,10 +504,10 @@ def child_argv(args: argparse.Namespace, model: str) -> list[str]:
     """The command line that benchmarks `model` alone with the settings of `args`, printing JSON."""
     argv = ["--model", model, "--json", "--device", args.device, "--backend", args.backend,
             "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--model-kwargs", args.model_kwargs]
-    for flag in ("batch_size", "T", "img_size", "threads", "amp_dtype"):
+    for flag in ("batch_size", "T", "img_size", "threads", "amp_dtype", "batch_coupled_ssa"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    for flag in ("reference", "alternate", "channels_last", "compile", "amp"):
+    for flag in ("reference", "alternate", "alternate_ssa", "channels_last", "compile", "amp"):
         if getattr(args, flag):
             argv.append(f"--{flag.replace('_', '-')}")
     return argv
@@ -525,7 +558,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = benchmark(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
                        args.repeats, args.img_size, kwargs, args.reference, args.channels_last,
                        args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile,
-                       alternate=args.alternate)
+                       alternate=args.alternate,
+                       batch_coupled_ssa=None if args.batch_coupled_ssa is None else args.batch_coupled_ssa == "true",
+                       alternate_ssa=args.alternate_ssa)
     print(json.dumps(result) if args.json else format_table([result]))
     if result["profile"] and not args.json:
         print(result["profile"])

@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from .errors import ConfigError
 from .neurons import BACKENDS
 
-__all__ = ["DEFAULTS", "TYPES", "CHOICES", "ConfigError", "load_config", "parse_args", "model_kwargs",
-           "save_config"]
+__all__ = ["DEFAULTS", "TYPES", "CHOICES", "MODEL_KEYS", "ConfigError", "load_config", "parse_args", "model_kwargs",
+           "restore_model_settings", "save_config"]
+
+# Keys that define the network: test.py and msvit.energy take them from a checkpoint's saved config.
+# num_classes is not among them: it belongs to the dataset evaluated, so a checkpoint trained on
+# another dataset fails to load with its head keys listed instead of being scored nonsensically.
+MODEL_KEYS = ("model", "model_kwargs", "time_step", "dim", "num_heads", "mlp_ratio", "batch_coupled_ssa")
+_log = logging.getLogger("msvit")
 
 DEFAULTS: dict[str, Any] = {
     # experiment
@@ -38,9 +45,11 @@ DEFAULTS: dict[str, Any] = {
     "resume": "",
     "seed": 42,
     "neuron_backend": "auto",
+    "batch_coupled_ssa": True,      # SSA's output neuron integrates along T*B, as in the authors' release
     "checkpoint": "",               # test.py: the weights to evaluate
     "json": False,                  # test.py: print the metrics as JSON
     "energy": False,                # test.py: estimate the energy per image
+    "compare_ssa_coupling": False,  # test.py: evaluate again with the other SSA setting, report both
     # the authors' cifar10.yml keys: layer, depths and patch_size are accepted and ignored,
     # dim, num_heads and mlp_ratio feed the model (see model_kwargs())
     "layer": None,
@@ -370,8 +379,10 @@ def parse_args(argv: list[str] | None = None,
 
 def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `timm.create_model(cfg['model'], **kwargs)`: num_classes (when
-    set), T, neuron_backend, the legacy dim/num_heads/mlp_ratio when set, then cfg['model_kwargs']."""
-    kwargs: dict[str, Any] = {"T": cfg["time_step"], "neuron_backend": cfg["neuron_backend"]}
+    set), T, neuron_backend, batch_coupled_ssa, the legacy dim/num_heads/mlp_ratio when set, then
+    cfg['model_kwargs']."""
+    kwargs: dict[str, Any] = {"T": cfg["time_step"], "neuron_backend": cfg["neuron_backend"],
+                              "batch_coupled_ssa": cfg["batch_coupled_ssa"]}
     if cfg["num_classes"] is not None:
         kwargs["num_classes"] = cfg["num_classes"]
     for legacy, name in (("dim", "embed_dim"), ("num_heads", "num_heads"), ("mlp_ratio", "mlp_ratio")):
@@ -379,6 +390,29 @@ def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
             kwargs[name] = cfg[legacy]
     kwargs.update(cfg["model_kwargs"])
     return kwargs
+
+
+def restore_model_settings(cfg: dict[str, Any], checkpoint: Any, keys: tuple[str, ...] = MODEL_KEYS) -> None:
+    """Set `keys` of `cfg` from the config saved in one of our checkpoints (the authors' carry none).
+
+    A checkpoint of ours saved before `batch_coupled_ssa` existed was trained with per-sample SSA, so it
+    gets False, said in one log line.
+    """
+    saved = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(saved, Mapping):
+        return
+    requested = cfg.get("batch_coupled_ssa")
+    cfg.update({k: saved[k] for k in keys if k in saved})
+    if "batch_coupled_ssa" not in keys:
+        return
+    if "batch_coupled_ssa" not in saved:
+        cfg["batch_coupled_ssa"] = False
+        _log.info("the checkpoint predates the batch_coupled_ssa setting: its SSA output neuron ran per sample, "
+                  "so it runs per sample here (batch_coupled_ssa false)")
+    elif saved["batch_coupled_ssa"] != requested:
+        _log.info("batch_coupled_ssa %s, as the checkpoint was trained (the recipe or command line says %s); "
+                  "test.py --compare-ssa-coupling evaluates both", str(saved["batch_coupled_ssa"]).lower(),
+                  str(requested).lower())
 
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> None:

@@ -437,7 +437,9 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as readable tables: layers, stages and total, and the firing rates (QKFormer Table 4)."""
     lines = []
     title = f"{report['model']}: " if report.get("model") else ""
-    lines.append(f"{title}energy per image over {report['images']} images, T={report['T']}, "
+    ssa = ("" if "batch_coupled_ssa" not in report
+           else f", SSA {'batch-coupled' if report['batch_coupled_ssa'] else 'per sample'}")
+    lines.append(f"{title}energy per image over {report['images']} images, T={report['T']}{ssa}, "
                  f"E_MAC {report['e_mac_pj']:g} pJ, E_AC {report['e_ac_pj']:g} pJ")
     width = max([len(layer["name"]) for layer in report["layers"]] + [len("layer")])
     header = f"{'layer':<{width}}  {'kind':<9}  {'in rate':>7}  {'FLOPs/step':>10}  {'MACs/SOPs':>10}  {'mJ':>10}"
@@ -495,10 +497,10 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     """Build the configured model (architecture from the checkpoint's saved config when it has one), run
     the evaluation set (or its first `batches` batches) and return the report."""
     from .checkpoint import load_checkpoint, read_checkpoint
+    from .config import restore_model_settings
     from .data import build_datasets
     from .distributed import cleanup, init_distributed, main_process_first
     from .errors import ConfigError
-    from .evaluate import MODEL_KEYS
     from .models import MODEL_NAMES
     from .train import amp_settings, build_eval_loader, setup_logging
     from .zoo import create_dataset_model
@@ -510,9 +512,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     env = init_distributed()
     setup_logging(env)
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
-    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if isinstance(saved, dict):
-        cfg.update({k: saved[k] for k in MODEL_KEYS if k in saved})
+    restore_model_settings(cfg, checkpoint)
     try:
         model = create_dataset_model(cfg, MODEL_NAMES)
         if checkpoint is not None:
@@ -531,7 +531,8 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
         report = meter.report()
     finally:
         cleanup()
-    return {"model": cfg["model"], "dataset": cfg["dataset"], "checkpoint": cfg["checkpoint"] or None, **report}
+    return {"model": cfg["model"], "dataset": cfg["dataset"], "checkpoint": cfg["checkpoint"] or None,
+            "batch_coupled_ssa": model.config["batch_coupled_ssa"], **report}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

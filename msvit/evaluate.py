@@ -1,70 +1,109 @@
 """The evaluation program behind every dataset folder's `test.py`.
 
-    python test.py --checkpoint PATH [--json] [--energy] [--data-dir ...]
+    python test.py --checkpoint PATH [--json] [--energy] [--compare-ssa-coupling] [--data-dir ...]
 
-Accepts our checkpoints (the model is rebuilt from the run's saved config) and the authors'
-(the model comes from the folder's YAML and the command line).
+Accepts our checkpoints (the model is rebuilt from the run's saved config, SSA setting included) and the
+authors' (the model comes from the folder's YAML and the command line). `--compare-ssa-coupling` evaluates
+the same weights a second time with the other SSA setting (batch-coupled or per sample) and reports both.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from .checkpoint import load_checkpoint, read_checkpoint
-from .config import parse_args
+from .config import MODEL_KEYS, parse_args, restore_model_settings
 from .data import build_datasets
-from .distributed import cleanup, init_distributed, main_process_first
+from .distributed import DistEnv, cleanup, init_distributed, main_process_first
 from .energy import EnergyMeter, format_totals
 from .errors import ConfigError, cli_entry
+from .models import set_batch_coupled_ssa
 from .train import amp_settings, build_eval_loader, setup_logging
 from .engine import evaluate
-from .zoo import create_dataset_model
+from .zoo import create_dataset_model, reference_batch_sizes
 
-__all__ = ["main", "run", "MODEL_KEYS"]
+__all__ = ["main", "run", "MODEL_KEYS", "SSA_SETTINGS"]
 
-# Keys that define the architecture: taken from a checkpoint's saved config when it has one.
-# num_classes is not among them: it belongs to the dataset evaluated, so a checkpoint trained on
-# another dataset fails to load with its head keys listed instead of being scored nonsensically.
-MODEL_KEYS = ("model", "model_kwargs", "time_step", "dim", "num_heads", "mlp_ratio")
-log = logging.getLogger("msvit")
+# names of the two SSA settings in reports: batch_coupled_ssa True / False
+SSA_SETTINGS = {True: "batch_coupled", False: "per_sample"}
+_METRICS = ("top1", "top5", "loss", "n")
 
 
 def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
-    """Evaluate `cfg['checkpoint']` on the validation set; returns top1, top5 (%), loss and n."""
+    """Evaluate `cfg['checkpoint']` on the validation set; returns top1, top5 (%), loss, n, the SSA setting
+    and the evaluation batch per process (and, with `compare_ssa_coupling`, the metrics of both settings)."""
     if not cfg["checkpoint"]:
         raise ConfigError("no checkpoint given: pass --checkpoint PATH (a best.pth/last.pth of a run, "
                           "or a downloaded model)")
     env = init_distributed()
     setup_logging(env)
     checkpoint = read_checkpoint(cfg["checkpoint"])
-    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if isinstance(saved, dict):
-        cfg.update({k: saved[k] for k in MODEL_KEYS if k in saved})
+    restore_model_settings(cfg, checkpoint)
     try:
         model = create_dataset_model(cfg, variants)
         load_checkpoint(model, checkpoint)
         model.to(env.device)
         with main_process_first(env):
             _, val_set = build_datasets(cfg, train=False)
+        loader = build_eval_loader(val_set, cfg, env)
+        amp = amp_settings(cfg, env.device)
+        coupled = model.config["batch_coupled_ssa"]
         meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
         with meter:
-            metrics = evaluate(model, build_eval_loader(val_set, cfg, env), env, amp_settings(cfg, env.device))
+            metrics = evaluate(model, loader, env, amp)
         energy = meter.totals() if cfg["energy"] else {}  # per image, summed over all processes
+        by_setting = {}
+        if cfg["compare_ssa_coupling"]:
+            by_setting[SSA_SETTINGS[coupled]] = {k: metrics[k] for k in _METRICS}
+            set_batch_coupled_ssa(model, not coupled)
+            by_setting[SSA_SETTINGS[not coupled]] = evaluate(model, loader, env, amp)
+            set_batch_coupled_ssa(model, coupled)
     finally:
         cleanup()
+    result = {**metrics, "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
+              **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:
         if cfg["json"]:
-            print(json.dumps({**{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
-                              **energy}))
+            print(json.dumps(_rounded(result)))
         else:
-            print(f"{cfg['model']} on {cfg['dataset']}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-                  f"loss {metrics['loss']:.4f}  images {metrics['n']}")
-            if energy:
-                print(format_totals(energy))
-    return {**metrics, **energy}
+            print(_report(cfg, result, env))
+    return result
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def _accuracy(metrics: dict[str, Any]) -> str:
+    return f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
+
+
+def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv) -> str:
+    """The text report: the SSA setting and batch first, then the accuracy line(s), then the energy."""
+    coupled, batch = result["batch_coupled_ssa"], result["val_batch_size"]
+    processes = f", {env.world_size} processes (each evaluates its own shard)" if env.world_size > 1 else ""
+    lines = [f"SSA output neuron: {'batch-coupled (as in the release)' if coupled else 'per sample'}; "
+             f"evaluation batch {batch} per process{processes}"]
+    if coupled:
+        reference = reference_batch_sizes(cfg)
+        at = f"; {reference[2]} evaluates at {reference[1]} per process" if reference else ""
+        lines.append(f"note: with the batch-coupled SSA, predictions depend on the evaluation batch size and on "
+                     f"which images share a batch{at}")
+    lines.append(f"{cfg['model']} on {cfg['dataset']}: {_accuracy(result)}  images {result['n']}")
+    if "ssa_settings" in result:
+        for key, name in ((True, "batch-coupled SSA"), (False, "per-sample SSA")):
+            lines.append(f"  {name:<18} {_accuracy(result['ssa_settings'][SSA_SETTINGS[key]])}")
+        gap = result["ssa_settings"]["batch_coupled"]["top1"] - result["ssa_settings"]["per_sample"]["top1"]
+        lines.append(f"  the coupling is worth {gap:+.2f} top-1 points on these weights at this batch")
+    if "energy_mj" in result:
+        lines.append(format_totals(result))
+    return "\n".join(lines)
 
 
 @cli_entry

@@ -1,7 +1,9 @@
 """Building blocks of the hierarchical spiking transformers (MSViT and QKFormer).
 
 Every module takes and returns `[T, B, C, H, W]`. Convolutions and batch norms
-run on the `[T*B, ...]` view; neurons integrate along the leading T axis.
+run on the `[T*B, ...]` view; neurons integrate along the leading T axis, except
+the output neuron of a batch-coupled SSA, which integrates along T*B as the
+authors' release does (see `AttentionBase`).
 Attribute names follow the authors' releases (`proj_conv`, `q_bn`, ...), so
 their checkpoints load with few renames (see `msvit.checkpoint`).
 """
@@ -134,11 +136,17 @@ STEMS = {"cifar": (cifar_stem, cifar_downsample),
 
 
 class AttentionBase(nn.Module):
-    """Shared parts: the spiking branches named `{b}_conv/{b}_bn/{b}_lif` and the output projection."""
+    """Shared parts: the spiking branches named `{b}_conv/{b}_bn/{b}_lif` and the output projection.
+
+    `batch_coupled` makes the output neuron `proj_lif` integrate along the flattened `[T*B, C, N]` sequence,
+    time-major then sample, as the authors' SSA does (QKFormer issue #14): its membrane carries from each
+    sample to the next one of the batch. Otherwise it runs per sample on `[T, B, C, N]`, like every other neuron.
+    """
 
     def __init__(self, dim: int, num_heads: int, branches: dict[str, int], attn_threshold: float,
-                 backend: str) -> None:
+                 backend: str, batch_coupled: bool = False) -> None:
         super().__init__()
+        self.batch_coupled = bool(batch_coupled)
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads = dim, num_heads
@@ -173,8 +181,8 @@ class AttentionBase(nn.Module):
 
     def project(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Output projection of `[T, B, C, N]` back to `shape` `[T, B, C, H, W]`."""
-        y = self.proj_bn(self.proj_conv(_bt(x)))
-        return self.proj_lif(_tb(y, shape[0])).reshape(shape)
+        y = self.proj_bn(self.proj_conv(_bt(x)))  # [T*B, C, N], sample b of step t at row t*B + b
+        return self.proj_lif(y if self.batch_coupled else _tb(y, shape[0])).reshape(shape)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """[T, B, C, N] -> [T, B, heads, C/heads, N] (heads take contiguous channel groups)."""
@@ -212,11 +220,15 @@ class TokenAttention(AttentionBase):
 
 
 class SpikingSelfAttention(AttentionBase):
-    """Spikformer's SSA: LIF(Q (K^T V) * 0.125) per head, then the output projection."""
+    """Spikformer's SSA: LIF(Q (K^T V) * 0.125) per head, then the output projection.
+
+    `batch_coupled=True` is the authors' release: the output neuron runs along the `T*B` sequence (see
+    `AttentionBase`), so a sample's output depends on the samples before it in the batch.
+    """
 
     def __init__(self, dim: int, num_heads: int, attn_threshold: float,
-                 neuron_backend: str = "auto") -> None:
-        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neuron_backend)
+                 neuron_backend: str = "auto", batch_coupled: bool = True) -> None:
+        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neuron_backend, batch_coupled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
@@ -227,6 +239,9 @@ class SpikingSelfAttention(AttentionBase):
         attn = kv.transpose(-1, -2) @ q  # [T, B, h, d, N]
         out = self.attn_lif(attn * SSA_SCALE)
         return self.project(out.flatten(2, 3), x.shape)
+
+    def extra_repr(self) -> str:
+        return f"SSA, heads={self.num_heads}, output neuron {'batch-coupled' if self.batch_coupled else 'per sample'}"
 
 
 class MLP(nn.Module):

@@ -16,7 +16,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .layers import STEMS, Block, SpikingSelfAttention, TokenAttention, AttentionBase
 from .neurons import LIF, reset_neurons, validate_backend
 
-__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "count_parameters", "use_reference_implementation"]
+__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "count_parameters", "use_reference_implementation",
+           "set_batch_coupled_ssa"]
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -28,6 +29,10 @@ class SpikingTransformer(nn.Module):
     QKFormer); the last uses spiking self-attention. Stage widths are `embed_dim * width_ratios`.
     Input: `[B, C, H, W]` images (repeated over `T` time steps) or `[B, T, C, H, W]` event frames.
     Every forward starts and ends with all neurons at rest, so calls are independent.
+
+    `batch_coupled_ssa=True` (the default) reproduces the authors' release, whose SSA output neuron
+    integrates along the flattened T*B sequence, so a sample's output depends on the other samples of its
+    batch (QKFormer issue #14); `False` runs that neuron per sample, like every other neuron.
     """
 
     def __init__(self, *, stem: str, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
@@ -35,7 +40,7 @@ class SpikingTransformer(nn.Module):
                  num_heads: int = 6, mlp_ratio: float = 4.0,
                  width_ratios: Sequence[float] = (0.5, 0.5, 1.0), token_attention: str = "mssa",
                  attn_threshold: float = 1.0, drop_path_rate: float = 0.0,
-                 neuron_backend: str = "auto") -> None:
+                 neuron_backend: str = "auto", batch_coupled_ssa: bool = True) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
@@ -49,7 +54,8 @@ class SpikingTransformer(nn.Module):
                            T=T, embed_dim=embed_dim, depths=tuple(depths), num_heads=num_heads,
                            mlp_ratio=mlp_ratio, width_ratios=tuple(width_ratios),
                            token_attention=token_attention, attn_threshold=attn_threshold,
-                           drop_path_rate=drop_path_rate, neuron_backend=neuron_backend)
+                           drop_path_rate=drop_path_rate, neuron_backend=neuron_backend,
+                           batch_coupled_ssa=bool(batch_coupled_ssa))
         self.T, self.num_classes, self.img_size, self.in_chans = T, num_classes, img_size, in_chans
         self.dims = [int(embed_dim * r) for r in width_ratios]
         self.num_features = self.dims[-1]
@@ -63,7 +69,8 @@ class SpikingTransformer(nn.Module):
             blocks = []
             for j in range(depth):
                 if last:
-                    attn = SpikingSelfAttention(dim, num_heads, attn_threshold, neuron_backend)
+                    attn = SpikingSelfAttention(dim, num_heads, attn_threshold, neuron_backend,
+                                                batch_coupled_ssa)
                 else:
                     attn = TokenAttention(dim, num_heads, attn_threshold,
                                           token_attention == "mssa", neuron_backend)
@@ -119,6 +126,17 @@ def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.M
             module.fused = not enabled
         elif isinstance(module, AttentionBase):
             module.fuse_projections = not enabled
+    return model
+
+
+def set_batch_coupled_ssa(model: nn.Module, coupled: bool) -> nn.Module:
+    """Switch the SSA output neurons of `model` between the release's batch-coupled integration (True)
+    and per-sample integration (False). The weights are the same; only how samples share a membrane changes."""
+    for module in model.modules():
+        if isinstance(module, SpikingSelfAttention):
+            module.batch_coupled = bool(coupled)
+        if isinstance(module, SpikingTransformer):
+            module.config["batch_coupled_ssa"] = bool(coupled)
     return model
 
 

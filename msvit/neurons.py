@@ -127,7 +127,13 @@ class LIF(sj_neuron.MultiStepLIFNode):
         self.backend = self._resolve(x_seq)
         if not self.fused:
             return super().forward(x_seq)
-        v_init = self.v if isinstance(self.v, torch.Tensor) else torch.full_like(x_seq[0], self.v)
+        if isinstance(self.v, torch.Tensor):
+            if self.v.shape != x_seq.shape[1:]:  # the kernels index v_init by x_seq's shape: refuse, never overrun
+                raise ValueError(f"LIF membrane of shape {tuple(self.v.shape)} cannot continue on input "
+                                 f"{tuple(x_seq.shape)}; call msvit.reset_neurons(model) between batches")
+            v_init = self.v
+        else:
+            v_init = torch.full_like(x_seq[0], self.v)
         spikes, self.v = self._function(x_seq).apply(x_seq, v_init, self.tau, self.v_threshold,
                                                       self.surrogate_function.alpha)
         return spikes

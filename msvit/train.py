@@ -28,14 +28,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .config import parse_args, save_config
+from .config import parse_args, restore_model_settings, save_config
 from .data import build_datasets, dataset_num_classes
 from .distributed import (DistEnv, ShardSampler, barrier, broadcast_buffers, cleanup, init_distributed,
                           main_process_first)
 from .engine import AmpSettings, evaluate, peak_memory_mb, train_one_epoch
 from .errors import ConfigError, UserError, cli_entry
 from .models import count_parameters
-from .zoo import create_dataset_model
+from .zoo import create_dataset_model, reference_batch_sizes
 
 __all__ = ["main", "SUMMARY_FIELDS", "setup_logging", "build_eval_loader", "amp_settings"]
 
@@ -86,6 +86,18 @@ def _check_dataset_classes(cfg: dict[str, Any]) -> None:
     if cfg["num_classes"] is not None and cfg["num_classes"] != expected:
         raise ConfigError(f"num_classes is {cfg['num_classes']} but {cfg['dataset']} has {expected} classes; "
                           f"set --num-classes {expected}")
+
+
+def _check_coupled_batch(cfg: dict[str, Any], env: DistEnv) -> None:
+    """With the batch-coupled SSA the per-process batch is part of the network: say so when it differs
+    from the one the published figures (or the folder's recipe) were trained with."""
+    reference = reference_batch_sizes(cfg) if cfg["batch_coupled_ssa"] else None
+    if reference is None or cfg["batch_size"] == reference[0]:
+        return
+    log.info("batch_coupled_ssa: SSA's output neuron couples the %d samples of each per-process batch, where %s "
+             "trains with %d; this trains a different network. To change the effective batch, keep --batch-size "
+             "%d and change --accum-iter (README: 'The batch-coupled SSA')", cfg["batch_size"], reference[2],
+             reference[0], reference[0])
 
 
 def _learning_rate(cfg: dict[str, Any], env: DistEnv) -> float:
@@ -180,7 +192,12 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                           f"batch_size {cfg['batch_size']}: lower --batch-size")
     val_loader = build_eval_loader(val_set, cfg, env)
 
+    ckpt = read_checkpoint(resume_path) if resume_path is not None else None
+    if ckpt is not None:  # the SSA setting is part of the network being trained
+        restore_model_settings(cfg, ckpt, keys=("batch_coupled_ssa",))
     model = create_dataset_model(cfg, variants).to(env.device)
+    cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
+    _check_coupled_batch(cfg, env)
     if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
         model = model.to(memory_format=torch.channels_last)
     if cfg["sync_bn"] and env.distributed:
@@ -202,8 +219,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                        else nn.CrossEntropyLoss())
 
     start_epoch, best_top1, best_epoch, num_updates = 0, -1.0, -1, 0
-    if resume_path is not None:
-        ckpt = read_checkpoint(resume_path)
+    if ckpt is not None:
         for key in ("optimizer", "scheduler", "epoch"):
             if key not in ckpt:
                 raise UserError(f"{resume_path} is not a training checkpoint of this codebase (no {key!r}); "
@@ -234,9 +250,10 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(output), purge_step=start_epoch if start_epoch else None)
     total_epochs = cfg["epochs"] + cfg["cooldown_epochs"]
-    log.info("%s: %s parameters, %d train / %d val images, %d processes on %s, lr %.3g, %d epochs -> %s",
-             cfg["model"], f"{count_parameters(model):,}", len(train_set), len(val_set), env.world_size,
-             env.device, lr, total_epochs, output)
+    log.info("%s: %s parameters, %d train / %d val images, %d processes on %s, batch %d per process, SSA %s, "
+             "lr %.3g, %d epochs -> %s", cfg["model"], f"{count_parameters(model):,}", len(train_set), len(val_set),
+             env.world_size, env.device, cfg["batch_size"],
+             "batch-coupled" if cfg["batch_coupled_ssa"] else "per sample", lr, total_epochs, output)
 
     def on_update() -> None:
         nonlocal num_updates

@@ -15,7 +15,7 @@ from torch import nn
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
 
-__all__ = ["ZooEntry", "ZOO", "create_dataset_model", "describe_dataset_model", "main"]
+__all__ = ["ZooEntry", "ZOO", "create_dataset_model", "describe_dataset_model", "reference_batch_sizes", "main"]
 
 
 @dataclass(frozen=True)
@@ -25,24 +25,46 @@ class ZooEntry:
     kwargs: dict[str, Any] = field(default_factory=dict)
     published_params: str = ""
     published_top1: float | None = None  # %, from the papers (MSViT's non-ImageNet rows via an aggregator)
+    # per-GPU (train, eval) batch of the release: with the batch-coupled SSA it is part of the network
+    release_batch: tuple[int, int] | None = None
 
+
+_CIFAR_BATCH, _IMAGENET_BATCH, _DVS_BATCH = (64, 64), (32, 32), (16, 16)
+_IMAGENET_768_BATCH = (24, 32)  # the 768 models trained at 24 per GPU (x 8 GPUs x 3 accumulation steps)
 
 ZOO: tuple[ZooEntry, ...] = (
-    ZooEntry("msvit_cifar_4_384", "cifar10", dict(num_classes=10), "", 96.53),
-    ZooEntry("msvit_cifar_4_384", "cifar100", dict(num_classes=100), "", 81.98),
-    ZooEntry("msvit_10_384", "imagenet", {}, "17.69M", 80.09),
-    ZooEntry("msvit_10_512", "imagenet", {}, "30.23M", 82.96),
-    ZooEntry("msvit_10_768", "imagenet", {}, "69.80M", 85.06),
-    ZooEntry("msvit_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "", 84.0),
-    ZooEntry("msvit_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "", 98.8),
-    ZooEntry("qkformer_cifar_4_384", "cifar10", dict(num_classes=10), "6.74M", 96.18),
-    ZooEntry("qkformer_cifar_4_384", "cifar100", dict(num_classes=100), "6.74M", 81.15),
-    ZooEntry("qkformer_10_384", "imagenet", {}, "16.47M", 78.80),
-    ZooEntry("qkformer_10_512", "imagenet", {}, "29.08M", 82.04),
-    ZooEntry("qkformer_10_768", "imagenet", {}, "64.96M", 84.22),
-    ZooEntry("qkformer_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "1.50M", 84.0),
-    ZooEntry("qkformer_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "1.50M", 98.6),
+    ZooEntry("msvit_cifar_4_384", "cifar10", dict(num_classes=10), "", 96.53, _CIFAR_BATCH),
+    ZooEntry("msvit_cifar_4_384", "cifar100", dict(num_classes=100), "", 81.98, _CIFAR_BATCH),
+    ZooEntry("msvit_10_384", "imagenet", {}, "17.69M", 80.09, _IMAGENET_BATCH),
+    ZooEntry("msvit_10_512", "imagenet", {}, "30.23M", 82.96, _IMAGENET_BATCH),
+    ZooEntry("msvit_10_768", "imagenet", {}, "69.80M", 85.06, _IMAGENET_768_BATCH),
+    ZooEntry("msvit_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "", 84.0, _DVS_BATCH),
+    ZooEntry("msvit_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "", 98.8, _DVS_BATCH),
+    ZooEntry("qkformer_cifar_4_384", "cifar10", dict(num_classes=10), "6.74M", 96.18, _CIFAR_BATCH),
+    ZooEntry("qkformer_cifar_4_384", "cifar100", dict(num_classes=100), "6.74M", 81.15, _CIFAR_BATCH),
+    ZooEntry("qkformer_10_384", "imagenet", {}, "16.47M", 78.80, _IMAGENET_BATCH),
+    ZooEntry("qkformer_10_512", "imagenet", {}, "29.08M", 82.04, _IMAGENET_BATCH),
+    ZooEntry("qkformer_10_768", "imagenet", {}, "64.96M", 84.22, _IMAGENET_768_BATCH),
+    ZooEntry("qkformer_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "1.50M", 84.0, _DVS_BATCH),
+    ZooEntry("qkformer_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "1.50M", 98.6, _DVS_BATCH),
 )
+
+
+def reference_batch_sizes(cfg: dict[str, Any]) -> tuple[int, int, str] | None:
+    """The per-process (train, eval) batch that a batch-coupled model of `cfg` is meant to run at, and where
+    it comes from: the authors' release for a published model, else the YAML recipe (None without one)."""
+    from .config import load_config
+
+    entry = next((e for e in ZOO if e.model == cfg.get("model") and e.dataset == cfg.get("dataset")), None)
+    if entry is not None and entry.release_batch is not None:
+        return (*entry.release_batch, "the release")
+    if not cfg.get("config"):
+        return None
+    recipe = load_config(cfg["config"])
+    train = recipe.get("batch_size")
+    if train is None:
+        return None
+    return train, recipe.get("val_batch_size") or train, "the recipe"
 
 
 def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[str],

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from msvit.layers import SSA_SCALE, SpikingSelfAttention, TokenAttention
+from msvit.neurons import reset_neurons
 
 T, B, C, H, W, HEADS = 1, 1, 4, 3, 5, 2
 
@@ -108,3 +109,100 @@ def test_ssa_matches_explicit_formula():
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match="divisible"):
         TokenAttention(10, 3, attn_threshold=1.0, multi_scale=True)
+
+
+# ------------------------------------------------------------------ T >= 2, B >= 2 against a per-sample, per-step loop
+
+LOOP_T, LOOP_B, LOOP_C, LOOP_H, LOOP_W, LOOP_HEADS = 3, 3, 8, 2, 3, 2
+
+
+def _lif_step(v: torch.Tensor, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the LIF (tau 2, hard reset to 0): returns (spikes, membrane after the step)."""
+    h = v + (x - v) / 2
+    spikes = (h >= threshold).float()
+    return spikes, h * (1 - spikes)
+
+
+def _busy_eval(attn: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode with random batch-norm statistics and affine parameters that make most neurons fire sometimes."""
+    torch.manual_seed(3)
+    attn.eval()
+    with torch.no_grad():
+        for m in attn.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(0.3, 1.3)
+    return attn
+
+
+def _fresh_call(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A forward from neurons at rest (a model resets them itself; a bare attention keeps its membranes)."""
+    reset_neurons(attn)
+    return attn(x)
+
+
+def _loop_reference(attn, x: torch.Tensor, coupled: bool) -> dict[str, torch.Tensor]:
+    """The attention computed sample by sample and step by step from its own layers, one neuron state per
+    (neuron, sample); with `coupled` the SSA output neuron keeps one state, visited in the order (t, b)."""
+    T, B, C = x.shape[:3]
+    heads, d = attn.num_heads, C // attn.num_heads
+    ssa = isinstance(attn, SpikingSelfAttention)
+    branches = [b for b in ("q", "k", "p", "v") if hasattr(attn, f"{b}_conv")]
+    state = {name: [torch.zeros(()) for _ in range(B)] for name in [*branches, "attn", "proj"]}
+    out = torch.zeros_like(x)
+    masks = []
+    for t in range(T):  # time-major, then sample: the order of the release's flattened [T*B] sequence
+        for b in range(B):
+            tokens = x[t, b].reshape(1, C, -1)  # one sample, one step: [1, C, N]
+            spikes = {}
+            for name in branches:
+                pre = getattr(attn, f"{name}_bn")(getattr(attn, f"{name}_conv")(tokens))[0]
+                spikes[name], state[name][b] = _lif_step(state[name][b], pre, 1.0)
+            if ssa:
+                q, k, v = (spikes[n].reshape(heads, d, -1).transpose(1, 2) for n in "qkv")  # [h, N, d] each
+                scores = torch.stack([q[i] @ (k[i].T @ v[i]) for i in range(heads)]) * SSA_SCALE  # [h, N, d]
+                fired, state["attn"][b] = _lif_step(state["attn"][b], scores.transpose(1, 2), attn.attn_lif.v_threshold)
+                gated = fired.reshape(C, -1)
+            else:
+                count = spikes["q"].reshape(heads, d, -1).sum(1)
+                if "p" in spikes:
+                    count = count + spikes["p"].reshape(heads, d, -1).sum(1)
+                mask, state["attn"][b] = _lif_step(state["attn"][b], count, attn.attn_lif.v_threshold)  # [h, N]
+                masks.append(mask)
+                gated = (mask[:, None, :] * spikes["k"].reshape(heads, d, -1)).reshape(C, -1)
+            pre = attn.proj_bn(attn.proj_conv(gated[None]))[0]
+            slot = 0 if (coupled and ssa) else b
+            out[t, b], state["proj"][slot] = (lambda s, v: (s.reshape(x.shape[2:]), v))(
+                *_lif_step(state["proj"][slot], pre, 1.0))
+    return {"out": out, "mask_sum": sum(m.sum() for m in masks) if masks else None}
+
+
+@pytest.mark.parametrize("kind", ["mssa", "qkta"])
+def test_token_attention_matches_a_per_sample_per_step_loop(kind):
+    torch.manual_seed(1)
+    attn = _busy_eval(TokenAttention(LOOP_C, LOOP_HEADS, attn_threshold=1.0 if kind == "mssa" else 0.5,
+                                     multi_scale=kind == "mssa"))
+    x = (torch.rand(LOOP_T, LOOP_B, LOOP_C, LOOP_H, LOOP_W) < 0.5).float()
+    with torch.no_grad():
+        got = _fresh_call(attn, x)
+        expected = _loop_reference(attn, x, coupled=False)
+        alone = _fresh_call(attn, x[:, 1:2])
+    assert expected["mask_sum"] > 0 and 0 < got.sum() < got.numel()  # masks open and outputs fire: not vacuous
+    assert torch.equal(got, expected["out"])
+    assert torch.equal(alone, got[:, 1:2])  # a sample's output does not depend on the others of its batch
+
+
+@pytest.mark.parametrize("coupled", [True, False], ids=["batch-coupled", "per-sample"])
+def test_ssa_matches_a_per_sample_per_step_loop(coupled):
+    torch.manual_seed(2)
+    attn = _busy_eval(SpikingSelfAttention(LOOP_C, LOOP_HEADS, attn_threshold=1.0, batch_coupled=coupled))
+    x = (torch.rand(LOOP_T, LOOP_B, LOOP_C, LOOP_H, LOOP_W) < 0.5).float()
+    with torch.no_grad():
+        got = _fresh_call(attn, x)
+        expected = _loop_reference(attn, x, coupled)["out"]
+        other = _loop_reference(attn, x, not coupled)["out"]
+    assert 0 < got.sum() < got.numel()
+    assert not torch.equal(expected, other)  # this input is one where the coupling changes the output
+    assert torch.equal(got, expected)

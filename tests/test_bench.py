@@ -162,3 +162,20 @@ def test_alternate_times_both_paths_on_one_model(monkeypatch):
     assert "speed-up" in bench.format_table([r])
     with pytest.raises(UserError, match="--alternate already includes it"):
         tiny_run(alternate=True, reference=True)
+
+
+def test_alternate_ssa_times_both_settings_on_one_model(monkeypatch):
+    settings = []
+    real_set = bench.set_batch_coupled_ssa
+    monkeypatch.setattr(bench, "set_batch_coupled_ssa",
+                        lambda model, coupled: settings.append(coupled) or real_set(model, coupled))
+    r = tiny_run(alternate_ssa=True, warmup=1, repeats=2)
+    assert settings == [False, True] * 3 + [True]  # per-sample then coupled each round, ending coupled
+    assert r["batch_coupled_ssa"] is True and r["alternate_ssa"] and not r["alternate"]
+    assert len(r["step_ms_all"]) == len(r["per_sample_step_ms_all"]) == 2
+    assert r["coupling_cost"] == pytest.approx(r["step_ms"] / r["per_sample_step_ms"])
+    assert "coupled/per-sample" in bench.format_table([r])
+    assert tiny_run(batch_coupled_ssa=False, repeats=1, warmup=0)["batch_coupled_ssa"] is False
+    for kwargs in (dict(alternate=True), dict(batch_coupled_ssa=True)):
+        with pytest.raises(UserError, match="--alternate"):
+            tiny_run(alternate_ssa=True, **kwargs)

@@ -41,6 +41,7 @@ def test_every_recipe_loads(path: Path):
     assert cfg["config"] == str(path)
     assert cfg["dataset"] == raw["dataset"]
     assert set(cfg) == set(DEFAULTS) | {"config"}
+    assert raw["batch_coupled_ssa"] is True  # every recipe states the release's SSA, visibly
 
 
 def test_recipe_values_are_typed():
@@ -250,13 +251,15 @@ def test_config_error_is_a_user_error():
 def test_model_kwargs_merging():
     cfg = parse_args(["--num-classes", "10", "--time-step", "8", "--dim", "256", "--num-heads", "8",
                       "--model-kwargs", "{num_heads: 16, drop_path_rate: 0.1}"])
-    assert model_kwargs(cfg) == {"num_classes": 10, "T": 8, "neuron_backend": "auto", "embed_dim": 256,
-                                 "num_heads": 16, "drop_path_rate": 0.1}
+    assert model_kwargs(cfg) == {"num_classes": 10, "T": 8, "neuron_backend": "auto", "batch_coupled_ssa": True,
+                                 "embed_dim": 256, "num_heads": 16, "drop_path_rate": 0.1}
+    off = parse_args(["--batch-coupled-ssa", "false", "--model-kwargs", "{depths: [1, 1, 1]}"])
+    assert model_kwargs(off)["batch_coupled_ssa"] is False
 
 
 def test_model_kwargs_minimal():
     kwargs = model_kwargs(parse_args(["--img-size", "64"]))
-    assert kwargs == {"T": 4, "neuron_backend": "auto"}      # no img_size, no unset legacy keys
+    assert kwargs == {"T": 4, "neuron_backend": "auto", "batch_coupled_ssa": True}  # no img_size, no unset legacy keys
     kwargs = model_kwargs(parse_args(["--model-kwargs", "{img_size: 64}", "--mlp-ratio", "1"]))
     assert kwargs["img_size"] == 64 and kwargs["mlp_ratio"] == 1.0
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import yaml
 
 from fakedata import C10DVS_CLASSES, make_cifar, make_cifar10_dvs_events_np, make_dvs128_events_np, make_imagenet
 
@@ -161,6 +162,10 @@ def _wrong_type(tmp: Path) -> Case:
     return "cifar10/train.py", ["--epochs", "ten"], ["epochs", "integer", "'ten'"]
 
 
+def _coupling_not_a_boolean(tmp: Path) -> Case:
+    return "cifar10/test.py", ["--batch-coupled-ssa", "maybe"], ["batch_coupled_ssa", "boolean", "'maybe'"]
+
+
 def _no_checkpoint(tmp: Path) -> Case:
     return "cifar10/test.py", [], ["--checkpoint"]
 
@@ -183,6 +188,7 @@ BAD_INPUT: dict[str, Callable[[Path], Case]] = {
     "unknown-yaml-key": _unknown_yaml_key,
     "malformed-yaml": _malformed_yaml,
     "wrong-type": _wrong_type,
+    "coupling-not-a-boolean": _coupling_not_a_boolean,
     "test-without-checkpoint": _no_checkpoint,
     "yaml-as-checkpoint": _not_a_checkpoint("config.yaml", "# resolved settings\ndataset: cifar10\nlr: 0.001\n"),
     "csv-as-checkpoint": _not_a_checkpoint("summary.csv", "epoch,lr,train_loss\n0,0.001,2.3\n"),
@@ -253,8 +259,10 @@ def test_train_one_epoch_then_evaluate(started, folder):
     summary = dict(zip(rows[0], rows[1]))
 
     metrics = json.loads(ok(run.test).stdout.strip().splitlines()[-1])
-    assert set(metrics) == {"top1", "top5", "loss", "n"}
+    assert set(metrics) == {"top1", "top5", "loss", "n", "batch_coupled_ssa", "val_batch_size"}
     assert metrics["n"] == run.n_val
+    recipe = yaml.safe_load((ROOT / folder / f"{folder}.yml").read_text())
+    assert metrics["batch_coupled_ssa"] is True and metrics["val_batch_size"] == recipe["val_batch_size"]
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
     # last.pth holds the model that the epoch's evaluation measured, on the same validation set
     assert metrics["top1"] == pytest.approx(float(summary["eval_top1"]), abs=1e-3)

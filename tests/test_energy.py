@@ -332,6 +332,32 @@ def test_meter_on_a_single_block():
     assert q["sops"] == pytest.approx(x.mean().item() * 3 * 8 * 8 * 4)
 
 
+@pytest.mark.parametrize("coupled", [True, False], ids=["batch-coupled", "per-sample"])
+def test_batch_coupled_output_neuron_is_counted_per_image(coupled):
+    """Stage 3's SSA output neuron gets a constant 1.2 on channels 0-3. Per sample (T 2) its membrane
+    reaches 0.6, 0.9: no spike. Coupled, one sequence of T*B = 6 steps: 0.6, 0.9, 1.05 (spike), 0.6, 0.9,
+    1.05 (spike), so 2 of 6 steps fire on 4 of 16 channels: rate 1/12, all of it in sample 2."""
+    model = crafted_model("mssa")
+    msvit.set_batch_coupled_ssa(model, coupled)
+    with torch.no_grad():
+        model.stage3[0].attn.proj_bn.bias[:4] = 1.2
+    spikes = {}
+    model.stage3[0].attn.proj_lif.register_forward_hook(lambda m, i, o: spikes.__setitem__("out", o))
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(torch.randn(3, 3, 8, 8))
+    report = meter.report()
+    projection = 1 / 12 if coupled else 0.0
+    assert report["images"] == 3 and report["T"] == T
+    assert spikes["out"].mean().item() == pytest.approx(projection)
+    assert report["neurons"]["stage3.0.attn.proj_lif"] == pytest.approx(projection, rel=1e-12)
+    assert report["firing_rates"]["stage3"]["projection"] == pytest.approx(projection, rel=1e-12)
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    fc1 = layers["stage3.0.mlp.fc1_conv"]  # its input: patch_embed3's 3/8 plus the projection's spikes
+    assert fc1["firing_rate"] == pytest.approx(3 / 8 + projection, rel=1e-12)
+    assert fc1["sops"] == pytest.approx((3 / 8 + projection) * T * 64 * 16 * 4, rel=1e-12)
+    assert layers["head"]["firing_rate"] == pytest.approx(3 / 8 + projection + 8 / 16, rel=1e-12)
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

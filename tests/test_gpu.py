@@ -12,6 +12,8 @@ import timm
 import torch
 
 import msvit
+from busy import calibrate_batch_norms, excite_ssa
+from msvit.layers import SpikingSelfAttention
 from msvit.neurons import LIF, cupy_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,18 +32,20 @@ FAMILIES = [
 
 
 @needs_cupy
+@pytest.mark.parametrize("shape", [(6, 3, 37, 5), (128, 2, 333)], ids=["T6", "TxB128"])  # TxB: a coupled SSA's sequence
 @pytest.mark.parametrize("threshold", [1.0, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_cupy_lif_kernel_matches_torch_loop(dtype, threshold):
+def test_cupy_lif_kernel_matches_torch_loop(dtype, threshold, shape):
     """Two calls in a row (the second starts from the first's membrane), an odd neuron count."""
     torch.manual_seed(0)
-    x = (torch.randn(6, 3, 37, 5) * 1.5 + 0.8).cuda().to(dtype)
-    weights = torch.randn(6, 3, 37, 5, device="cuda")
+    x = (torch.randn(shape) * 1.5 + 0.8).cuda().to(dtype)
+    weights = torch.randn(shape, device="cuda")
+    half = shape[0] // 2
     results = []
     for backend in ("cupy", "torch"):
         lif = LIF(threshold, backend)
         leaf = x.clone().requires_grad_()
-        spikes = torch.cat([lif(leaf[:3]), lif(leaf[3:])])
+        spikes = torch.cat([lif(leaf[:half]), lif(leaf[half:])])
         assert lif.backend == backend and spikes.dtype == dtype
         ((spikes.float() * weights).sum() + 0.3 * lif.v.float().sum()).backward()
         results.append((spikes, lif.v, leaf.grad))
@@ -57,16 +61,26 @@ def _lif_modules(model):
     return [m for m in model.modules() if isinstance(m, LIF)]
 
 
+def _same_spikes(a, b):
+    return len(a) == len(b) > 0 and all(na == nb and torch.equal(sa, sb) for (na, sa), (nb, sb) in zip(a, b))
+
+
+def _ssa_output_neurons(model):
+    return {f"{n}.proj_lif" for n, m in model.named_modules() if isinstance(m, SpikingSelfAttention)}
+
+
 @needs_cupy
+@pytest.mark.parametrize("coupled", [True, False], ids=["batch-coupled", "per-sample"])
 @pytest.mark.parametrize("name", ["msvit_cifar_4_384", "msvit_dvs_2_256"])
-def test_cupy_lif_kernel_matches_spikingjelly_kernel_and_saves_memory(name):
+def test_cupy_lif_kernel_matches_spikingjelly_kernel_and_saves_memory(name, coupled):
     """Same model, same backend: msvit's kernel against spikingjelly's (LIF.fused = False), in fp32;
     training memory must be lower, since no membrane sequence is kept."""
     torch.manual_seed(0)
     kwargs = dict(embed_dim=96, num_heads=4) if "cifar" in name else dict(embed_dim=64, num_heads=4, T=4)
     shape = (8, 3, 32, 32) if "cifar" in name else (4, 4, 2, 128, 128)
-    model = timm.create_model(name, neuron_backend="cupy", **kwargs).cuda().eval()
     x = (torch.randn(shape) if len(shape) == 4 else torch.randint(0, 3, shape).float()).cuda()
+    model = excite_ssa(timm.create_model(name, neuron_backend="cupy", batch_coupled_ssa=coupled, **kwargs)).cuda()
+    calibrate_batch_norms(model, x).eval()
     y = torch.randint(0, model.num_classes, (shape[0],), device="cuda")
     runs = {}
     for fused in (False, True):
@@ -77,7 +91,7 @@ def test_cupy_lif_kernel_matches_spikingjelly_kernel_and_saves_memory(name):
         base = torch.cuda.memory_allocated()
         runs[fused] = (*_run(model, x, y, "cupy", amp=False), torch.cuda.max_memory_allocated() - base)
     (ref_spikes, ref_logits, ref_grads, ref_peak), (spikes, logits, grads, peak) = runs[False], runs[True]
-    assert all(torch.equal(a, b) for a, b in zip(ref_spikes, spikes)) and len(spikes) == len(ref_spikes)
+    assert _same_spikes(ref_spikes, spikes)
     assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
     for key, grad in ref_grads.items():
         assert torch.allclose(grads[key], grad, atol=1e-4, rtol=1e-4), key
@@ -87,9 +101,9 @@ def test_cupy_lif_kernel_matches_spikingjelly_kernel_and_saves_memory(name):
 def _run(model, x, y, backend, amp):
     msvit.set_neuron_backend(model, backend)
     model.zero_grad()
-    spikes = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: spikes.append(out.detach().float()))
-             for m in model.modules() if isinstance(m, LIF)]
+    spikes = []  # (name, spikes) of every LIF, in call order
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: spikes.append((name, out.detach().float())))
+             for name, m in model.named_modules() if isinstance(m, LIF)]
     with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
@@ -100,17 +114,20 @@ def _run(model, x, y, backend, amp):
 
 
 @needs_cupy
+@pytest.mark.parametrize("coupled", [True, False], ids=["batch-coupled", "per-sample"])
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
 @pytest.mark.parametrize("name,kwargs,shape", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_cupy_kernel_matches_torch_backend(name, kwargs, shape, amp):
+def test_cupy_kernel_matches_torch_backend(name, kwargs, shape, amp, coupled):
     torch.manual_seed(0)
-    model = timm.create_model(name, **kwargs).cuda().eval()  # eval: BN statistics stay put between runs
     x = (torch.randn(shape) if len(shape) == 4 else torch.randint(0, 3, shape).float()).cuda()
+    model = excite_ssa(timm.create_model(name, batch_coupled_ssa=coupled, **kwargs)).cuda()
+    calibrate_batch_norms(model, x).eval()  # eval: BN statistics stay put between runs
     y = torch.randint(0, model.num_classes, (shape[0],), device="cuda")
     ref_spikes, ref_logits, ref_grads = _run(model, x, y, "torch", amp)
     cupy_spikes, cupy_logits, cupy_grads = _run(model, x, y, "cupy", amp)
-    assert len(ref_spikes) == len(cupy_spikes)
-    assert all(torch.equal(a, b) for a, b in zip(ref_spikes, cupy_spikes))
+    assert _same_spikes(ref_spikes, cupy_spikes)
+    ssa_out = [s for n, s in ref_spikes if n in _ssa_output_neurons(model)]
+    assert ssa_out and all(s.sum() > 0 for s in ssa_out)  # SSA's output neuron fires: its setting is exercised
     tol = dict(atol=1e-2, rtol=1e-2) if amp else dict(atol=1e-4, rtol=1e-4)
     assert torch.allclose(ref_logits, cupy_logits, **tol)
     for key, grad in ref_grads.items():
