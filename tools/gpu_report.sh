@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md, on a machine with CUDA (and CuPy for the cupy rows).
 #
-#   tools/gpu_report.sh OUTDIR [PART ...]     PART: tests lif cupy reference torch extras (default: all)
+#   tools/gpu_report.sh OUTDIR [PART ...]     PART: tests lif cupy reference torch extras coupling (default: all)
 #
 # tests   the GPU tests (CuPy kernel vs torch backend, a training step on the GPU) -> pytest.txt
 # lif     one LIF neuron's forward/backward and kernel bandwidth, fp32 and fp16  -> lif.jsonl
@@ -9,11 +9,14 @@
 # reference  four models with --reference (spikingjelly's kernel, unfused convs), AMP -> bench_reference.json
 # torch   the same with the torch LIF backend                                   -> bench_torch*.json
 # extras  channels_last, torch.compile and a profiled step of msvit_cifar_4_384  -> extras.txt
+# coupling  batch-coupled vs per-sample SSA, alternating in one process, CuPy LIF, AMP, recipe batches
+#         -> bench_coupling_amp.json; one LIF on a coupled SSA's [T*B, C, N] and the same numbers
+#         of elements per sample [T, B, C, N], fp16 and fp32 -> lif_coupling.jsonl
 # Each part runs even if an earlier one failed; the exit status is that of the last failure.
 set -u -o pipefail
-out=${1:?usage: tools/gpu_report.sh OUTDIR [tests lif cupy reference torch extras]}
+out=${1:?usage: tools/gpu_report.sh OUTDIR [tests lif cupy reference torch extras coupling]}
 shift
-parts=${*:-tests lif cupy reference torch extras}
+parts=${*:-tests lif cupy reference torch extras coupling}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 status=0
@@ -56,8 +59,21 @@ for part in $parts; do
       done
       $py -m msvit.bench --model msvit_cifar_4_384 --device cuda --backend cupy --amp --profile 30 2>&1 \
         | tee -a "$out/extras.txt" || status=$? ;;
+    coupling)
+      step $py -m msvit.bench --all --models msvit_cifar_4_384,qkformer_cifar_4_384,msvit_10_384,msvit_dvs_2_256 \
+        --device cuda --backend cupy --amp --alternate-ssa --json > "$out/bench_coupling_amp.json"
+      table "$out/bench_coupling_amp.json"
+      # the SSA output neuron of msvit_cifar_4_384 at batch 64 (C 384, N 8x8) and of msvit_10_384 at 32 (N 14x14)
+      for shape in 256x384x64 4x64x384x64 128x384x196 4x32x384x196; do
+        for dtype in float16 float32; do
+          step $py -m msvit.bench --lif --device cuda --backend cupy --lif-shape $shape --lif-dtype $dtype \
+            --json >> "$out/lif_coupling.jsonl"
+          $py -c "import json, sys, msvit.bench as b; print(b.format_lif(json.loads(sys.argv[1])))" \
+            "$(tail -n 1 "$out/lif_coupling.jsonl")"
+        done
+      done ;;
     *)
-      echo "unknown part $part; choose tests lif cupy reference torch extras" >&2; status=2 ;;
+      echo "unknown part $part; choose tests lif cupy reference torch extras coupling" >&2; status=2 ;;
   esac
 done
 exit $status
