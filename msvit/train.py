@@ -88,7 +88,7 @@ def _check_dataset_classes(cfg: dict[str, Any]) -> None:
                           f"set --num-classes {expected}")
 
 
-def _check_coupled_batch(cfg: dict[str, Any], env: DistEnv) -> None:
+def _check_coupled_batch(cfg: dict[str, Any]) -> None:
     """With the batch-coupled SSA the per-process batch is part of the network: say so when it differs
     from the one the published figures (or the folder's recipe) were trained with."""
     reference = reference_batch_sizes(cfg) if cfg["batch_coupled_ssa"] else None
@@ -197,7 +197,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         restore_model_settings(cfg, ckpt, keys=("batch_coupled_ssa",))
     model = create_dataset_model(cfg, variants).to(env.device)
     cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
-    _check_coupled_batch(cfg, env)
+    _check_coupled_batch(cfg)
     if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
         model = model.to(memory_format=torch.channels_last)
     if cfg["sync_bn"] and env.distributed:
