@@ -17,6 +17,7 @@ from spikingjelly.clock_driven import surrogate
 from torch import nn
 
 import msvit
+import msvit.energy
 import msvit.evaluate
 import msvit.train
 from busy import calibrate_batch_norms, excite_ssa
@@ -242,6 +243,16 @@ def test_checkpoints_without_the_setting(excited_digits, capsys):
     authors = write("authors.pth", None)
     assert evaluate_cli(capsys, authors, "--json")[0]["batch_coupled_ssa"] is True
     assert evaluate_cli(capsys, authors, "--json", "--batch-coupled-ssa", "false")[0]["batch_coupled_ssa"] is False
+
+
+def test_energy_report_restores_the_saved_setting(excited_digits, capsys):
+    cfg, write = excited_digits
+    for saved in (False, True):
+        path = write(f"energy-{saved}.pth", {**cfg, "batch_coupled_ssa": saved})
+        run_cfg = parse_args(["--checkpoint", path, "--img-size", "8", "--workers", "0"], DIGITS)
+        report = msvit.energy.run(run_cfg, batches=1)
+        assert report["batch_coupled_ssa"] is saved and report["images"] == 120
+    capsys.readouterr()
 
 
 def test_compare_ssa_coupling_reports_both_settings(excited_digits, capsys):
