@@ -538,6 +538,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .config import parse_args
     from .errors import UserError
+    from .train import stdout_to_stderr
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -545,7 +546,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         extra, rest = _split_argv(argv)
         cfg = parse_args(rest, None)
-        report = run(cfg, extra.batches, extra.e_mac_pj, extra.e_ac_pj)
+        with stdout_to_stderr(cfg["json"]):
+            report = run(cfg, extra.batches, extra.e_mac_pj, extra.e_ac_pj)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -20,7 +20,7 @@ from .distributed import DistEnv, cleanup, init_distributed, main_process_first
 from .energy import EnergyMeter, format_totals
 from .errors import ConfigError, cli_entry
 from .models import set_batch_coupled_ssa
-from .train import amp_settings, build_eval_loader, setup_logging
+from .train import amp_settings, build_eval_loader, setup_logging, stdout_to_stderr
 from .engine import evaluate
 from .zoo import create_dataset_model, reference_batch_sizes
 
@@ -37,31 +37,32 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     if not cfg["checkpoint"]:
         raise ConfigError("no checkpoint given: pass --checkpoint PATH (a best.pth/last.pth of a run, "
                           "or a downloaded model)")
-    env = init_distributed()
-    setup_logging(env)
-    checkpoint = read_checkpoint(cfg["checkpoint"])
-    restore_model_settings(cfg, checkpoint)
-    try:
-        model = create_dataset_model(cfg, variants)
-        load_checkpoint(model, checkpoint)
-        model.to(env.device)
-        with main_process_first(env):
-            _, val_set = build_datasets(cfg, train=False)
-        loader = build_eval_loader(val_set, cfg, env)
-        amp = amp_settings(cfg, env.device)
-        coupled = model.config["batch_coupled_ssa"]
-        meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
-        with meter:
-            metrics = evaluate(model, loader, env, amp)
-        energy = meter.totals() if cfg["energy"] else {}  # per image, summed over all processes
-        by_setting = {}
-        if cfg["compare_ssa_coupling"]:
-            by_setting[SSA_SETTINGS[coupled]] = {k: metrics[k] for k in _METRICS}
-            set_batch_coupled_ssa(model, not coupled)
-            by_setting[SSA_SETTINGS[not coupled]] = evaluate(model, loader, env, amp)
-            set_batch_coupled_ssa(model, coupled)
-    finally:
-        cleanup()
+    with stdout_to_stderr(cfg["json"]):
+        env = init_distributed()
+        setup_logging(env)
+        checkpoint = read_checkpoint(cfg["checkpoint"])
+        restore_model_settings(cfg, checkpoint)
+        try:
+            model = create_dataset_model(cfg, variants)
+            load_checkpoint(model, checkpoint)
+            model.to(env.device)
+            with main_process_first(env):
+                _, val_set = build_datasets(cfg, train=False)
+            loader = build_eval_loader(val_set, cfg, env)
+            amp = amp_settings(cfg, env.device)
+            coupled = model.config["batch_coupled_ssa"]
+            meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
+            with meter:
+                metrics = evaluate(model, loader, env, amp)
+            energy = meter.totals() if cfg["energy"] else {}  # per image, summed over all processes
+            by_setting = {}
+            if cfg["compare_ssa_coupling"]:
+                by_setting[SSA_SETTINGS[coupled]] = {k: metrics[k] for k in _METRICS}
+                set_batch_coupled_ssa(model, not coupled)
+                by_setting[SSA_SETTINGS[not coupled]] = evaluate(model, loader, env, amp)
+                set_batch_coupled_ssa(model, coupled)
+        finally:
+            cleanup()
     result = {**metrics, "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
               **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:

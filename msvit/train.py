@@ -8,6 +8,7 @@ best.pth (best top-1). `--resume auto` continues the run of `--output` from its 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -37,7 +38,7 @@ from .errors import ConfigError, UserError, cli_entry
 from .models import count_parameters
 from .zoo import create_dataset_model, reference_batch_sizes
 
-__all__ = ["main", "SUMMARY_FIELDS", "setup_logging", "build_eval_loader", "amp_settings"]
+__all__ = ["main", "SUMMARY_FIELDS", "setup_logging", "stdout_to_stderr", "build_eval_loader", "amp_settings"]
 
 SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb"]
 log = logging.getLogger("msvit")
@@ -50,6 +51,12 @@ def setup_logging(env: DistEnv) -> None:
     handler = logging.StreamHandler(sys.stdout)  # the current stdout, also when called again in-process
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
+
+
+def stdout_to_stderr(enabled: bool) -> contextlib.AbstractContextManager:
+    """With `--json`: while the work runs, whatever it prints (the log lines of `setup_logging`, libraries'
+    messages) goes to stderr, so that stdout holds only the JSON object printed afterwards."""
+    return contextlib.redirect_stdout(sys.stderr) if enabled else contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:

@@ -208,7 +208,8 @@ def excited_digits(tmp_path_factory):
 
 
 def evaluate_cli(capsys, checkpoint: str, *argv: str) -> tuple[dict, list[str]]:
-    """test.py in-process; returns the metrics and the lines it printed."""
+    """test.py in-process; returns the metrics and the lines it printed: with --json, the JSON line after the
+    log lines (which went to stderr, so that stdout holds exactly one JSON object)."""
     cfg = parse_args(["--checkpoint", checkpoint, "--img-size", "8", "--workers", "0", *argv], DIGITS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster
@@ -216,7 +217,11 @@ def evaluate_cli(capsys, checkpoint: str, *argv: str) -> tuple[dict, list[str]]:
         metrics = msvit.evaluate.run(cfg, VARIANTS)
     finally:
         torch.set_num_threads(threads)
-    return metrics, capsys.readouterr().out.strip().splitlines()
+    out, err = capsys.readouterr()
+    if "--json" in argv:
+        assert len(out.strip().splitlines()) == 1 and json.loads(out)
+        return metrics, err.strip().splitlines() + [out.strip()]
+    return metrics, out.strip().splitlines()
 
 
 def test_test_py_restores_the_saved_setting_and_reports_it(excited_digits, capsys):

@@ -258,7 +258,7 @@ def test_train_one_epoch_then_evaluate(started, folder):
     assert len(rows) == 2 and rows[1][0] == "0", rows
     summary = dict(zip(rows[0], rows[1]))
 
-    metrics = json.loads(ok(run.test).stdout.strip().splitlines()[-1])
+    metrics = json.loads(ok(run.test).stdout)  # stdout holds the JSON object alone
     assert set(metrics) == {"top1", "top5", "loss", "n", "batch_coupled_ssa", "val_batch_size"}
     assert metrics["n"] == run.n_val
     recipe = yaml.safe_load((ROOT / folder / f"{folder}.yml").read_text())

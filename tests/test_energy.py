@@ -368,7 +368,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_energy_cli_json_on_digits():
     proc = _run("-m", "msvit.energy", "--config", str(DIGITS), "--batches", "2", "--workers", "0", "--json",
                 "--e-mac-pj", "5")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(proc.stdout)  # stdout holds the JSON object alone
     assert TOP_KEYS <= set(report)
     assert report["images"] == 2 * 120 and report["e_mac_pj"] == 5.0 and report["e_ac_pj"] == 0.9
     assert report["mac_flops"] == 16 * 3 * 9 * 16 * 16 * 2  # digits: 3 -> 16 channels at 16x16, T 2
@@ -389,7 +389,7 @@ def digits_checkpoint(tmp_path_factory) -> Path:
 def test_test_py_energy_json(digits_checkpoint):
     proc = _run("digits/test.py", "--checkpoint", str(digits_checkpoint), "--energy", "--json",
                 "--workers", "0", "--img-size", "8")
-    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    line = json.loads(proc.stdout)
     assert {"top1", "top5", "loss", "n", "energy_mj", "mac_flops", "sops"} <= set(line)
     assert line["mac_flops"] == 16 * 3 * 9 * 8 * 8 * 2 and line["energy_mj"] > 0
 
