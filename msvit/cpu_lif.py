@@ -205,8 +205,6 @@ class CpuLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v_init: torch.Tensor, tau: float, v_threshold: float,
                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        if v_init.shape != x_seq.shape[1:]:  # the kernel reads and writes v_init.numel() neurons per step
-            raise ValueError(f"v_init shape {tuple(v_init.shape)} does not match x_seq {tuple(x_seq.shape)}[1:]")
         x_seq, v_init = x_seq.contiguous(), v_init.contiguous()
         spikes, v_last = torch.empty_like(x_seq), torch.empty_like(v_init)
         z = torch.empty_like(x_seq) if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] else None

@@ -108,8 +108,6 @@ class CupyLIF(torch.autograd.Function):
                 alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
         if x_seq.dtype not in _TYPES:
             raise TypeError(f"the CuPy LIF kernel takes float32 or float16 input, got {x_seq.dtype}")
-        if v_init.shape != x_seq.shape[1:]:  # the kernel reads and writes v_init.numel() neurons per step
-            raise ValueError(f"v_init shape {tuple(v_init.shape)} does not match x_seq {tuple(x_seq.shape)}[1:]")
         x_seq = x_seq.contiguous()
         v_init = v_init.to(x_seq.dtype).contiguous()
         steps, neurons = x_seq.shape[0], v_init.numel()

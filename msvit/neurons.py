@@ -128,7 +128,8 @@ class LIF(sj_neuron.MultiStepLIFNode):
         if not self.fused:
             return super().forward(x_seq)
         if isinstance(self.v, torch.Tensor):
-            if self.v.shape != x_seq.shape[1:]:  # the kernels index v_init by x_seq's shape: refuse, never overrun
+            # the one check for every fused path: the kernels index v_init by x_seq's shape and would overrun
+            if self.v.shape != x_seq.shape[1:]:
                 raise ValueError(f"LIF membrane of shape {tuple(self.v.shape)} cannot continue on input "
                                  f"{tuple(x_seq.shape)}; call msvit.reset_neurons(model) between batches")
             v_init = self.v

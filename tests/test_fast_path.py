@@ -60,6 +60,16 @@ def test_fused_lif_carries_state_across_calls_like_the_loop(implementation):
     assert torch.allclose(ga1, ga2, atol=1e-6) and torch.allclose(gb1, gb2, atol=1e-6)
 
 
+def test_a_membrane_of_another_shape_is_refused(implementation):
+    """A neuron not reset between batches of different sizes: refused, never read or written out of bounds."""
+    lif = LIF(backend="torch")
+    lif(torch.randn(2, 3, 5) + 0.8)  # membrane [3, 5] left behind
+    with pytest.raises(ValueError, match="reset_neurons"):
+        lif(torch.randn(2, 1, 5))
+    msvit.reset_neurons(lif)
+    assert lif(torch.randn(2, 1, 5)).shape == (2, 1, 5)
+
+
 def _spikes_and_logits(model, x):
     """Every LIF's output in call order, as (module name, spikes), and the logits."""
     spikes = []
