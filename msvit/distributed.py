@@ -9,9 +9,8 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
 
-__all__ = ["DistEnv", "init_distributed", "ShardSampler", "all_reduce_sum", "broadcast_buffers", "barrier",
+__all__ = ["DistEnv", "init_distributed", "all_reduce_sum", "broadcast_buffers", "barrier",
            "main_process_first", "cleanup"]
 
 
@@ -49,20 +48,6 @@ def init_distributed(device: str | None = None) -> DistEnv:
         dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world_size)
     return DistEnv(rank, world_size, local_rank, dev)
-
-
-class ShardSampler(Sampler[int]):
-    """Every `world_size`-th index from `rank`, in order: each sample is evaluated by exactly one
-    process, with no padding (DistributedSampler would repeat samples to even out the shards)."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.indices = range(rank, length, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

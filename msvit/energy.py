@@ -30,7 +30,6 @@ input), so a forward path that fuses them into one call is measured the same way
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -502,7 +501,9 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     from .distributed import cleanup, init_distributed, main_process_first
     from .errors import ConfigError
     from .models import MODEL_NAMES
-    from .train import amp_settings, build_eval_loader, setup_logging
+    from .console import setup_logging
+    from .engine import amp_settings
+    from .loaders import build_eval_loader
     from .zoo import create_dataset_model
 
     if not cfg.get("dataset") or not cfg.get("model"):
@@ -510,7 +511,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     if batches < 0:
         raise ConfigError(f"--batches must be 0 (the whole set) or more, got {batches}")
     env = init_distributed()
-    setup_logging(env)
+    setup_logging(env.is_main)
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
     restore_model_settings(cfg, checkpoint)
     try:
@@ -538,7 +539,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .config import parse_args
     from .errors import UserError
-    from .train import stdout_to_stderr
+    from .console import print_json, stdout_to_stderr
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -552,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     if int(os.environ.get("RANK", 0)) == 0:  # the process group is gone by now
-        print(json.dumps(report) if cfg["json"] else format_report(report))
+        print_json(report) if cfg["json"] else print(format_report(report))
     return report
 
 

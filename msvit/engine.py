@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .distributed import DistEnv, all_reduce_sum
 from .errors import UserError
 
-__all__ = ["NonFiniteLossError", "AmpSettings", "EpochStats", "train_one_epoch", "evaluate", "peak_memory_mb"]
+__all__ = ["NonFiniteLossError", "AmpSettings", "amp_settings", "EpochStats", "train_one_epoch", "evaluate", "peak_memory_mb"]
 
 
 class NonFiniteLossError(UserError):
@@ -36,6 +36,12 @@ class AmpSettings:
         if not self.enabled:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+def amp_settings(cfg: dict, device: torch.device) -> AmpSettings:
+    """Mixed precision on CUDA only (bf16 or fp16); full fp32 on CPU."""
+    dtype = torch.bfloat16 if cfg["amp_dtype"] == "bfloat16" else torch.float16
+    return AmpSettings(enabled=bool(cfg["amp"]) and device.type == "cuda", dtype=dtype, device_type=device.type)
 
 
 @dataclass

@@ -9,7 +9,6 @@ the same weights a second time with the other SSA setting (batch-coupled or per 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,8 +19,9 @@ from .distributed import DistEnv, cleanup, init_distributed, main_process_first
 from .energy import EnergyMeter, format_totals
 from .errors import ConfigError, cli_entry
 from .models import set_batch_coupled_ssa
-from .train import amp_settings, build_eval_loader, setup_logging, stdout_to_stderr
-from .engine import evaluate
+from .console import print_json, setup_logging, stdout_to_stderr
+from .engine import amp_settings, evaluate
+from .loaders import build_eval_loader
 from .zoo import create_dataset_model, reference_batch_sizes
 
 __all__ = ["main", "run", "MODEL_KEYS", "SSA_SETTINGS"]
@@ -39,7 +39,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                           "or a downloaded model)")
     with stdout_to_stderr(cfg["json"]):
         env = init_distributed()
-        setup_logging(env)
+        setup_logging(env.is_main)
         checkpoint = read_checkpoint(cfg["checkpoint"])
         restore_model_settings(cfg, checkpoint)
         try:
@@ -67,18 +67,10 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
               **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:
         if cfg["json"]:
-            print(json.dumps(_rounded(result)))
+            print_json(result)
         else:
             print(_report(cfg, result, env))
     return result
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    return value
 
 
 def _accuracy(metrics: dict[str, Any]) -> str:

@@ -8,12 +8,10 @@ best.pth (best top-1). `--resume auto` continues the run of `--output` from its 
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,37 +24,23 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .config import parse_args, restore_model_settings, save_config
 from .data import build_datasets, dataset_num_classes
-from .distributed import (DistEnv, ShardSampler, barrier, broadcast_buffers, cleanup, init_distributed,
-                          main_process_first)
-from .engine import AmpSettings, evaluate, peak_memory_mb, train_one_epoch
+from .console import setup_logging
+from .distributed import DistEnv, barrier, broadcast_buffers, cleanup, init_distributed, main_process_first
+from .engine import amp_settings, evaluate, peak_memory_mb, train_one_epoch
+from .loaders import build_eval_loader, make_loader
 from .errors import ConfigError, UserError, cli_entry
 from .models import count_parameters
 from .zoo import create_dataset_model, reference_batch_sizes
 
-__all__ = ["main", "SUMMARY_FIELDS", "setup_logging", "stdout_to_stderr", "build_eval_loader", "amp_settings"]
+__all__ = ["main", "run", "SUMMARY_FIELDS"]
 
 SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb"]
 log = logging.getLogger("msvit")
-
-
-def setup_logging(env: DistEnv) -> None:
-    """Progress lines of the `msvit` logger on stdout, from rank 0 only; other libraries stay quiet."""
-    log.setLevel(logging.INFO if env.is_main else logging.WARNING)
-    log.propagate = False
-    handler = logging.StreamHandler(sys.stdout)  # the current stdout, also when called again in-process
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.handlers[:] = [handler]
-
-
-def stdout_to_stderr(enabled: bool) -> contextlib.AbstractContextManager:
-    """With `--json`: while the work runs, whatever it prints (the log lines of `setup_logging`, libraries'
-    messages) goes to stderr, so that stdout holds only the JSON object printed afterwards."""
-    return contextlib.redirect_stdout(sys.stderr) if enabled else contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -65,27 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def amp_settings(cfg: dict[str, Any], device: torch.device) -> AmpSettings:
-    """Mixed precision on CUDA only (bf16 or fp16); full fp32 on CPU."""
-    dtype = torch.bfloat16 if cfg["amp_dtype"] == "bfloat16" else torch.float16
-    return AmpSettings(enabled=bool(cfg["amp"]) and device.type == "cuda", dtype=dtype, device_type=device.type)
-
-
-def _loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv, batch_size: int, sampler, drop_last: bool,
-            ) -> DataLoader:
-    workers = cfg["workers"]
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=cfg["pin_mem"] and env.device.type == "cuda", drop_last=drop_last,
-                      # fresh workers each epoch take their seeds from the reseeded main process
-                      persistent_workers=False)
-
-
-def build_eval_loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv) -> DataLoader:
-    """Each process evaluates its own shard; every sample is counted exactly once."""
-    batch = cfg["val_batch_size"] or cfg["batch_size"]
-    return _loader(dataset, cfg, env, batch, ShardSampler(len(dataset), env.rank, env.world_size), False)
 
 
 def _check_dataset_classes(cfg: dict[str, Any]) -> None:
@@ -182,7 +145,7 @@ def _write_summary(path: Path, row: dict[str, Any] | None, keep_before_epoch: in
 def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     """Train with a resolved config; returns the final epoch's summary row and the best top-1."""
     env = init_distributed()
-    setup_logging(env)
+    setup_logging(env.is_main)
     _check_dataset_classes(cfg)
     cfg["num_classes"] = cfg["num_classes"] or dataset_num_classes(cfg["dataset"])
     output = _output_dir(cfg)
@@ -193,7 +156,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         train_set, val_set = build_datasets(cfg)
     train_sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                        seed=cfg["seed"])
-    train_loader = _loader(train_set, cfg, env, cfg["batch_size"], train_sampler, drop_last=True)
+    train_loader = make_loader(train_set, cfg, env, cfg["batch_size"], train_sampler, drop_last=True)
     if len(train_loader) == 0:
         raise ConfigError(f"the training set has {len(train_sampler)} samples per process, fewer than "
                           f"batch_size {cfg['batch_size']}: lower --batch-size")

@@ -22,6 +22,7 @@ import msvit.evaluate
 import msvit.train
 from busy import calibrate_batch_norms, excite_ssa
 from msvit import cpu_lif
+from msvit.console import rounded
 from msvit.config import parse_args
 from msvit.layers import SpikingSelfAttention, TokenAttention
 from msvit.neurons import LIF, _FusedLIF
@@ -266,9 +267,9 @@ def test_compare_ssa_coupling_reports_both_settings(excited_digits, capsys):
     metrics, out = evaluate_cli(capsys, path, "--json", "--compare-ssa-coupling")
     both = json.loads(out[-1])["ssa_settings"]
     assert set(both) == {"batch_coupled", "per_sample"} and set(both["per_sample"]) == {"top1", "top5", "loss", "n"}
-    assert both["batch_coupled"] == {k: round(metrics[k], 4) if k != "n" else metrics[k] for k in both["per_sample"]}
+    assert both["batch_coupled"] == rounded({k: metrics[k] for k in both["per_sample"]})
     per_sample, _ = evaluate_cli(capsys, write("per-sample.pth", {**cfg, "batch_coupled_ssa": False}), "--json")
-    assert both["per_sample"]["loss"] == round(per_sample["loss"], 4) != both["batch_coupled"]["loss"]
+    assert both["per_sample"]["loss"] == rounded(per_sample["loss"]) != both["batch_coupled"]["loss"]
 
     _, text = evaluate_cli(capsys, path, "--compare-ssa-coupling")
     assert text[0].startswith("SSA output neuron: batch-coupled") and "evaluation batch 120 per process" in text[0]
