@@ -23,7 +23,7 @@ import yaml
 from .errors import ConfigError
 from .neurons import BACKENDS
 
-__all__ = ["DEFAULTS", "TYPES", "CHOICES", "MODEL_KEYS", "ConfigError", "load_config", "parse_args", "model_kwargs",
+__all__ = ["DEFAULTS", "TYPES", "CHOICES", "MODEL_KEYS", "ConfigError", "load_config", "parse_args", "command_line_keys", "model_kwargs",
            "restore_model_settings", "save_config"]
 
 # Keys that define the network: test.py and msvit.energy take them from a checkpoint's saved config.
@@ -112,6 +112,7 @@ DEFAULTS: dict[str, Any] = {
     "model_ema_decay": 0.9998,
     "sync_bn": False,
     "log_interval": 50,
+    "checkpoint_interval": 0,       # optimizer updates between mid-epoch checkpoints (last.pth); 0: epoch ends only
     "channels_last": False,
     "compile": False,
 }
@@ -340,6 +341,13 @@ def _print_help(default_config: str | Path | None) -> None:
         choices = f"  ({'/'.join(CHOICES[key])})" if key in CHOICES else ""
         shown = yaml.safe_dump(default, default_flow_style=True).removesuffix("...\n").strip()
         print(f"  --{key:<{width}}  {shown}{choices}")
+
+
+def command_line_keys(argv: list[str] | None = None) -> list[str]:
+    """The keys that `argv` (default sys.argv[1:]) sets, in order, as `parse_args` reads them (no `config`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    keys = [key for _, key, _ in _split_options(argv) if key in DEFAULTS]
+    return list(dict.fromkeys(keys))
 
 
 def parse_args(argv: list[str] | None = None,
