@@ -4,9 +4,9 @@ Times full training steps (zero_grad, forward, loss, backward, AdamW step) of a 
 random data at its dataset's real input size, and reports the median step time split into forward
 (zero_grad + forward + loss), backward and optimizer, images/s, peak memory and the parameter count.
 
-    python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --T 4 --device cpu
+    python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --time-step 4 --device cpu
     python -m msvit.bench --all --models msvit_cifar_4_384,qkformer_cifar_4_384 --json
-    python -m msvit.bench --model msvit_cifar_4_384 --model-kwargs '{"embed_dim": 32, "num_heads": 2}'
+    python -m msvit.bench --model msvit_cifar_4_384 --model-kwargs '{embed_dim: 32, num_heads: 2}'
     python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --alternate      # optimised vs reference path
     python -m msvit.bench --model msvit_cifar_4_384 --batch-size 8 --alternate-ssa  # batch-coupled vs per-sample SSA
 
@@ -34,11 +34,13 @@ import timm
 import torch
 from torch import nn
 
+from .config import ArgumentParser, check_model_kwargs, parse_model_kwargs
+from .console import print_json, stdout_to_stderr
 from .errors import UserError, cli_entry
 from .models import ARCHS, MODEL_NAMES, count_parameters, set_batch_coupled_ssa
 from .neurons import BACKENDS, LIF, cupy_unavailable_reason
 
-__all__ = ["DEFAULT_BATCH", "benchmark", "format_table", "lif_bandwidth", "main"]
+__all__ = ["DEFAULT_BATCH", "benchmark", "check_counts", "format_table", "lif_bandwidth", "main"]
 
 # per-GPU batch sizes of the recipes (cifar10.yml, dvs128-gesture.yml, imagenet.yml)
 DEFAULT_BATCH = {"cifar": 64, "dvs": 16, "imagenet": 32}
@@ -68,6 +70,15 @@ def check_device(device: str, backend: str) -> None:
         raise UserError("--backend cupy runs on CUDA tensors only; use --device cuda or --backend torch/auto")
     if backend == "cupy" and (reason := cupy_unavailable_reason()) is not None:
         raise UserError(f"--backend cupy cannot run: {reason}")
+
+
+def check_counts(batch_size: int | None = None, warmup: int = 0, repeats: int = 1, threads: int | None = None,
+                 profile_rows: int = 0) -> None:
+    """The counts of a run are in range (None: the default, which is)."""
+    for flag, value, low in (("--batch-size", batch_size, 1), ("--warmup", warmup, 0), ("--repeats", repeats, 1),
+                             ("--threads", threads, 1), ("--profile", profile_rows, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be {low} or more, got {value}")
 
 
 def cpu_name() -> str:
@@ -151,8 +162,9 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
               batch_coupled_ssa: bool | None = None, alternate_ssa: bool = False) -> dict[str, Any]:
     """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
     (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
-    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`, and so does
-    `batch_coupled_ssa` when given (None: the model's default, the release's batch-coupled SSA). With
+    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`, checked as train.py
+    checks them (`config.check_model_kwargs`), and so does `batch_coupled_ssa` when given (None: the model's
+    default, the release's batch-coupled SSA). With
     `profile_rows`, one more step runs under torch.profiler and the result's `profile` holds its
     busiest operators (by self CUDA time on CUDA, self CPU time on CPU) as a table.
 
@@ -167,8 +179,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     per-sample median) and, on CUDA, `per_sample_peak_memory_mb`."""
     check_model_name(model_name)
     check_device(device, backend)
-    if warmup < 0 or repeats < 1:
-        raise UserError(f"need --warmup >= 0 and --repeats >= 1, got {warmup} and {repeats}")
+    check_counts(batch_size, warmup, repeats, threads, profile_rows)
     if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
         raise UserError(f"unknown --amp-dtype {amp_dtype!r}; choose float16 or bfloat16")
     if reference and alternate:
@@ -185,16 +196,17 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     load_before = os.getloadavg()[0]
     rss_before_model = rss_peak_mb()
 
-    arch = {**ARCHS[model_name], **(model_kwargs or {})}
-    T = T or arch["T"]
-    img_size = img_size or arch["img_size"]
+    given, labels = dict(model_kwargs or {}), {key: f"model_kwargs.{key}" for key in model_kwargs or {}}
+    for key, value, flag in (("T", T, "--time-step"), ("img_size", img_size, "--img-size"),
+                             ("batch_coupled_ssa", batch_coupled_ssa, "--batch-coupled-ssa"),
+                             ("neuron_backend", backend, "--backend")):
+        if value is not None:
+            given[key], labels[key] = value, flag
+    kwargs = check_model_kwargs(model_name, given, labels)
+    arch = {**ARCHS[model_name], **kwargs}
+    T, img_size = arch["T"], arch["img_size"]
     batch_size = batch_size or DEFAULT_BATCH[arch["stem"]]
-    try:
-        coupling = {} if batch_coupled_ssa is None else {"batch_coupled_ssa": batch_coupled_ssa}
-        model = timm.create_model(model_name, **{**(model_kwargs or {}), **coupling, "T": T, "img_size": img_size,
-                                                 "neuron_backend": backend})
-    except (TypeError, ValueError) as exc:  # a misspelt or impossible --model-kwargs entry
-        raise UserError(f"cannot build {model_name}: {exc}") from exc
+    model = timm.create_model(model_name, **kwargs)
     if reference:
         switched = switch(model)
         model = switched if isinstance(switched, nn.Module) else model
@@ -451,25 +463,21 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one `error: ...` line and exit 2, like every msvit CLI
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m msvit.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m msvit.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help=f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--all", action="store_true", help="every registered model, each in a fresh subprocess")
     p.add_argument("--models", help="with --all: only these, comma-separated (implies --all)")
     p.add_argument("--batch-size", type=int, help="default: the recipe's (CIFAR 64, DVS 16, ImageNet 32)")
-    p.add_argument("--T", type=int, help="time steps; default: the model's (4, DVS 16)")
+    p.add_argument("--time-step", "--T", dest="T", type=int, help="time steps; default: the model's (4, DVS 16)")
     p.add_argument("--img-size", type=int, help="default: the model's dataset size (32, 128, 224)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: %(default)s")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="LIF neuron backend (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps, median reported (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads; default: torch's choice")
-    p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for timm.create_model, e.g. '{\"embed_dim\": 32}'")
+    p.add_argument("--model-kwargs", default="{}", help="model arguments as a YAML mapping, checked as train.py "
+                   "checks them, e.g. '{embed_dim: 32, num_heads: 2}' (JSON works too)")
     p.add_argument("--batch-coupled-ssa", choices=("true", "false"), help="SSA output neuron along T*B as in the "
                    "release (true, the models' default) or per sample (false)")
     p.add_argument("--reference", action="store_true", help="msvit.use_reference_implementation(model)")
@@ -492,23 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_model_kwargs(text: str) -> dict[str, Any]:
-    try:
-        kwargs = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--model-kwargs is not valid JSON ({exc}): {text}") from exc
-    if not isinstance(kwargs, dict):
-        raise UserError(f"--model-kwargs must be a JSON object, got {text}")
-    return kwargs
-
-
 def child_argv(args: argparse.Namespace, model: str) -> list[str]:
     """The command line that benchmarks `model` alone with the settings of `args`, printing JSON."""
     argv = ["--model", model, "--json", "--device", args.device, "--backend", args.backend,
             "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--model-kwargs", args.model_kwargs]
-    for flag in ("batch_size", "T", "img_size", "threads", "amp_dtype", "batch_coupled_ssa"):
-        if getattr(args, flag) is not None:
-            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for dest, flag in (("batch_size", "--batch-size"), ("T", "--time-step"), ("img_size", "--img-size"),
+                       ("threads", "--threads"), ("amp_dtype", "--amp-dtype"),
+                       ("batch_coupled_ssa", "--batch-coupled-ssa")):
+        if getattr(args, dest) is not None:
+            argv += [flag, str(getattr(args, dest))]
     for flag in ("reference", "alternate", "alternate_ssa", "channels_last", "compile", "amp"):
         if getattr(args, flag):
             argv.append(f"--{flag.replace('_', '-')}")
@@ -529,6 +529,23 @@ def run_child(argv: list[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     kwargs = parse_model_kwargs(args.model_kwargs)
+    check_counts(args.batch_size, args.warmup, args.repeats, args.threads, args.profile)
+    with stdout_to_stderr(args.json):  # with --json, stdout holds the JSON object alone
+        result = _run(args, kwargs)
+    if args.json:
+        print_json(result)
+    elif args.lif:
+        print(format_lif(result))
+    else:
+        print(format_table(result.get("results", [result])))
+        if result.get("profile"):
+            print(result["profile"])
+    if any("error" in r for r in result.get("results", ())):
+        sys.exit(1)
+
+
+def _run(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What `main` measures for `args`: one model's result, {'results': [...]} for --all, or the LIF's."""
     if args.lif:
         try:
             shape = tuple(int(n) for n in args.lif_shape.lower().split("x"))
@@ -536,10 +553,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UserError(f"--lif-shape must look like 4x64x192x32x32, got {args.lif_shape!r}") from None
         if len(shape) < 2 or min(shape) < 1:
             raise UserError(f"--lif-shape needs T and at least one positive neuron dimension, got {args.lif_shape!r}")
-        result = lif_bandwidth(shape, args.device, args.backend, args.lif_dtype, args.warmup, args.repeats,
-                               args.reference)
-        print(json.dumps(result) if args.json else format_lif(result))
-        return
+        return lif_bandwidth(shape, args.device, args.backend, args.lif_dtype, args.warmup, args.repeats,
+                             args.reference)
     if args.all or args.models:
         names = args.models.split(",") if args.models else list(MODEL_NAMES)
         if args.profile:
@@ -551,21 +566,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
             results.append(run_child(child_argv(args, name)))
-        print(json.dumps({"results": results}) if args.json else format_table(results))
-        if any("error" in r for r in results):
-            sys.exit(1)
-        return
+        return {"results": results}
     if not args.model:
         raise UserError(f"give --model NAME or --all; models: {', '.join(MODEL_NAMES)}")
-    result = benchmark(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
-                       args.repeats, args.img_size, kwargs, args.reference, args.channels_last,
-                       args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile,
-                       alternate=args.alternate,
-                       batch_coupled_ssa=None if args.batch_coupled_ssa is None else args.batch_coupled_ssa == "true",
-                       alternate_ssa=args.alternate_ssa)
-    print(json.dumps(result) if args.json else format_table([result]))
-    if result["profile"] and not args.json:
-        print(result["profile"])
+    return benchmark(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
+                     args.repeats, args.img_size, kwargs, args.reference, args.channels_last,
+                     args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile,
+                     alternate=args.alternate,
+                     batch_coupled_ssa=None if args.batch_coupled_ssa is None else args.batch_coupled_ssa == "true",
+                     alternate_ssa=args.alternate_ssa)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,35 @@
 """Training and evaluation settings: defaults, YAML recipes, command-line overrides, validation.
 
-Every setting has a default in `DEFAULTS`; a dataset folder's YAML recipe sets some of them and
-the command line (`--key value`) overrides any of them: DEFAULTS < YAML < command line.
-Each value is checked against the setting's type (inferred from its default, or listed in
-`TYPES`) and, for a few settings, against a list of choices; a bad value is a `ConfigError`
-whose one-line message names the key, what it expects and what it got.
+Every setting has a default, a --help group and a description in `SETTINGS` (`DEFAULTS` holds the defaults
+alone); a dataset folder's YAML recipe sets some of them and the command line (`--key value`) overrides any of
+them: DEFAULTS < YAML < command line. Each value is checked against the setting's type (inferred from its
+default, or listed in `TYPES`) and, for a few settings, against a list of choices; the resolved settings then
+against their ranges and each other (`check_config`), and the model's arguments against its constructor
+(`check_model_kwargs`). A bad value is a `ConfigError` whose one-line message names the key and the fix.
 """
 from __future__ import annotations
 
+import argparse
+import collections.abc
 import copy
 import difflib
+import inspect
 import logging
 import os
 import re
 import sys
-import tempfile
+import textwrap
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, NoReturn, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .neurons import BACKENDS
 
-__all__ = ["DEFAULTS", "TYPES", "CHOICES", "MODEL_KEYS", "ConfigError", "load_config", "parse_args", "command_line_keys", "model_kwargs",
-           "restore_model_settings", "save_config"]
+__all__ = ["DEFAULTS", "SETTINGS", "GROUPS", "TYPES", "CHOICES", "MODEL_KEYS", "ConfigError", "ArgumentParser",
+           "load_config", "parse_args", "parse_model_kwargs", "check_config", "check_model_kwargs",
+           "command_line_keys", "model_arguments", "model_kwargs", "restore_model_settings", "save_config"]
 
 # Keys that define the network: test.py and msvit.energy take them from a checkpoint's saved config.
 # num_classes is not among them: it belongs to the dataset evaluated, so a checkpoint trained on
@@ -32,90 +37,111 @@ __all__ = ["DEFAULTS", "TYPES", "CHOICES", "MODEL_KEYS", "ConfigError", "load_co
 MODEL_KEYS = ("model", "model_kwargs", "time_step", "dim", "num_heads", "mlp_ratio", "batch_coupled_ssa")
 _log = logging.getLogger("msvit")
 
-DEFAULTS: dict[str, Any] = {
-    # experiment
-    "dataset": None,
-    "model": None,
-    "model_kwargs": {},             # extra keyword arguments for the model, on top of the keys below
-    "num_classes": None,
-    "time_step": 4,
-    "img_size": None,
-    "experiment": "",
-    "output": "",
-    "resume": "",
-    "seed": 42,
-    "neuron_backend": "auto",
-    "batch_coupled_ssa": True,      # SSA's output neuron integrates along T*B, as in the authors' release
-    "checkpoint": "",               # test.py: the weights to evaluate
-    "json": False,                  # test.py: print the metrics as JSON
-    "energy": False,                # test.py: estimate the energy per image
-    "compare_ssa_coupling": False,  # test.py: evaluate again with the other SSA setting, report both
-    # the authors' cifar10.yml keys: layer, depths and patch_size are accepted and ignored,
-    # dim, num_heads and mlp_ratio feed the model (see model_kwargs())
-    "layer": None,
-    "depths": None,
-    "patch_size": None,
-    "dim": None,
-    "num_heads": None,
-    "mlp_ratio": None,
-    # data
-    "data_dir": "",
-    "download": False,
-    "verify_data": True,
-    "workers": 4,
-    "pin_mem": True,
-    "dvs_aug": False,
-    "mean": None,
-    "std": None,
-    "crop_pct": None,
-    "scale": [0.08, 1.0],
-    "ratio": [0.75, 1.3333333333],
-    "hflip": 0.5,
-    "color_jitter": 0.0,
-    "interpolation": "bicubic",
-    "train_interpolation": "bicubic",
-    "aa": None,
-    "reprob": 0.0,
-    "remode": "pixel",
-    "recount": 1,
-    # optimisation
-    "epochs": 300,
-    "cooldown_epochs": 0,
-    "warmup_epochs": 5,
-    "warmup_lr": 1e-5,
-    "warmup_prefix": False,
-    "sched_on_updates": False,
-    "lr": None,
-    "blr": None,
-    "min_lr": 1e-5,
-    "sched": "cosine",
-    "opt": "adamw",
-    "opt_eps": 1e-8,
-    "opt_betas": [0.9, 0.999],
-    "momentum": 0.9,
-    "weight_decay": 0.05,
-    "clip_grad": None,
-    "batch_size": 64,
-    "val_batch_size": None,
-    "accum_iter": 1,
-    "smoothing": 0.1,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "cutmix_minmax": None,
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "mixup_mode": "batch",
-    "mixup_off_epoch": 0,
-    "amp": True,
-    "amp_dtype": "float16",
-    "model_ema": False,
-    "model_ema_decay": 0.9998,
-    "sync_bn": False,
-    "log_interval": 50,
-    "checkpoint_interval": 0,       # optimizer updates between mid-epoch checkpoints (last.pth); 0: epoch ends only
-    "channels_last": False,
-    "compile": False,
+
+class Setting(NamedTuple):
+    default: Any
+    group: str   # one of GROUPS: where --help lists it
+    help: str    # one line for --help
+
+
+GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "run", "evaluation")
+NO_EFFECT = "(legacy: accepted, no effect)"  # keys of the authors' recipes that nothing reads
+
+# Every setting: its default, its --help group and its description, in --help order.
+SETTINGS: dict[str, Setting] = {
+    "model": Setting(None, "model", "registered model; the folder's model.py lists those that suit its dataset"),
+    "model_kwargs": Setting({}, "model", "more model arguments, a YAML mapping checked against the model, e.g. "
+                            "{embed_dim: 192, num_heads: 4, depths: [1, 1, 1]}; wins over dim/num_heads/mlp_ratio"),
+    "num_classes": Setting(None, "model", "classifier outputs; null: the dataset's class count"),
+    "time_step": Setting(4, "model", "T: time steps the network runs each input for (DVS: frames per sample)"),
+    "batch_coupled_ssa": Setting(True, "model", "SSA's output neuron integrates along T*B as in the authors' "
+                                 "release (true) or per sample (false)"),
+    "neuron_backend": Setting("auto", "model", "LIF kernels; auto: CuPy for CUDA inputs when it works, else torch"),
+    "dim": Setting(None, "model", "legacy spelling of model_kwargs.embed_dim: feeds the model"),
+    "num_heads": Setting(None, "model", "legacy spelling of model_kwargs.num_heads: feeds the model"),
+    "mlp_ratio": Setting(None, "model", "legacy spelling of model_kwargs.mlp_ratio: feeds the model"),
+    "layer": Setting(None, "model", f"the authors' block count {NO_EFFECT}; blocks come from model_kwargs.depths"),
+    "depths": Setting(None, "model", f"the authors' depth {NO_EFFECT}; use model_kwargs.depths"),
+    "patch_size": Setting(None, "model", f"the authors' patch size {NO_EFFECT}; the model's stem fixes it"),
+
+    "dataset": Setting(None, "data", "which dataset, split and input pipeline"),
+    "data_dir": Setting("", "data", "the dataset's folder"),
+    "download": Setting(False, "data", "fetch a missing dataset into data_dir (CIFAR, CIFAR10-DVS)"),
+    "verify_data": Setting(True, "data", "check downloaded archives and files against their published MD5 sums"),
+    "img_size": Setting(None, "data", "image datasets: input height and width in pixels; null: 224 (digits: 32)"),
+    "mean": Setting(None, "data", "per-channel normalisation mean; null: ImageNet's"),
+    "std": Setting(None, "data", "per-channel normalisation standard deviation; null: ImageNet's"),
+    "crop_pct": Setting(None, "data", "evaluation: centre crop of img_size / crop_pct; null: timm's default"),
+    "interpolation": Setting("bicubic", "data", "evaluation: resize interpolation"),
+    "workers": Setting(4, "data", "DataLoader worker processes per process; 0: load in the main process"),
+    "pin_mem": Setting(True, "data", "page-locked host memory for faster copies to CUDA"),
+
+    "opt": Setting("adamw", "optimisation", "optimizer, any name timm.optim.create_optimizer_v2 takes"),
+    "lr": Setting(None, "optimisation", "peak learning rate; null: blr x effective batch / 256"),
+    "blr": Setting(None, "optimisation", "base learning rate when lr is null: lr = blr x batch_size x accum_iter "
+                   "x processes / 256"),
+    "weight_decay": Setting(0.05, "optimisation", "weight decay (not applied to biases and norm parameters)"),
+    "opt_eps": Setting(1e-8, "optimisation", "optimizer epsilon (Adam family)"),
+    "opt_betas": Setting([0.9, 0.999], "optimisation", "optimizer betas (Adam family)"),
+    "momentum": Setting(0.9, "optimisation", "momentum of the optimizers that have one (SGD family)"),
+    "clip_grad": Setting(None, "optimisation", "clip the gradient norm to this; null: no clipping"),
+    "batch_size": Setting(64, "optimisation", "training batch per process (with the batch-coupled SSA, part of "
+                          "the network)"),
+    "accum_iter": Setting(1, "optimisation", "batches whose gradients add up to one optimizer update"),
+    "smoothing": Setting(0.1, "optimisation", "label smoothing"),
+    "amp": Setting(True, "optimisation", "mixed precision on CUDA (CPU runs in float32)"),
+    "amp_dtype": Setting("float16", "optimisation", "the mixed-precision type"),
+    "model_ema": Setting(False, "optimisation", "also keep and evaluate an exponential moving average of the weights"),
+    "model_ema_decay": Setting(0.9998, "optimisation", "decay of that average per update"),
+    "sync_bn": Setting(False, "optimisation", "synchronise BatchNorm statistics across CUDA processes"),
+
+    "sched": Setting("cosine", "schedule", "learning-rate schedule: timm's cosine with warmup"),
+    "epochs": Setting(300, "schedule", "length of the cosine in epochs; cooldown_epochs follow"),
+    "cooldown_epochs": Setting(0, "schedule", "epochs at min_lr after the cosine"),
+    "warmup_epochs": Setting(5, "schedule", "epochs of linear warmup from warmup_lr"),
+    "warmup_lr": Setting(1e-5, "schedule", "learning rate the warmup starts from"),
+    "warmup_prefix": Setting(False, "schedule", "warm up before the cosine starts (true) or over its first "
+                             "epochs (false)"),
+    "min_lr": Setting(1e-5, "schedule", "learning rate at the end of the cosine and during the cooldown"),
+    "sched_on_updates": Setting(False, "schedule", "step the schedule at every optimizer update, not every epoch"),
+
+    "scale": Setting([0.08, 1.0], "augmentation", "random-resized-crop area range"),
+    "ratio": Setting([0.75, 1.3333333333], "augmentation", "random-resized-crop aspect-ratio range"),
+    "hflip": Setting(0.5, "augmentation", "horizontal flip probability"),
+    "color_jitter": Setting(0.0, "augmentation", "colour jitter strength (ignored with aa)"),
+    "train_interpolation": Setting("bicubic", "augmentation", "training resize interpolation"),
+    "aa": Setting(None, "augmentation", "timm auto-augment policy, e.g. rand-m9-n1-mstd0.4-inc1; null: none"),
+    "reprob": Setting(0.0, "augmentation", "random-erasing probability"),
+    "remode": Setting("pixel", "augmentation", "random-erasing fill"),
+    "recount": Setting(1, "augmentation", "random-erasing regions per image"),
+    "dvs_aug": Setting(False, "augmentation", "DVS: event-frame augmentation of the training split"),
+    "mixup": Setting(0.0, "augmentation", "mixup alpha; 0: off (mixup and cutmix need an even batch_size)"),
+    "cutmix": Setting(0.0, "augmentation", "cutmix alpha; 0: off"),
+    "cutmix_minmax": Setting(None, "augmentation", "cutmix box size range as image fractions (overrides cutmix)"),
+    "mixup_prob": Setting(1.0, "augmentation", "probability that a batch is mixed"),
+    "mixup_switch_prob": Setting(0.5, "augmentation", "probability of cutmix instead of mixup when both are on"),
+    "mixup_mode": Setting("batch", "augmentation", "mix parameters drawn per batch, pair or element"),
+    "mixup_off_epoch": Setting(0, "augmentation", "epoch from which mixup and cutmix stop; 0: never"),
+
+    "experiment": Setting("", "run", "run folder name under output/<dataset>/ when output is empty "
+                          "(default: the model's name and the time)"),
+    "output": Setting("", "run", "run folder (config.yaml, log.txt, summary.csv, last.pth, best.pth)"),
+    "resume": Setting("", "run", "checkpoint to continue, or auto: output's last.pth (a new run when it has none)"),
+    "seed": Setting(42, "run", "random seed of initialisation, shuffling and augmentation"),
+    "log_interval": Setting(50, "run", "optimizer updates between progress lines (when no progress bar shows)"),
+    "checkpoint_interval": Setting(0, "run", "optimizer updates between mid-epoch checkpoints (last.pth); "
+                                   "0: at epoch ends only"),
+    "channels_last": Setting(False, "run", "channels-last memory format (see docs/benchmarks.md)"),
+    "compile": Setting(False, "run", "torch.compile the training forward"),
+
+    "checkpoint": Setting("", "evaluation", "test.py, msvit.energy: the weights to evaluate"),
+    "val_batch_size": Setting(None, "evaluation", "evaluation batch per process; null: batch_size"),
+    "json": Setting(False, "evaluation", "test.py, msvit.energy: print one JSON object on stdout"),
+    "energy": Setting(False, "evaluation", "test.py: also estimate the energy per image"),
+    "compare_ssa_coupling": Setting(False, "evaluation", "test.py: evaluate again with the other SSA setting and "
+                                    "report both"),
 }
+DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
 
 # The accepted types of the keys whose default is None or that accept several types; every other
 # key takes the type of its default (a list default: a list of its first element's type).
@@ -148,6 +174,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp_dtype": ("float16", "bfloat16"),
     "mixup_mode": ("batch", "pair", "elem"),
     "remode": ("pixel", "const", "rand"),
+    "sched": ("cosine",),
+}
+
+# The lowest value of integer settings (null, where allowed, means unset and passes).
+MINIMUM: dict[str, int] = {
+    "batch_size": 1, "val_batch_size": 1, "accum_iter": 1, "time_step": 1, "num_classes": 1, "img_size": 1,
+    "workers": 0, "epochs": 1, "cooldown_epochs": 0, "warmup_epochs": 0, "mixup_off_epoch": 0, "log_interval": 1,
+    "checkpoint_interval": 0,
 }
 
 # Values of the authors' recipes that mean one of our choices (their timm-style dataset names).
@@ -236,6 +270,102 @@ def _suggestion(name: str, prefix: str = "") -> str:
     return f"; did you mean '{prefix}{close[0]}'?" if close else "; see --help for the list of keys"
 
 
+def _flow(value: Any) -> str:
+    """`value` as one line of YAML flow style."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+
+
+def _flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
+def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> None:
+    """Check resolved settings: integer ranges (MINIMUM), the optimizer name, a learning rate for a dataset's
+    run, an even batch for mixup, and the model's arguments (`check_model_kwargs`) when `cfg['model']` is a
+    registered model. `sources` says where each key was set (a file, 'command line --flag') for the message."""
+    def where(key: str) -> str:
+        return (sources or {}).get(key, "default")
+
+    for key, low in MINIMUM.items():
+        if cfg[key] is not None and cfg[key] < low:
+            raise ConfigError(f"{where(key)}: {key} must be {low} or more, got {cfg[key]}")
+    _check_optimizer(cfg["opt"], where("opt"))
+    # a config without a dataset (no recipe) only builds models; one with a dataset is meant to train
+    if cfg["dataset"] is not None and cfg["lr"] is None and cfg["blr"] is None:
+        raise ConfigError("lr and blr are both null: set --lr (the learning rate) or --blr (scaled by the "
+                          "effective batch / 256)")
+    mixing = [key for key in ("mixup", "cutmix") if cfg[key] > 0]
+    mixing += ["cutmix_minmax"] if cfg["cutmix_minmax"] is not None else []
+    if mixing and cfg["batch_size"] % 2:
+        on = ", ".join(f"{key} {_flow(cfg[key])} from {where(key)}" for key in mixing)
+        off = " ".join(f"{_flag(key)} {'null' if key == 'cutmix_minmax' else 0}" for key in mixing)
+        raise ConfigError(f"{where('batch_size')}: batch_size {cfg['batch_size']} is odd, but mixup pairs the "
+                          f"samples of a batch ({on}): use an even --batch-size, or {off}")
+    from .models import ARCHS
+
+    if cfg["model"] in ARCHS:
+        check_model_kwargs(cfg["model"], *model_arguments(cfg))
+
+
+def _check_optimizer(name: str, source: str) -> None:
+    from timm import optim
+
+    if not hasattr(optim, "list_optimizers"):  # timm before 1.0.12: create_optimizer_v2 checks it
+        return
+    known = optim.list_optimizers()
+    base = name.lower().split("_")[-1]  # create_optimizer_v2 also takes lookahead_<name>
+    if base not in known:
+        close = difflib.get_close_matches(base, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{source}: unknown optimizer {name!r}; {hint}timm.optim.list_optimizers() lists "
+                          f"the names")
+
+
+def _argument_type(hint: Any) -> Any:
+    """The `_coerce` kind of a constructor annotation (a Sequence[X] is given as a list)."""
+    if get_origin(hint) in (collections.abc.Sequence, list, tuple):
+        return list[get_args(hint)[0]]
+    return hint if hint in _TYPE_NAMES else object
+
+
+def check_model_kwargs(model: str, kwargs: Mapping[str, Any],
+                       labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`kwargs` of `timm.create_model(model, **kwargs)` checked against the constructor of the registered
+    `model` (names, non-null values of the annotated types, then `models.check_arguments`) and converted
+    (YAML's 1e-1 is a string; tuples become lists). `labels` say how the user spelt each key, e.g.
+    'model_kwargs.embed_dim' or 'time_step'; a ConfigError names them, and arguments the user did not set
+    as the model's defaults."""
+    from .models import ARCHS, SpikingTransformer, check_arguments
+
+    if model not in ARCHS:
+        raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(ARCHS)}")
+    labels = {key: (labels or {}).get(key, key) for key in kwargs}
+    params = inspect.signature(SpikingTransformer).parameters
+    hints = get_type_hints(SpikingTransformer.__init__)
+    defaults = {**{k: p.default for k, p in params.items() if p.default is not p.empty}, **ARCHS[model]}
+    checked: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        name = labels[key]
+        if value is None and ":" in key:  # YAML reads {embed_dim:48} as the key 'embed_dim:48', no value
+            arg, _, given = key.partition(":")
+            raise ConfigError(f"{name} has no value: YAML needs a space after the colon, as in {{{arg}: {given}}}")
+        if key not in params:
+            close = difflib.get_close_matches(key, params, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"its arguments: {', '.join(params)}"
+            raise ConfigError(f"{name} is not an argument of {model}; {hint}")
+        if value is None:
+            example = _flow(defaults[key]) if key in defaults else "VALUE"
+            raise ConfigError(f"{name} is null: give it a value, as in {{{key}: {example}}} "
+                              f"(YAML needs a space after the colon)")
+        kind = _argument_type(hints[key])
+        coerced = _coerce(list(value) if isinstance(value, tuple) else value, kind)
+        if coerced is _INVALID:
+            raise ConfigError(f"{name} expects {_type_name(kind)}, got {value!r} ({type(value).__name__})")
+        checked[key] = coerced
+    check_arguments({**defaults, **checked}, labels)
+    return checked
+
+
 # ---------------------------------------------------------------- YAML files
 
 class _Loader(yaml.SafeLoader):
@@ -320,7 +450,8 @@ def _option_value(flag: str, key: str, tokens: list[str]) -> Any:
     elif len(tokens) == 1:
         value = _parse_value(tokens[0])
     else:
-        raise ConfigError(f"{source}: option takes one value, got {len(tokens)}: {' '.join(tokens)}")
+        raise ConfigError(f"{source}: option takes one value, got {len(tokens)}: {' '.join(tokens)} "
+                          f"(quote a value that holds spaces)")
     try:
         return _check(key, value, source)
     except ConfigError:
@@ -329,18 +460,42 @@ def _option_value(flag: str, key: str, tokens: list[str]) -> Any:
         raise
 
 
-def _print_help(default_config: str | Path | None) -> None:
+def parse_model_kwargs(text: str, flag: str = "--model-kwargs") -> dict[str, Any]:
+    """The value of `flag TEXT` read as train.py reads --model-kwargs: a YAML mapping (JSON is valid YAML)."""
+    return _option_value(flag, "model_kwargs", [text])
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the msvit CLIs: a bad argument raises UserError, which `errors.cli_entry` prints as one
+    `error: ...` line with exit code 2 (argparse itself prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message)
+
+
+def _print_help(config_path: str | None) -> None:
+    """The keys by group, each with its value after the recipe `config_path` and its description."""
+    from .runfolder import NETWORK_KEYS
+
+    values = {**DEFAULTS, **(load_config(config_path) if config_path is not None else {})}
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train.py"
     print(f"usage: {prog} [--config FILE] [--KEY VALUE ...]")
-    print(f"\n  --config FILE  the YAML recipe (default: {default_config or 'none'})")
-    print("\nEvery key below can be set in the YAML and overridden here as --key value or --key=value;")
-    print("dashes and underscores are equivalent, values are read as YAML, a bare boolean flag means true.")
-    print("Defaults, before the YAML:\n")
-    width = max(map(len, DEFAULTS))
-    for key, default in DEFAULTS.items():
-        choices = f"  ({'/'.join(CHOICES[key])})" if key in CHOICES else ""
-        shown = yaml.safe_dump(default, default_flow_style=True).removesuffix("...\n").strip()
-        print(f"  --{key:<{width}}  {shown}{choices}")
+    print(f"\n  --config FILE  the YAML recipe (default: {config_path or 'none'})")
+    recipe = f"after the recipe, {Path(config_path).name}" if config_path else "without a recipe"
+    print("\n" + textwrap.fill(
+        "Every key can be set in the recipe and overridden here as --key value or --key=value (dashes and "
+        "underscores are equivalent, values are read as YAML, a bare boolean flag means true). The values shown "
+        f"are the defaults {recipe}. A resumed run keeps {', '.join(NETWORK_KEYS)}: they define the network and "
+        "the data split.", width=110))
+    shown = {key: _flow(value) for key, value in values.items()}
+    key_width = max(map(len, DEFAULTS)) + 2
+    value_width = min(max(map(len, shown.values())), 24)
+    for group in GROUPS:
+        print(f"\n{group}:")
+        for key, setting in SETTINGS.items():
+            if setting.group == group:
+                choices = f" ({'/'.join(CHOICES[key])})" if key in CHOICES else ""
+                print(f"  {_flag(key):<{key_width}}  {shown[key]:<{value_width}}  {setting.help}{choices}")
 
 
 def command_line_keys(argv: list[str] | None = None) -> list[str]:
@@ -356,14 +511,20 @@ def parse_args(argv: list[str] | None = None,
     (default `default_config`), then the `--key value` overrides of `argv` (default sys.argv[1:]).
 
     Returns every key of DEFAULTS plus `config`, the YAML path used (None without one).
-    `--help` prints the keys and their defaults and exits 0; a bad option raises ConfigError.
+    `--help` prints the keys with their values after the recipe and exits 0; a bad option or setting
+    (see `check_config`) raises ConfigError.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
-        _print_help(default_config)
-        raise SystemExit(0)
     config_path = None if default_config is None else str(default_config)
+    if "-h" in argv or "--help" in argv:
+        try:
+            given = [tokens[0] for _, key, tokens in _split_options(argv) if key == "config" and len(tokens) == 1]
+        except ConfigError:
+            given = []
+        _print_help(given[-1] if given else config_path)
+        raise SystemExit(0)
     overrides: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for flag, key, tokens in _split_options(argv):
         if key in _LEGACY_LAUNCH_FLAGS:
             continue
@@ -373,31 +534,43 @@ def parse_args(argv: list[str] | None = None,
             config_path = tokens[0]
         elif key in DEFAULTS:
             overrides[key] = _option_value(flag, key, tokens)
+            sources[key] = f"command line {flag}"
         else:
             raise ConfigError(f"unknown option {flag!r}{_suggestion(key, prefix='--')}")
     cfg = copy.deepcopy(DEFAULTS)
     if config_path is not None:
-        cfg.update(load_config(config_path))
+        recipe = load_config(config_path)
+        cfg.update(recipe)
+        sources = {**dict.fromkeys(recipe, config_path), **sources}
     cfg.update(overrides)
     cfg["config"] = config_path
+    check_config(cfg, sources)
     return cfg
 
 
 # ---------------------------------------------------------------- using a config
 
-def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+def model_arguments(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`model_kwargs(cfg)` and, for each of them, the setting it comes from ('time_step', 'dim',
+    'model_kwargs.embed_dim'), which `check_model_kwargs` names in its messages."""
+    kwargs: dict[str, Any] = {"T": cfg["time_step"], "neuron_backend": cfg["neuron_backend"],
+                              "batch_coupled_ssa": cfg["batch_coupled_ssa"]}
+    labels = {"T": "time_step", "neuron_backend": "neuron_backend", "batch_coupled_ssa": "batch_coupled_ssa"}
+    if cfg["num_classes"] is not None:
+        kwargs["num_classes"], labels["num_classes"] = cfg["num_classes"], "num_classes"
+    for legacy, name in (("dim", "embed_dim"), ("num_heads", "num_heads"), ("mlp_ratio", "mlp_ratio")):
+        if cfg[legacy] is not None:
+            kwargs[name], labels[name] = cfg[legacy], legacy
+    kwargs.update(cfg["model_kwargs"])
+    labels.update({key: f"model_kwargs.{key}" for key in cfg["model_kwargs"]})
+    return kwargs, labels
+
+
+def model_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `timm.create_model(cfg['model'], **kwargs)`: num_classes (when
     set), T, neuron_backend, batch_coupled_ssa, the legacy dim/num_heads/mlp_ratio when set, then
     cfg['model_kwargs']."""
-    kwargs: dict[str, Any] = {"T": cfg["time_step"], "neuron_backend": cfg["neuron_backend"],
-                              "batch_coupled_ssa": cfg["batch_coupled_ssa"]}
-    if cfg["num_classes"] is not None:
-        kwargs["num_classes"] = cfg["num_classes"]
-    for legacy, name in (("dim", "embed_dim"), ("num_heads", "num_heads"), ("mlp_ratio", "mlp_ratio")):
-        if cfg[legacy] is not None:
-            kwargs[name] = cfg[legacy]
-    kwargs.update(cfg["model_kwargs"])
-    return kwargs
+    return model_arguments(cfg)[0]
 
 
 def restore_model_settings(cfg: dict[str, Any], checkpoint: Any, keys: tuple[str, ...] = MODEL_KEYS) -> None:
@@ -430,11 +603,11 @@ def save_config(cfg: dict[str, Any], path: str | Path) -> None:
     header = f"# resolved settings (recipe: {cfg.get('config') or 'none'})\n"
     body = yaml.safe_dump({key: cfg[key] for key in DEFAULTS if key in cfg},
                           sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # open() honours the umask: readable by the group, as last.pth is
     try:
-        with os.fdopen(fd, "w") as f:
+        with tmp.open("w") as f:
             f.write(header + body)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise

@@ -1,4 +1,5 @@
-"""What the programs print: the `msvit` logger (rank 0, stdout or stderr), and `--json` output.
+"""What the programs print: the `msvit` logger (rank 0, on stdout and in the run folder's log.txt), training
+progress (a tqdm bar on a terminal, else a line every `log_interval` updates), and `--json` output.
 
 With `--json` stdout holds exactly one JSON object: the work runs inside `stdout_to_stderr(True)`, so its
 log lines and libraries' messages go to stderr, and `print_json` writes the result, floats rounded to
@@ -11,21 +12,92 @@ import json
 import logging
 import math
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["log", "setup_logging", "stdout_to_stderr", "rounded", "print_json"]
+from tqdm import tqdm
+
+__all__ = ["log", "setup_logging", "add_log_file", "stdout_to_stderr", "rounded", "print_json", "EpochDisplay"]
 
 log = logging.getLogger("msvit")
 SIGNIFICANT_DIGITS = 6
+PROGRESS = {"progress": True}  # `extra` of the periodic progress lines, which a terminal shows as a bar instead
+
+
+def _bar_on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class _Console(logging.StreamHandler):
+    """Log lines that do not break a tqdm bar (written around it), without the progress lines a bar replaces."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(record, "progress", False) and _bar_on_terminal()) and super().filter(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own convention for a failed write
+            self.handleError(record)
 
 
 def setup_logging(is_main: bool) -> None:
     """Lines of the `msvit` logger on the current stdout, from the main process only (others: warnings)."""
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
-    handler = logging.StreamHandler(sys.stdout)  # the current stdout, also when called again in-process
+    for handler in log.handlers:
+        handler.close()
+    handler = _Console(sys.stdout)  # the current stdout, also when called again in-process
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
+
+
+def add_log_file(path: Path) -> None:
+    """Also append every line, progress lines included, to `path` (the run folder's log.txt), time-stamped."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class EpochDisplay:
+    """Progress of one training epoch on the main process: a tqdm bar on a terminal, and a log line every
+    `interval` optimizer updates (update/total, loss, lr, img/s, data-wait share, ETA for the epoch) for
+    logs; the line goes to log.txt always and to stdout when no bar is shown."""
+
+    def __init__(self, epoch: int, epochs: int, batches: int, start_batch: int, accum_iter: int, interval: int,
+                 world_size: int, enabled: bool) -> None:
+        self.epoch, self.epochs, self.batches, self.start_batch = epoch, epochs, batches, start_batch
+        self.accum_iter, self.interval, self.world_size, self.enabled = accum_iter, interval, world_size, enabled
+        self.start, self.images, self.data_seconds = time.perf_counter(), 0, 0.0
+        self.bar = tqdm(total=batches, initial=start_batch, desc=f"epoch {epoch}/{epochs - 1}", leave=False,
+                        dynamic_ncols=True, disable=not (enabled and _bar_on_terminal()))
+
+    def step(self, batch: int, images: int, data_seconds: float, loss: float, lr: float, updates: int,
+             updated: bool) -> None:
+        """Batch number `batch` (0-based, in the whole epoch) is done; `updates` optimizer updates so far."""
+        self.images += images
+        self.data_seconds += data_seconds
+        elapsed = time.perf_counter() - self.start
+        rate = self.images * self.world_size / max(elapsed, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+        self.bar.update(1)
+        if not (self.enabled and updated and updates % self.interval == 0):
+            return
+        done = batch + 1 - self.start_batch
+        total_updates = -(-self.batches // self.accum_iter)
+        log.info("epoch %d/%d  update %d/%d  loss %.4f  lr %.3e  %.0f img/s  data %.0f%%  ETA %s",
+                 self.epoch, self.epochs - 1, updates, total_updates, loss, lr, rate,
+                 100 * self.data_seconds / max(elapsed, 1e-9),
+                 _duration(elapsed / max(done, 1) * (self.batches - batch - 1)), extra=PROGRESS)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def stdout_to_stderr(enabled: bool) -> contextlib.AbstractContextManager:

@@ -45,7 +45,11 @@ def init_distributed(device: str | None = None) -> DistEnv:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+        # torchrun's agent keeps its store across worker restarts: without a prefix per attempt, restarted
+        # workers may read the addresses their dead predecessors published and fail to connect
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=dist.PrefixStore(f"attempt{attempt}", store),
                                 rank=rank, world_size=world_size)
     return DistEnv(rank, world_size, local_rank, dev)
 

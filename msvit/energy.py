@@ -474,7 +474,10 @@ def format_report(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- command line
 
 def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    """This program's own options, and the rest: the settings `config.parse_args` reads."""
+    from .config import ArgumentParser
+
+    parser = ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--batches", type=int, default=0)
     parser.add_argument("--e-mac-pj", "--e_mac_pj", dest="e_mac_pj", type=float, default=E_MAC_PJ)
     parser.add_argument("--e-ac-pj", "--e_ac_pj", dest="e_ac_pj", type=float, default=E_AC_PJ)

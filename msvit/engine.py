@@ -16,10 +16,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .console import EpochDisplay
 from .distributed import DistEnv, all_reduce_sum
 from .errors import UserError
 
-__all__ = ["NonFiniteLossError", "AmpSettings", "amp_settings", "EpochStats", "train_one_epoch", "evaluate", "peak_memory_mb"]
+__all__ = ["NonFiniteLossError", "AmpSettings", "amp_settings", "EpochProgress", "EpochStats", "StepSettings",
+           "train_one_epoch", "epoch_stats", "evaluate", "peak_memory_mb"]
 
 
 class NonFiniteLossError(UserError):
@@ -45,12 +47,44 @@ def amp_settings(cfg: dict, device: torch.device) -> AmpSettings:
 
 
 @dataclass
+class EpochProgress:
+    """Where one training epoch stands and its running sums (this process's): a mid-epoch checkpoint saves
+    it, so that the resumed epoch starts at the next batch and reports what an uninterrupted one would."""
+    batches: int = 0        # batches done (an optimizer update boundary whenever it is saved)
+    updates: int = 0
+    loss_sum: float = 0.0   # sum of per-batch mean loss x batch size
+    images: int = 0
+    lr_sum: float = 0.0
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_state(cls, state: dict[str, float] | None, rank: int = 0) -> "EpochProgress":
+        """The progress saved by `summed(...).state_dict()`, for process `rank`: the sums over all processes
+        restart on rank 0 alone, so that `epoch_stats` adds them up once."""
+        progress = cls(**state) if state else cls()
+        if rank != 0:
+            progress.loss_sum, progress.images = 0.0, 0
+        return progress
+
+    def summed(self, env: DistEnv) -> "EpochProgress":
+        """A copy with the loss and image sums of all processes (a collective: every process calls it)."""
+        loss_sum, images = all_reduce_sum([self.loss_sum, float(self.images)], env.device)
+        return EpochProgress(**{**vars(self), "loss_sum": loss_sum, "images": int(images)})
+
+
+@dataclass
 class EpochStats:
+    """One epoch's training figures over all processes."""
     loss: float
     lr: float
     images: int
     seconds: float
     updates: int
+    data_share: float  # the share of the time spent waiting for data
 
     @property
     def images_per_s(self) -> float:
@@ -64,66 +98,98 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _progress(loader: Iterable, env: DistEnv, desc: str):
-    # a bar only for a human watching rank 0; logs and CI get the per-epoch summary line instead
+def _progress_bar(loader: Iterable, env: DistEnv, desc: str):
+    # a bar only for a human watching rank 0
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                 disable=not (env.is_main and sys.stderr.isatty()))
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    criterion: Callable, epoch: int, env: DistEnv, amp: AmpSettings,
-                    scaler: torch.amp.GradScaler | None = None, mixup_fn: Callable | None = None,
-                    accum_iter: int = 1, clip_grad: float | None = None,
-                    on_update: Callable[[], None] | None = None) -> EpochStats:
-    """Train for one pass over `loader`; `on_update` runs after every optimizer step (EMA, per-update
-    learning-rate schedule). Raises NonFiniteLossError naming the epoch and step of a NaN/inf loss."""
+@dataclass
+class StepSettings:
+    """How a training step runs, beyond the model and the data."""
+    amp: AmpSettings
+    scaler: torch.amp.GradScaler | None = None
+    mixup_fn: Callable | None = None
+    accum_iter: int = 1
+    clip_grad: float | None = None
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: Callable,
+                    epoch: int, env: DistEnv, step: StepSettings, progress: EpochProgress,
+                    on_update: Callable[[EpochProgress], bool], seed_step: Callable[[int], None],
+                    display: EpochDisplay) -> EpochProgress:
+    """Train on the batches of `loader` (the epoch's rest after `progress.batches`), updating `progress`.
+
+    `seed_step(batch)` reseeds the generators before each batch's mixup and forward, so a resumed epoch draws
+    what an uninterrupted one would. `on_update(progress)` runs after every optimizer update (EMA, schedule,
+    checkpoints) and returns True to stop the epoch there. Raises NonFiniteLossError naming the epoch and
+    batch of a NaN/inf loss.
+    """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    total_batches = len(loader)
-    loss_sum, images, updates, lr_sum = 0.0, 0, 0, 0.0
-    start = time.perf_counter()
-    bar = _progress(loader, env, f"epoch {epoch}")
-    for step, (inputs, targets) in enumerate(bar):
+    first, total = progress.batches, progress.batches + len(loader)
+    start, base_seconds = time.perf_counter(), progress.seconds
+    batches = iter(loader)
+    for index in range(first, total):
+        fetch = time.perf_counter()
+        inputs, targets = next(batches)
         inputs = inputs.to(env.device, non_blocking=True)
         targets = targets.to(env.device, non_blocking=True)
-        if mixup_fn is not None:
-            inputs, targets = mixup_fn(inputs, targets)
-        last_micro_step = (step + 1) % accum_iter == 0 or step + 1 == total_batches
+        data_seconds = time.perf_counter() - fetch
+        seed_step(index)
+        if step.mixup_fn is not None:
+            inputs, targets = step.mixup_fn(inputs, targets)
+        last_micro_step = (index + 1) % step.accum_iter == 0 or index + 1 == total
         # DDP: skip the gradient all-reduce on micro-steps that do not end in an update
         sync = contextlib.nullcontext() if last_micro_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with amp.autocast():
+            with step.amp.autocast():
                 loss = criterion(model(inputs), targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step}; stopping "
+                raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {index}; stopping "
                                          f"(the last good checkpoint is kept): lower the learning rate "
                                          f"or check the data")
-            scaled = loss / accum_iter
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            scaled = loss / step.accum_iter
+            (step.scaler.scale(scaled) if step.scaler is not None else scaled).backward()
+        progress.batches = index + 1
+        progress.loss_sum += loss_value * inputs.shape[0]
+        progress.images += inputs.shape[0]
+        progress.data_seconds += data_seconds
+        stop = False
         if last_micro_step:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lr_sum += optimizer.param_groups[0]["lr"]
-            updates += 1
-            if on_update is not None:
-                on_update()
-        loss_sum += loss_value * inputs.shape[0]
-        images += inputs.shape[0]
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                        img_s=f"{images * env.world_size / (time.perf_counter() - start):.0f}")
-    seconds = time.perf_counter() - start
-    loss_total, images_total = all_reduce_sum([loss_sum, float(images)], env.device)
-    return EpochStats(loss=loss_total / max(images_total, 1), lr=lr_sum / max(updates, 1),
-                      images=int(images_total), seconds=seconds, updates=updates)
+            _optimizer_step(model, optimizer, step)
+            progress.lr_sum += optimizer.param_groups[0]["lr"]
+            progress.updates += 1
+            progress.seconds = base_seconds + time.perf_counter() - start
+            stop = on_update(progress)
+        display.step(index, inputs.shape[0], data_seconds, loss_value, optimizer.param_groups[0]["lr"],
+                     progress.updates, last_micro_step)
+        if stop:
+            break
+    progress.seconds = base_seconds + time.perf_counter() - start
+    return progress
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, step: StepSettings) -> None:
+    if step.scaler is not None:
+        step.scaler.unscale_(optimizer)
+    if step.clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), step.clip_grad)
+    if step.scaler is not None:
+        step.scaler.step(optimizer)
+        step.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def epoch_stats(progress: EpochProgress, env: DistEnv) -> EpochStats:
+    """`progress` summed over all processes (the time: the slowest process's)."""
+    loss_sum, images = all_reduce_sum([progress.loss_sum, float(progress.images)], env.device)
+    return EpochStats(loss=loss_sum / max(images, 1), lr=progress.lr_sum / max(progress.updates, 1),
+                      images=int(images), seconds=progress.seconds, updates=progress.updates,
+                      data_share=progress.data_seconds / max(progress.seconds, 1e-9))
 
 
 @torch.no_grad()
@@ -131,7 +197,7 @@ def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, amp: AmpSettings)
     """Top-1 / top-5 accuracy (%), mean cross-entropy and image count over the whole (sharded) set."""
     model.eval()
     loss_sum, correct1, correct5, count = 0.0, 0.0, 0.0, 0.0
-    for inputs, targets in _progress(loader, env, "eval"):
+    for inputs, targets in _progress_bar(loader, env, "eval"):
         inputs = inputs.to(env.device, non_blocking=True)
         targets = targets.to(env.device, non_blocking=True)
         with amp.autocast():

@@ -5,7 +5,7 @@ import functools
 import sys
 from typing import Callable, TypeVar
 
-__all__ = ["UserError", "ConfigError", "DataError", "cli_entry"]
+__all__ = ["UserError", "ConfigError", "DataError", "user_message", "cli_entry"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -22,6 +22,24 @@ class DataError(UserError, FileNotFoundError):
     """A dataset folder or archive that is missing or malformed."""
 
 
+def user_message(exc: UserError) -> str:
+    """The one-line message of `exc`, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process as the same type, with a message that holds the
+    worker's whole traceback, ending in the line `<module>.<Type>: <original message>`.
+    """
+    text = str(exc)
+    if "\n" not in text:
+        return text
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ in ("__main__", "builtins") else f"{cls.__module__}.{cls.__qualname__}"
+    lines = text.splitlines()
+    for line in reversed(lines):
+        if line.startswith(f"{name}: "):
+            return line[len(name) + 2:]
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
 def cli_entry(main: F) -> F:
     """Run a command-line `main`: a `UserError` becomes `error: <message>` on stderr and exit code 2."""
     @functools.wraps(main)
@@ -29,6 +47,6 @@ def cli_entry(main: F) -> F:
         try:
             return main(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {user_message(exc)}", file=sys.stderr)
             sys.exit(2)
     return wrapper  # type: ignore[return-value]

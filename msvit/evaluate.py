@@ -2,18 +2,20 @@
 
     python test.py --checkpoint PATH [--json] [--energy] [--compare-ssa-coupling] [--data-dir ...]
 
-Accepts our checkpoints (the model is rebuilt from the run's saved config, SSA setting included) and the
-authors' (the model comes from the folder's YAML and the command line). `--compare-ssa-coupling` evaluates
+Accepts our checkpoints (the model is rebuilt from the run's saved config, SSA setting included, and the run's
+data settings are reused where the command line gives none; `--time-step`, `--val-batch-size` and the data
+options given here win) and the authors' (the model comes from the folder's YAML and the command line). `--compare-ssa-coupling` evaluates
 the same weights a second time with the other SSA setting (batch-coupled or per sample) and reports both.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from .checkpoint import load_checkpoint, read_checkpoint
-from .config import MODEL_KEYS, parse_args, restore_model_settings
+from .config import MODEL_KEYS, command_line_keys, parse_args, restore_model_settings
 from .data import build_datasets
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first
 from .energy import EnergyMeter, format_totals
@@ -24,16 +26,32 @@ from .engine import amp_settings, evaluate
 from .loaders import build_eval_loader
 from .zoo import create_dataset_model, reference_batch_sizes
 
-__all__ = ["main", "run", "MODEL_KEYS", "SSA_SETTINGS"]
+__all__ = ["main", "run", "restore_run_settings", "MODEL_KEYS", "DATA_KEYS", "SSA_SETTINGS"]
 
 # names of the two SSA settings in reports: batch_coupled_ssa True / False
 SSA_SETTINGS = {True: "batch_coupled", False: "per_sample"}
 _METRICS = ("top1", "top5", "loss", "n")
 
 
-def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
-    """Evaluate `cfg['checkpoint']` on the validation set; returns top1, top5 (%), loss, n, the SSA setting
-    and the evaluation batch per process (and, with `compare_ssa_coupling`, the metrics of both settings)."""
+# what evaluation may change from the run's settings when the command line says so; the rest of MODEL_KEYS is the
+# trained network. DATA_KEYS come from the run too unless given: the folder it read, its resolution, its workers.
+EVAL_MAY_CHANGE = ("time_step",)
+DATA_KEYS = ("data_dir", "verify_data", "workers", "pin_mem", "val_batch_size", "img_size", "mean", "std",
+             "crop_pct", "interpolation")
+
+
+def restore_run_settings(cfg: dict[str, Any], checkpoint: Any, given: Sequence[str] = ()) -> None:
+    """Take the network (MODEL_KEYS) and the data settings (DATA_KEYS) from the config saved in one of our
+    checkpoints, except the keys `given` on the command line that evaluation may change."""
+    keys = [k for k in MODEL_KEYS if not (k in given and k in EVAL_MAY_CHANGE)]
+    restore_model_settings(cfg, checkpoint, keys=tuple(keys))
+    restore_model_settings(cfg, checkpoint, keys=tuple(k for k in DATA_KEYS if k not in given))
+
+
+def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate `cfg['checkpoint']` on the validation set; returns top1, top5 (%), loss, n, T, the SSA setting
+    and the evaluation batch per process (and, with `compare_ssa_coupling`, the metrics of both settings).
+    `given`: the keys set on the command line, which win over the checkpoint's where evaluation may change them."""
     if not cfg["checkpoint"]:
         raise ConfigError("no checkpoint given: pass --checkpoint PATH (a best.pth/last.pth of a run, "
                           "or a downloaded model)")
@@ -41,7 +59,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         env = init_distributed()
         setup_logging(env.is_main)
         checkpoint = read_checkpoint(cfg["checkpoint"])
-        restore_model_settings(cfg, checkpoint)
+        restore_run_settings(cfg, checkpoint, given)
         try:
             model = create_dataset_model(cfg, variants)
             load_checkpoint(model, checkpoint)
@@ -63,7 +81,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                 set_batch_coupled_ssa(model, coupled)
         finally:
             cleanup()
-    result = {**metrics, "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
+    result = {**metrics, "time_step": model.T, "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
               **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:
         if cfg["json"]:
@@ -88,7 +106,8 @@ def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv) -> str:
         at = f"; {reference[2]} evaluates at {reference[1]} per process" if reference else ""
         lines.append(f"note: with the batch-coupled SSA, predictions depend on the evaluation batch size and on "
                      f"which images share a batch{at}")
-    lines.append(f"{cfg['model']} on {cfg['dataset']}: {_accuracy(result)}  images {result['n']}")
+    lines.append(f"{cfg['model']} on {cfg['dataset']} (T {result['time_step']}, batch {batch}): {_accuracy(result)}  "
+                 f"images {result['n']}")
     if "ssa_settings" in result:
         for key, name in ((True, "batch-coupled SSA"), (False, "per-sample SSA")):
             lines.append(f"  {name:<18} {_accuracy(result['ssa_settings'][SSA_SETTINGS[key]])}")
@@ -102,4 +121,5 @@ def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv) -> str:
 @cli_entry
 def main(config: str | Path, variants: Sequence[str], argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of `<dataset>/test.py`."""
-    return run(parse_args(None if argv is None else list(argv), config), variants)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run(parse_args(argv, config), variants, command_line_keys(argv))

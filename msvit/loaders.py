@@ -1,16 +1,75 @@
 """DataLoaders and samplers of the training and evaluation loops.
 
+Training is resumable at any batch: `SeededSamples` makes each sample's augmentation a function of (seed,
+epoch, index) alone, whichever worker or rank loads it, and `ResumableSampler` starts an epoch's shuffled
+order at a given batch. Together they let a run stopped mid-epoch continue with exactly the batches, and
+the augmented images, that an uninterrupted run would have seen.
 Evaluation: every process evaluates its own shard, each sample exactly once (`ShardSampler`).
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Iterator
 
-from torch.utils.data import DataLoader, Dataset, Sampler
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .distributed import DistEnv
 
-__all__ = ["ShardSampler", "make_loader", "build_eval_loader"]
+__all__ = ["derived_seed", "seed_everything", "SeededSamples", "ResumableSampler", "ShardSampler", "make_loader",
+           "build_train_loader", "build_eval_loader"]
+
+_SAMPLE_STREAM = 0x5A3D1E  # keeps the samples' seeds apart from the training steps' (same seed, epoch, number)
+
+
+def derived_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from a few integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([k % 2**32 for k in keys] + [len(keys)]).generate_state(2, np.uint64)[0]
+               >> np.uint64(1))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class SeededSamples(Dataset):
+    """`dataset` whose item `i` is drawn with the global generators seeded from (seed, epoch, i): random
+    augmentations no longer depend on which worker loads a sample, or on what was loaded before it."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # before the epoch's iterator starts its workers
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        seed_everything(derived_seed(_SAMPLE_STREAM, self.seed, self.epoch, index))
+        return self.dataset[index]
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose epoch can start at batch `start_batch` (of `batch_size`) of its order."""
+
+    def __init__(self, dataset: Dataset, env: DistEnv, seed: int, batch_size: int) -> None:
+        super().__init__(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
+        self.batch_size, self.start_batch = batch_size, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start_batch * self.batch_size:])
+
+    def __len__(self) -> int:
+        return max(super().__len__() - self.start_batch * self.batch_size, 0)
 
 
 class ShardSampler(Sampler[int]):
@@ -34,6 +93,13 @@ def make_loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv, batch_size:
                       pin_memory=cfg["pin_mem"] and env.device.type == "cuda", drop_last=drop_last,
                       # fresh workers each epoch take their seeds from the reseeded main process
                       persistent_workers=False)
+
+
+def build_train_loader(dataset: SeededSamples, cfg: dict[str, Any], env: DistEnv) -> DataLoader:
+    """Shuffled full batches of this process's share; `loader.sampler.set_epoch(epoch, start_batch)` and
+    `loader.dataset.set_epoch(epoch)` before each epoch."""
+    sampler = ResumableSampler(dataset, env, cfg["seed"], cfg["batch_size"])
+    return make_loader(dataset, cfg, env, cfg["batch_size"], sampler, drop_last=True)
 
 
 def build_eval_loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv) -> DataLoader:

@@ -6,20 +6,71 @@ Smaller members of a family come from `embed_dim`, `depths`, `num_heads` and `im
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .errors import ConfigError
 from .layers import STEMS, Block, SpikingSelfAttention, TokenAttention, AttentionBase
 from .neurons import LIF, reset_neurons, validate_backend
 
-__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "count_parameters", "use_reference_implementation",
-           "set_batch_coupled_ssa"]
+__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "count_parameters",
+           "use_reference_implementation", "set_batch_coupled_ssa"]
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+TOKEN_ATTENTIONS = ("mssa", "qkta")
+# the lowest value of the integer arguments
+_MINIMUM = {"img_size": 1, "in_chans": 1, "T": 1, "embed_dim": 1, "num_heads": 1, "num_classes": 0}
+
+
+def _embed_dim_step(ratios: Sequence[float], heads: int) -> int | None:
+    """The smallest embed_dim whose stage widths (embed_dim x ratio, truncated) are all multiples of `heads`."""
+    return next((m for m in range(1, 1 << 16)
+                 if all(int(m * r) >= 1 and int(m * r) % heads == 0 for r in ratios)), None)
+
+
+def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> None:
+    """Check a complete set of SpikingTransformer arguments (choices, ranges, stage widths divisible by
+    num_heads, the neuron backend); raise ConfigError. `labels` name the arguments the user set, as they
+    spelt them ('model_kwargs.embed_dim'); the others are reported as the model's defaults. Without `labels`
+    every argument goes by its own name."""
+    def named(key: str) -> str:
+        value = list(args[key]) if isinstance(args[key], tuple) else args[key]
+        if labels is None or key in labels:
+            return f"{(labels or {}).get(key, key)} {value}"
+        return f"{key} {value} (the model's default)"
+
+    if args["stem"] not in STEMS:
+        raise ConfigError(f"{named('stem')} is not a stem; choose one of {', '.join(STEMS)}")
+    if args["token_attention"] not in TOKEN_ATTENTIONS:
+        raise ConfigError(f"{named('token_attention')} is not a token attention; choose one of "
+                          f"{', '.join(TOKEN_ATTENTIONS)}")
+    for key, low in _MINIMUM.items():
+        if args[key] < low:
+            raise ConfigError(f"{named(key)} must be {low} or more")
+    for key in ("mlp_ratio", "attn_threshold"):
+        if args[key] <= 0:
+            raise ConfigError(f"{named(key)} must be positive")
+    if not 0 <= args["drop_path_rate"] < 1:
+        raise ConfigError(f"{named('drop_path_rate')} must be at least 0 and below 1")
+    depths, ratios, heads = args["depths"], args["width_ratios"], args["num_heads"]
+    if len(depths) != len(ratios) or len(depths) < 2:
+        raise ConfigError(f"{named('depths')} and {named('width_ratios')} must have the same length, at least 2")
+    if min(depths) < 0 or min(ratios) <= 0:
+        raise ConfigError(f"{named('depths')} must be 0 or more and {named('width_ratios')} positive")
+    widths = [int(args["embed_dim"] * r) for r in ratios]
+    if any(w < 1 or w % heads for w in widths):
+        step = _embed_dim_step(ratios, heads)
+        gcd = math.gcd(*widths)
+        fixes = ([f"an embed_dim that is a multiple of {step}"] if step else []) + (
+            [f"a num_heads that divides {gcd}"] if gcd else [])
+        raise ConfigError(f"{named('embed_dim')} gives stage widths {', '.join(map(str, widths))}, not all "
+                          f"divisible by {named('num_heads')}; use {', or '.join(fixes)}")
+    validate_backend(args["neuron_backend"])
 
 
 class SpikingTransformer(nn.Module):
@@ -42,20 +93,13 @@ class SpikingTransformer(nn.Module):
                  attn_threshold: float = 1.0, drop_path_rate: float = 0.0,
                  neuron_backend: str = "auto", batch_coupled_ssa: bool = True) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
-        if token_attention not in ("mssa", "qkta"):
-            raise ValueError(f"unknown token_attention {token_attention!r}; choose 'mssa' or 'qkta'")
-        if len(depths) != len(width_ratios) or len(depths) < 2:
-            raise ValueError(f"depths {tuple(depths)} and width_ratios {tuple(width_ratios)} must "
-                             f"have the same length, at least 2")
-        validate_backend(neuron_backend)
         self.config = dict(stem=stem, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
                            T=T, embed_dim=embed_dim, depths=tuple(depths), num_heads=num_heads,
                            mlp_ratio=mlp_ratio, width_ratios=tuple(width_ratios),
                            token_attention=token_attention, attn_threshold=attn_threshold,
                            drop_path_rate=drop_path_rate, neuron_backend=neuron_backend,
                            batch_coupled_ssa=bool(batch_coupled_ssa))
+        check_arguments(self.config)
         self.T, self.num_classes, self.img_size, self.in_chans = T, num_classes, img_size, in_chans
         self.dims = [int(embed_dim * r) for r in width_ratios]
         self.num_features = self.dims[-1]

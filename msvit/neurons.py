@@ -11,6 +11,7 @@ per-step torch loop or its CuPy kernel), the reference all are tested against.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 
 import torch
@@ -21,8 +22,9 @@ from spikingjelly.clock_driven.base import MemoryModule
 
 from . import cpu_lif
 from .cuda_lif import SUPPORTED_DTYPES, CupyLIF
+from .errors import ConfigError, UserError
 
-__all__ = ["LIF", "BACKENDS", "cupy_unavailable_reason", "reset_neurons", "set_neuron_backend"]
+__all__ = ["LIF", "BACKENDS", "BackendUnavailableError", "cupy_unavailable_reason", "implementation", "reset_neurons", "set_neuron_backend"]
 
 BACKENDS = ("auto", "cupy", "torch")
 TAU = 2.0
@@ -43,7 +45,7 @@ def cupy_unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device is available to torch"
     try:
-        import cupy  # noqa: F401
+        importlib.import_module("cupy")
     except Exception as exc:  # any import failure: missing wheel, CUDA mismatch, ...
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         return (f"cupy could not be imported ({detail}); install the wheel matching torch's CUDA "
@@ -56,7 +58,23 @@ def cupy_unavailable_reason() -> str | None:
 def _announce(backend: str, why: str) -> None:
     if backend not in _announced:
         _announced.add(backend)
-        _log.info("LIF neurons use the %s backend (%s)", backend, why)
+        _log.debug("LIF neurons use the %s backend (%s)", backend, why)
+
+
+def implementation(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """Which LIF code the neurons of `model` run on `device` for `dtype` inputs, in words (for run headers)."""
+    neurons = [m for m in model.modules() if isinstance(m, LIF)]
+    if not neurons:
+        return "no LIF neurons"
+    requested = {m.requested_backend for m in neurons}
+    if not all(m.fused for m in neurons):
+        return "spikingjelly's node (reference path)"
+    if device.type == "cuda" and requested != {"torch"} and cupy_unavailable_reason() is None:
+        return "CuPy kernel" if dtype in SUPPORTED_DTYPES else "torch operations (dtype not in the CuPy kernel)"
+    if device.type == "cpu" and dtype == torch.float32:
+        reason = cpu_lif.unavailable_reason()
+        return "C kernel" if reason is None else f"torch operations (C kernel unavailable: {reason})"
+    return "torch operations"
 
 
 class _FusedLIF(torch.autograd.Function):
@@ -162,15 +180,20 @@ class LIF(sj_neuron.MultiStepLIFNode):
         return f"v_threshold={self.v_threshold}, tau={self.tau}, backend={self.requested_backend}"
 
 
+class BackendUnavailableError(UserError, RuntimeError):
+    """The CuPy backend was asked for where it cannot run."""
+
+
 def validate_backend(backend: str) -> str:
-    """Check a backend name, and that CuPy can run when it is asked for explicitly."""
+    """Check a backend name (ConfigError), and that CuPy can run when it is asked for explicitly
+    (BackendUnavailableError, naming why); both are one-line user errors."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "cupy":
         reason = cupy_unavailable_reason()
         if reason is not None:
-            raise RuntimeError(f"neuron backend 'cupy' cannot run: {reason}. "
-                               f"Use neuron_backend='auto' or 'torch'.")
+            raise BackendUnavailableError(f"neuron backend 'cupy' cannot run: {reason}; "
+                                          f"set neuron_backend to auto or torch")
     return backend
 
 

@@ -1,54 +1,51 @@
 """The training program behind every dataset folder's `train.py`.
 
     cd cifar10 && python train.py [--key value ...]
-    torchrun --nproc_per_node=8 imagenet/train.py
+    torchrun --nproc_per_node=8 imagenet/train.py --resume auto --output RUN   # starts, and restarts, a job
 
-One run folder holds config.yaml, summary.csv, TensorBoard events, last.pth (every epoch) and
-best.pth (best top-1). `--resume auto` continues the run of `--output` from its last.pth.
+The run folder (`msvit.runfolder`) holds config.yaml, log.txt, summary.csv, TensorBoard events, last.pth and
+best.pth. SIGTERM or SIGUSR1 stops every process after the current optimizer update; rank 0 writes last.pth
+with the position inside the epoch and the run exits with code 75, and `--resume auto` continues at the next
+batch, with the weights an uninterrupted run would reach (`msvit.loaders` makes every batch reproducible).
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
-import random
-import time
+import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
+import torch.distributed as dist
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.utils.data import DistributedSampler
 
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .config import parse_args, restore_model_settings, save_config
+from .checkpoint import load_checkpoint, read_checkpoint
+from .config import restore_model_settings, save_config
+from .console import EpochDisplay, add_log_file, setup_logging
 from .data import build_datasets, dataset_num_classes
-from .console import setup_logging
 from .distributed import DistEnv, barrier, broadcast_buffers, cleanup, init_distributed, main_process_first
-from .engine import amp_settings, evaluate, peak_memory_mb, train_one_epoch
-from .loaders import build_eval_loader, make_loader
+from .engine import (AmpSettings, EpochProgress, StepSettings, amp_settings, epoch_stats, evaluate, peak_memory_mb,
+                     train_one_epoch)
 from .errors import ConfigError, UserError, cli_entry
+from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
 from .models import count_parameters
+from .neurons import implementation
+from .preemption import EXIT_PREEMPTED, Preempted, StopRequest
+from .runfolder import (SUMMARY_FIELDS, output_dir, prepare_output, resume_path, settings_for_run, write_checkpoints,
+                        write_summary)
 from .zoo import create_dataset_model, reference_batch_sizes
 
 __all__ = ["main", "run", "SUMMARY_FIELDS"]
 
-SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb"]
 log = logging.getLogger("msvit")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch. The loop reseeds at every epoch start from (seed, rank, epoch), so a
-    resumed run draws the same augmentations and mixups as an uninterrupted one, on any number of ranks."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _check_dataset_classes(cfg: dict[str, Any]) -> None:
@@ -56,7 +53,6 @@ def _check_dataset_classes(cfg: dict[str, Any]) -> None:
     if cfg["num_classes"] is not None and cfg["num_classes"] != expected:
         raise ConfigError(f"num_classes is {cfg['num_classes']} but {cfg['dataset']} has {expected} classes; "
                           f"set --num-classes {expected}")
-
 
 def _check_coupled_batch(cfg: dict[str, Any]) -> None:
     """With the batch-coupled SSA the per-process batch is part of the network: say so when it differs
@@ -73,8 +69,6 @@ def _check_coupled_batch(cfg: dict[str, Any]) -> None:
 def _learning_rate(cfg: dict[str, Any], env: DistEnv) -> float:
     if cfg["lr"] is not None:
         return cfg["lr"]
-    if cfg["blr"] is None:
-        raise ConfigError("set either lr (absolute) or blr (scaled by effective batch / 256)")
     effective = cfg["batch_size"] * cfg["accum_iter"] * env.world_size
     return cfg["blr"] * effective / 256
 
@@ -82,8 +76,6 @@ def _learning_rate(cfg: dict[str, Any], env: DistEnv) -> float:
 def _scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, updates_per_epoch: int,
                ) -> CosineLRScheduler:
     """timm's cosine with warmup, counted in epochs or (sched_on_updates) in optimizer updates."""
-    if cfg["sched"] != "cosine":
-        raise ConfigError(f"sched {cfg['sched']!r} is not supported; use 'cosine'")
     unit = updates_per_epoch if cfg["sched_on_updates"] else 1
     length = cfg["epochs"] - (cfg["warmup_epochs"] if cfg["warmup_prefix"] else 0)
     return CosineLRScheduler(optimizer, t_initial=max(length, 1) * unit, lr_min=cfg["min_lr"],
@@ -95,74 +87,165 @@ def _scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, updates_pe
 def _mixup(cfg: dict[str, Any]) -> Mixup | None:
     if not (cfg["mixup"] > 0 or cfg["cutmix"] > 0 or cfg["cutmix_minmax"] is not None):
         return None
-    if cfg["batch_size"] % 2:
-        raise ConfigError(f"mixup needs an even batch_size, got {cfg['batch_size']}")
     return Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], cutmix_minmax=cfg["cutmix_minmax"],
                  prob=cfg["mixup_prob"], switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
                  label_smoothing=cfg["smoothing"], num_classes=cfg["num_classes"])
 
 
-def _output_dir(cfg: dict[str, Any]) -> Path:
-    if cfg["output"]:
-        return Path(cfg["output"])
-    if cfg["resume"] and cfg["resume"] != "auto":
-        return Path(cfg["resume"]).resolve().parent  # continue the run the checkpoint belongs to
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("output") / cfg["dataset"] / f"{cfg['experiment'] or cfg['model']}-{stamp}"
+def _available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _resume_path(cfg: dict[str, Any], output: Path) -> Path | None:
-    if not cfg["resume"]:
-        if (output / "last.pth").exists():
-            raise ConfigError(f"{output} already holds a run (last.pth): pass --resume auto to continue it, "
-                              f"or choose another --output")
-        return None
-    path = output / "last.pth" if cfg["resume"] == "auto" else Path(cfg["resume"])
-    if not path.is_file():
-        where = f"--output {output}" if cfg["resume"] == "auto" else "--resume"
-        raise ConfigError(f"cannot resume: {path} does not exist (check {where})")
-    return path
+def _clamp_workers(cfg: dict[str, Any]) -> None:
+    """More DataLoader workers than CPUs only adds contention (and a warning from every process)."""
+    cpus = _available_cpus()
+    if cfg["workers"] > cpus:
+        log.info("workers %d is more than the %d CPUs this process may use: using %d", cfg["workers"], cpus, cpus)
+        cfg["workers"] = cpus
 
 
-def _write_summary(path: Path, row: dict[str, Any] | None, keep_before_epoch: int | None = None) -> None:
-    """Append one epoch row; on resume, first drop rows of epochs that will be trained again."""
-    rows = []
-    if path.exists():
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    if keep_before_epoch is not None:
-        rows = [r for r in rows if int(r["epoch"]) < keep_before_epoch]
-    if row is not None:
-        rows.append({k: row[k] for k in SUMMARY_FIELDS})
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def _quiet_other_processes(env: DistEnv) -> None:
+    """Library warnings (Python's and timm's log) from rank 0 only: every other process would repeat them."""
+    if not env.is_main:
+        warnings.simplefilter("ignore")
+        logging.getLogger("timm").setLevel(logging.ERROR)
+
+
+def _devices_and_neurons(model: nn.Module, env: DistEnv, amp: AmpSettings) -> str:
+    """'<n> x <device type>: <LIF implementation>' over all processes."""
+    mine = f"{env.device.type}: {implementation(model, env.device, amp.dtype if amp.enabled else torch.float32)}"
+    everyone = [mine] * env.world_size
+    if env.distributed:
+        dist.all_gather_object(everyone, mine)
+    return ", ".join(f"{everyone.count(entry)} x {entry}" for entry in dict.fromkeys(everyone))
+
+
+def _schedule_line(cfg: dict[str, Any], lr: float) -> str:
+    total = cfg["epochs"] + cfg["cooldown_epochs"]
+    parts = [f"{total} epochs" + (f" ({cfg['epochs']} + {cfg['cooldown_epochs']} cooldown at {cfg['min_lr']:g})"
+                                   if cfg["cooldown_epochs"] else ""),
+             f"warmup {cfg['warmup_epochs']} epochs from {cfg['warmup_lr']:g}"
+             + (" before the cosine" if cfg["warmup_prefix"] else " inside the cosine"),
+             f"cosine from peak lr {lr:g} to {cfg['min_lr']:g}",
+             f"stepped per {'update' if cfg['sched_on_updates'] else 'epoch'}",
+             f"{cfg['opt']}, weight decay {cfg['weight_decay']:g}"]
+    return "schedule: " + "; ".join(parts)
+
+
+def _log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple[int, int], lr: float,
+                updates_per_epoch: int, amp: AmpSettings, output: Path) -> None:
+    """One block at the start: what trains on what, with which batch, schedule, precision and neurons."""
+    neurons = _devices_and_neurons(model, env, amp)  # a collective: every process takes part
+    if not env.is_main:
+        return
+    batch, accum = cfg["batch_size"], cfg["accum_iter"]
+    precision = (f"AMP {str(amp.dtype).removeprefix('torch.')}" if amp.enabled
+                 else "float32" + (" (amp applies to CUDA only)" if cfg["amp"] else ""))
+    interval = f" and every {cfg['checkpoint_interval']} updates" if cfg["checkpoint_interval"] else ""
+    for line in (
+            f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, T {cfg['time_step']}, "
+            f"SSA {'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}",
+            f"data: {sizes[0]:,} train / {sizes[1]:,} val samples; global batch "
+            f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} processes x {accum} "
+            f"accumulation; {updates_per_epoch} updates per epoch; {cfg['workers']} loader workers per process",
+            _schedule_line(cfg, lr),
+            f"devices: {neurons}; {precision}; compile {'on (training forward)' if cfg['compile'] else 'off'}",
+            f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "
+            f"update (exit {EXIT_PREEMPTED})"):
+        log.info("%s", line)
+    if cfg["warmup_epochs"] + cfg["cooldown_epochs"] > cfg["epochs"]:
+        log.warning("warning: warmup_epochs %d + cooldown_epochs %d exceed epochs %d: the learning rate never "
+                    "reaches its cosine; lower --warmup-epochs / --cooldown-epochs with a short --epochs",
+                    cfg["warmup_epochs"], cfg["cooldown_epochs"], cfg["epochs"])
+
+
+@dataclass
+class _RunState:
+    """What a checkpoint carries beyond the model, optimizer, scheduler, scaler and EMA."""
+    epoch: int = 0                # the epoch being trained
+    num_updates: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    progress: EpochProgress = field(default_factory=EpochProgress)
+    stopping: bool = False
+
+
+class _Training:
+    """The objects of one run and the checkpoints that save and restore them."""
+
+    def __init__(self, cfg: dict[str, Any], env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: CosineLRScheduler, scaler: torch.amp.GradScaler | None, ema: ModelEmaV3 | None,
+                 output: Path) -> None:
+        self.cfg, self.env, self.model, self.optimizer, self.scheduler = cfg, env, model, optimizer, scheduler
+        self.scaler, self.ema, self.output, self.state = scaler, ema, output, _RunState()
+
+    def checkpoint(self, mid_epoch: bool, progress: EpochProgress | None = None) -> dict[str, Any]:
+        """Everything to continue from here: at an epoch end `epoch` is the finished epoch; mid-epoch,
+        `position` names the epoch under way and carries its `progress` (summed over the processes)."""
+        s = self.state
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                    ema=self.ema.module.state_dict() if self.ema is not None else None,
+                    epoch=s.epoch - 1 if mid_epoch else s.epoch, num_updates=s.num_updates, best_top1=s.best_top1,
+                    best_epoch=s.best_epoch, metrics=s.metrics, config=self.cfg,
+                    position=dict(epoch=s.epoch, progress=progress.state_dict()) if mid_epoch else None)
+
+    def restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        for key in ("optimizer", "scheduler", "epoch"):
+            if key not in ckpt:
+                raise UserError(f"{path} is not a training checkpoint of this codebase (no {key!r}); "
+                                f"use it with test.py, or start a new run")
+        load_checkpoint(self.model, ckpt)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.module.load_state_dict(ckpt["ema"])
+        s = self.state
+        s.num_updates, s.best_top1, s.best_epoch = ckpt.get("num_updates", 0), ckpt.get("best_top1", -1.0), \
+            ckpt.get("best_epoch", -1)
+        s.metrics = ckpt.get("metrics") or {}
+        position = ckpt.get("position")
+        s.epoch = position["epoch"] if position else ckpt["epoch"] + 1
+        s.progress = EpochProgress.from_state(position["progress"] if position else None, self.env.rank)
+        at = f", batch {s.progress.batches}" if position else ""
+        log.info("resumed from %s at epoch %d%s (update %d)", path, s.epoch, at, s.num_updates)
+
+    def save(self, mid_epoch: bool, best: bool = False) -> None:
+        """Rank 0 writes last.pth (and best.pth); every process calls it (mid-epoch, the sums are collected)."""
+        progress = self.state.progress.summed(self.env) if mid_epoch else None
+        if self.env.is_main:
+            write_checkpoints(self.checkpoint(mid_epoch, progress), self.output, best)
 
 
 def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
-    """Train with a resolved config; returns the final epoch's summary row and the best top-1."""
+    """Train with a resolved config; returns the final epoch's summary row and the best top-1.
+    Raises Preempted after a stop signal, once the checkpoint is written."""
     env = init_distributed()
     setup_logging(env.is_main)
+    _quiet_other_processes(env)
     _check_dataset_classes(cfg)
     cfg["num_classes"] = cfg["num_classes"] or dataset_num_classes(cfg["dataset"])
-    output = _output_dir(cfg)
-    resume_path = _resume_path(cfg, output)
+    output = output_dir(cfg)
+    checkpoint_path = resume_path(cfg, output)
+    prepare_output(output, env.rank)
+    _clamp_workers(cfg)
     seed_everything(cfg["seed"] + env.rank)  # model initialisation
 
     with main_process_first(env):  # the first use of a DVS dataset converts it on disk
         train_set, val_set = build_datasets(cfg)
-    train_sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                       seed=cfg["seed"])
-    train_loader = make_loader(train_set, cfg, env, cfg["batch_size"], train_sampler, drop_last=True)
-    if len(train_loader) == 0:
-        raise ConfigError(f"the training set has {len(train_sampler)} samples per process, fewer than "
+    train_set = SeededSamples(train_set, cfg["seed"])
+    train_loader = build_train_loader(train_set, cfg, env)
+    batches_per_epoch = len(train_loader)
+    if batches_per_epoch == 0:
+        raise ConfigError(f"the training set has {len(train_loader.sampler)} samples per process, fewer than "
                           f"batch_size {cfg['batch_size']}: lower --batch-size")
     val_loader = build_eval_loader(val_set, cfg, env)
 
-    ckpt = read_checkpoint(resume_path) if resume_path is not None else None
+    ckpt = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     if ckpt is not None:  # the SSA setting is part of the network being trained
         restore_model_settings(cfg, ckpt, keys=("batch_coupled_ssa",))
     model = create_dataset_model(cfg, variants).to(env.device)
@@ -178,7 +261,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     lr = _learning_rate(cfg, env)
     optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
                                     eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]), momentum=cfg["momentum"])
-    updates_per_epoch = -(-len(train_loader) // cfg["accum_iter"])
+    updates_per_epoch = -(-batches_per_epoch // cfg["accum_iter"])
     scheduler = _scheduler(cfg, optimizer, updates_per_epoch)
     amp = amp_settings(cfg, env.device)
     scaler = torch.amp.GradScaler("cuda") if amp.enabled and amp.dtype == torch.float16 else None
@@ -187,23 +270,11 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     train_criterion = (SoftTargetCrossEntropy() if mixup_fn is not None
                        else LabelSmoothingCrossEntropy(cfg["smoothing"]) if cfg["smoothing"] > 0
                        else nn.CrossEntropyLoss())
-
-    start_epoch, best_top1, best_epoch, num_updates = 0, -1.0, -1, 0
+    training = _Training(cfg, env, model, optimizer, scheduler, scaler, ema, output)
     if ckpt is not None:
-        for key in ("optimizer", "scheduler", "epoch"):
-            if key not in ckpt:
-                raise UserError(f"{resume_path} is not a training checkpoint of this codebase (no {key!r}); "
-                                f"use it with test.py, or start a new run")
-        load_checkpoint(model, ckpt)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.module.load_state_dict(ckpt["ema"])
-        start_epoch, num_updates = ckpt["epoch"] + 1, ckpt.get("num_updates", 0)
-        best_top1, best_epoch = ckpt.get("best_top1", -1.0), ckpt.get("best_epoch", -1)
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+        training.restore(ckpt, checkpoint_path)
+    del ckpt
+    state = training.state
 
     train_model = model
     if env.distributed:
@@ -214,69 +285,84 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
 
     writer = None
     if env.is_main:
-        output.mkdir(parents=True, exist_ok=True)
+        add_log_file(output / "log.txt")
         save_config(cfg, output / "config.yaml")
-        _write_summary(output / "summary.csv", None, keep_before_epoch=start_epoch)
+        write_summary(output / "summary.csv", None, keep_before_epoch=state.epoch)
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(output), purge_step=start_epoch if start_epoch else None)
+        writer = SummaryWriter(str(output), purge_step=state.epoch if state.epoch else None)
+    _log_header(cfg, env, model, (len(train_set), len(val_set)), lr, updates_per_epoch, amp, output)
     total_epochs = cfg["epochs"] + cfg["cooldown_epochs"]
-    log.info("%s: %s parameters, %d train / %d val images, %d processes on %s, batch %d per process, SSA %s, "
-             "lr %.3g, %d epochs -> %s", cfg["model"], f"{count_parameters(model):,}", len(train_set), len(val_set),
-             env.world_size, env.device, cfg["batch_size"],
-             "batch-coupled" if cfg["batch_coupled_ssa"] else "per sample", lr, total_epochs, output)
-
-    def on_update() -> None:
-        nonlocal num_updates
-        num_updates += 1
-        if ema is not None:
-            ema.update(model, step=num_updates)
-        if cfg["sched_on_updates"]:
-            scheduler.step_update(num_updates)
+    step = StepSettings(amp, scaler, mixup_fn, cfg["accum_iter"], cfg["clip_grad"])
 
     row: dict[str, Any] = {}
-    try:
-        for epoch in range(start_epoch, total_epochs):
-            seed_everything(cfg["seed"] + env.rank + 100_003 * epoch)
-            train_sampler.set_epoch(epoch)
-            if not cfg["sched_on_updates"]:
-                scheduler.step(epoch)
-            if mixup_fn is not None and cfg["mixup_off_epoch"] and epoch >= cfg["mixup_off_epoch"]:
-                mixup_fn.mixup_enabled = False  # smoothed one-hot targets from here on
-            stats = train_one_epoch(train_model, train_loader, optimizer, train_criterion, epoch, env, amp,
-                                    scaler, mixup_fn, cfg["accum_iter"], cfg["clip_grad"], on_update)
-            broadcast_buffers(model)
-            metrics = evaluate(model, val_loader, env, amp)
-            row = dict(epoch=epoch, lr=f"{stats.lr:.6g}", train_loss=f"{stats.loss:.6f}",
-                       eval_loss=f"{metrics['loss']:.6f}", eval_top1=f"{metrics['top1']:.4f}",
-                       eval_top5=f"{metrics['top5']:.4f}", img_per_s=f"{stats.images_per_s * env.world_size:.1f}",
-                       peak_mem_mb=f"{peak_memory_mb(env.device):.0f}")
-            is_best = metrics["top1"] > best_top1
-            if is_best:
-                best_top1, best_epoch = metrics["top1"], epoch
-            ema_metrics = evaluate(ema.module, val_loader, env, amp) if ema is not None else None
-            if env.is_main:
-                _log_epoch(writer, row, metrics, ema_metrics, total_epochs, best_top1)
-                _write_summary(output / "summary.csv", row)
-                checkpoint = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                  scheduler=scheduler.state_dict(),
-                                  scaler=scaler.state_dict() if scaler is not None else None,
-                                  ema=ema.module.state_dict() if ema is not None else None,
-                                  epoch=epoch, num_updates=num_updates, best_top1=best_top1,
-                                  best_epoch=best_epoch, metrics=metrics, config=cfg)
-                save_checkpoint(checkpoint, output / "last.pth")
+    with StopRequest() as stop:
+        def on_update(progress: EpochProgress) -> bool:
+            state.num_updates += 1
+            if ema is not None:
+                ema.update(model, step=state.num_updates)
+            if cfg["sched_on_updates"]:
+                scheduler.step_update(state.num_updates)
+            state.stopping = stop.agreed(env.device)
+            interval = cfg["checkpoint_interval"]
+            if state.stopping or (interval and state.num_updates % interval == 0):
+                training.save(mid_epoch=True)
+            if state.stopping:
+                barrier()  # every process exits after rank 0 has written: a launcher kills the rest at the first exit
+            return state.stopping
+
+        def stopped(where: str) -> Preempted:
+            return Preempted(f"stopped by {stop.name} {where}; {output / 'last.pth'} holds the position: continue "
+                             f"with --resume auto --output {output}")
+
+        try:
+            while state.epoch < total_epochs:
+                epoch = state.epoch
+                train_loader.sampler.set_epoch(epoch, start_batch=state.progress.batches)
+                train_set.set_epoch(epoch)
+                if not cfg["sched_on_updates"]:
+                    scheduler.step(epoch)
+                if mixup_fn is not None and cfg["mixup_off_epoch"] and epoch >= cfg["mixup_off_epoch"]:
+                    mixup_fn.mixup_enabled = False  # smoothed one-hot targets from here on
+                display = EpochDisplay(epoch, total_epochs, batches_per_epoch, state.progress.batches,
+                                       cfg["accum_iter"], cfg["log_interval"], env.world_size, env.is_main)
+                try:
+                    train_one_epoch(train_model, train_loader, optimizer, train_criterion, epoch, env, step,
+                                    state.progress, on_update,
+                                    lambda batch: seed_everything(derived_seed(cfg["seed"], env.rank, epoch, batch)),
+                                    display)
+                finally:
+                    display.close()
+                if state.stopping:
+                    raise stopped(f"at epoch {epoch}, batch {state.progress.batches}/{batches_per_epoch} "
+                                  f"(update {state.num_updates})")
+                stats = epoch_stats(state.progress, env)
+                broadcast_buffers(model)
+                metrics = evaluate(model, val_loader, env, amp)
+                ema_metrics = evaluate(ema.module, val_loader, env, amp) if ema is not None else None
+                row = dict(epoch=epoch, lr=f"{stats.lr:.6g}", train_loss=f"{stats.loss:.6f}",
+                           eval_loss=f"{metrics['loss']:.6f}", eval_top1=f"{metrics['top1']:.4f}",
+                           eval_top5=f"{metrics['top5']:.4f}", img_per_s=f"{stats.images_per_s:.1f}",
+                           peak_mem_mb=f"{peak_memory_mb(env.device):.0f}")
+                is_best = metrics["top1"] > state.best_top1
                 if is_best:
-                    save_checkpoint(checkpoint, output / "best.pth")
-            barrier()
-    finally:
-        if writer is not None:
-            writer.close()
-        cleanup()
-    log.info("done: best top-1 %.2f%% at epoch %d; run folder %s", best_top1, best_epoch, output)
-    return {**row, "best_top1": best_top1, "output": str(output)}
-
-
+                    state.best_top1, state.best_epoch = metrics["top1"], epoch
+                state.metrics = metrics
+                if env.is_main:
+                    _log_epoch(writer, row, metrics, ema_metrics, total_epochs, state.best_top1, stats.data_share)
+                    write_summary(output / "summary.csv", row)
+                training.save(mid_epoch=False, best=is_best)
+                state.epoch, state.progress = epoch + 1, EpochProgress()
+                barrier()
+                if stop.agreed(env.device) and state.epoch < total_epochs:
+                    raise stopped(f"after epoch {epoch}")
+        finally:
+            if writer is not None:
+                writer.close()
+            cleanup()
+    log.info("done: best top-1 %.2f%% at epoch %d; run folder %s", state.best_top1, state.best_epoch, output)
+    return {**row, "best_top1": state.best_top1, "output": str(output)}
 def _log_epoch(writer, row: dict[str, Any], metrics: dict[str, float], ema_metrics: dict[str, float] | None,
-               total_epochs: int, best_top1: float) -> None:
+               total_epochs: int, best_top1: float, data_share: float) -> None:
     epoch = row["epoch"]
     for tag, value in (("train/loss", row["train_loss"]), ("train/lr", row["lr"]),
                        ("train/img_per_s", row["img_per_s"]), ("eval/loss", metrics["loss"]),
@@ -287,11 +373,19 @@ def _log_epoch(writer, row: dict[str, Any], metrics: dict[str, float], ema_metri
     writer.flush()
     extra = f" (EMA {ema_metrics['top1']:.2f}%)" if ema_metrics is not None else ""
     log.info("epoch %d/%d  lr %s  train loss %s  eval loss %.4f  top-1 %.2f%%%s  top-5 %.2f%%  best %.2f%%  "
-             "%s img/s  peak %s MB", epoch, total_epochs - 1, row["lr"], row["train_loss"], metrics["loss"],
-             metrics["top1"], extra, metrics["top5"], best_top1, row["img_per_s"], row["peak_mem_mb"])
+             "%s img/s  data %.0f%%  peak %s MB", epoch, total_epochs - 1, row["lr"], row["train_loss"],
+             metrics["loss"], metrics["top1"], extra, metrics["top5"], best_top1, row["img_per_s"], 100 * data_share,
+             row["peak_mem_mb"])
 
 
 @cli_entry
 def main(config: str | Path, variants: Sequence[str], argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Entry point of `<dataset>/train.py`: the folder's YAML (`config`), overridden by the command line."""
-    return run(parse_args(None if argv is None else list(argv), config), variants)
+    """Entry point of `<dataset>/train.py`: the folder's YAML (`config`), overridden by the command line; a
+    resumed run starts from its run folder's config.yaml instead. Exits EXIT_PREEMPTED after a stop signal."""
+    setup_logging(int(os.environ.get("RANK", "0")) == 0)
+    cfg = settings_for_run(list(sys.argv[1:] if argv is None else argv), config)
+    try:
+        return run(cfg, variants)
+    except Preempted as stop:
+        log.info("%s", stop)
+        sys.exit(EXIT_PREEMPTED)

@@ -2,7 +2,6 @@
 which builds every model and prints its parameter table."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,8 +69,9 @@ def reference_batch_sizes(cfg: dict[str, Any]) -> tuple[int, int, str] | None:
 def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[str],
                          **overrides: Any) -> nn.Module:
     """Build the configured model (`cfg`: a resolved config or a YAML path), checking it is one of
-    the `variants` that suit the dataset; `overrides` go to the model on top of the config."""
-    from .config import model_kwargs, parse_args
+    the `variants` that suit the dataset and its arguments (`config.check_model_kwargs`); `overrides` go
+    to the model on top of the config."""
+    from .config import check_model_kwargs, model_arguments, parse_args
 
     if not isinstance(cfg, dict):
         cfg = parse_args([], cfg)
@@ -79,7 +79,10 @@ def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[st
     if name not in variants:
         raise ConfigError(f"model {name!r} does not suit dataset {cfg.get('dataset')!r}; "
                           f"choose one of {', '.join(variants)}")
-    return timm.create_model(name, **{**model_kwargs(cfg), **overrides})
+    kwargs, labels = model_arguments(cfg)
+    kwargs.update(overrides)
+    labels.update({key: key for key in overrides})
+    return timm.create_model(name, **check_model_kwargs(name, kwargs, labels))
 
 
 @cli_entry
@@ -110,8 +113,11 @@ def parameter_table(entries: Sequence[ZooEntry] = ZOO) -> list[dict[str, Any]]:
     return rows
 
 
+@cli_entry
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build every MSViT/QKFormer model and print its parameters.")
+    from .config import ArgumentParser
+
+    parser = ArgumentParser(description="Build every MSViT/QKFormer model and print its parameters.")
     parser.add_argument("--model", nargs="*", help="only these model names")
     args = parser.parse_args(argv)
     entries = [e for e in ZOO if not args.model or e.model in args.model]

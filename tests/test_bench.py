@@ -77,6 +77,47 @@ def test_unknown_model_exits_2_with_one_error_line(capsys):
     assert "qkformer_cifar_4_384" in err[0]
 
 
+def test_time_step_is_the_flag_and_T_its_alias():
+    parser = bench.build_parser()
+    assert parser.parse_args(["--time-step", "3"]).T == parser.parse_args(["--T", "3"]).T == 3
+    args = parser.parse_args(["--models", "a", "--T", "2"])
+    assert "--time-step" in bench.child_argv(args, "msvit_cifar_4_384")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "0"], "--batch-size must be 1 or more, got 0"),
+    (["--time-step", "0"], "--time-step 0 must be 1 or more"),
+    (["--batch-size", "x"], "argument --batch-size: invalid int value: 'x'"),
+    (["--model-kwargs", "{embed_dim:48}"], "model_kwargs.embed_dim:48 has no value: YAML needs a space after the"),
+    (["--model-kwargs", "{embed_dim: 30}"], "not all divisible by num_heads 8 (the model's default)"),
+    (["--model-kwargs", "[1]"], "--model-kwargs: key 'model_kwargs' expects a mapping"),
+])
+def test_bad_arguments_are_one_error_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--model", "msvit_cifar_4_384", *argv])
+    err = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--model", "msvit_cifar_4_384", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --device cuda but torch sees no CUDA device; use --device cpu\n"
+
+
+def test_json_is_one_rounded_object_on_stdout(monkeypatch, capsys):
+    def fake_benchmark(*args, **kwargs):
+        print("a library's chatter")
+        return dict(step_ms=1 / 3, profile=None)
+    monkeypatch.setattr(bench, "benchmark", fake_benchmark)
+    bench.main(["--model", "msvit_cifar_4_384", "--json"])
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"step_ms": 0.333333, "profile": None} and len(out.splitlines()) == 1
+    assert "a library's chatter" in err
+
+
 def test_all_runs_each_model_through_a_child(monkeypatch, capsys):
     args = bench.build_parser().parse_args(["--models", "a", "--batch-size", "4", "--T", "2", "--amp",
                                             "--threads", "1", "--model-kwargs", json.dumps(TINY)])
@@ -99,13 +140,14 @@ def test_all_runs_each_model_through_a_child(monkeypatch, capsys):
 def test_json_cli_in_a_subprocess():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "msvit.bench", "--model", "qkformer_cifar_4_384",
-                           "--batch-size", "2", "--T", "2", "--warmup", "1", "--repeats", "2", "--json",
+                           "--batch-size", "2", "--time-step", "2", "--warmup", "1", "--repeats", "2", "--json",
                            "--model-kwargs", json.dumps(TINY)],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["model"] == "qkformer_cifar_4_384" and r["batch_size"] == 2 and r["threads"] == 1
-    assert r["step_ms"] > 0 and r["images_per_s"] == pytest.approx(2000 / r["step_ms"])
+    # --json rounds to 6 significant digits: each side is off by up to 5e-6 of itself
+    assert r["step_ms"] > 0 and r["images_per_s"] == pytest.approx(2000 / r["step_ms"], rel=2e-5)
     assert r["memory"] == "process peak RSS" and r["peak_memory_mb"] >= r["rss_before_model_mb"] > 0
 
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from msvit.config import DEFAULTS, ConfigError, load_config, model_kwargs, parse_args, save_config
+import msvit
+from msvit.config import (DEFAULTS, GROUPS, NO_EFFECT, SETTINGS, ArgumentParser, ConfigError, check_model_kwargs,
+                          load_config, model_kwargs, parse_args, parse_model_kwargs, save_config)
 from msvit.errors import UserError
+from msvit.neurons import cupy_unavailable_reason
+from msvit.zoo import create_dataset_model
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(REPO.glob("*/*.yml"))
+CIFAR10 = REPO / "cifar10" / "cifar10.yml"
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yml") -> Path:
@@ -170,14 +176,89 @@ def test_choices():
         parse_args(["--dataset", "mnist"])
     with pytest.raises(ConfigError, match="batch, pair, elem"):
         parse_args(["--mixup-mode", "row"])
+    with pytest.raises(ConfigError, match="--sched: key 'sched' must be one of cosine; got 'step'"):
+        parse_args(["--sched", "step"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "0"], "command line --batch-size: batch_size must be 1 or more, got 0"),
+    (["--batch-size", "-4"], "batch_size must be 1 or more, got -4"),
+    (["--val-batch-size", "0"], "val_batch_size must be 1 or more, got 0"),
+    (["--accum-iter", "0"], "accum_iter must be 1 or more"),
+    (["--time-step", "0"], "time_step must be 1 or more"),
+    (["--workers", "-1"], "workers must be 0 or more, got -1"),
+    (["--epochs", "0"], "epochs must be 1 or more, got 0"),
+    (["--epochs", "-1"], "epochs must be 1 or more, got -1"),
+    (["--cooldown-epochs", "-1"], "cooldown_epochs must be 0 or more"),
+    (["--warmup-epochs", "-2"], "warmup_epochs must be 0 or more"),
+    (["--log-interval", "0"], "log_interval must be 1 or more"),
+    (["--checkpoint-interval", "-1"], "checkpoint_interval must be 0 or more"),
+    (["--opt", "adamx"], "unknown optimizer 'adamx'; did you mean 'adamax'?"),
+    (["--lr", "null", "--blr", "null"], "lr and blr are both null: set --lr"),
+    (["--batch-size", "3"], "batch_size 3 is odd, but mixup pairs the samples of a batch (mixup 0.5 from "),
+    (["--batch-size", "5", "--mixup", "0", "--cutmix", "1"], "or --cutmix 0"),
+])
+def test_out_of_range_settings(argv, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(argv, CIFAR10)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_ranges_accept_their_edges():
+    cfg = parse_args(["--workers", "0", "--checkpoint-interval", "0", "--cooldown-epochs", "0", "--epochs", "1",
+                      "--batch-size", "3", "--mixup", "0", "--opt", "lookahead_SGD"], CIFAR10)
+    assert cfg["batch_size"] == 3 and cfg["opt"] == "lookahead_SGD"
+    assert parse_args(["--lr", "null", "--blr", "1e-3"], CIFAR10)["blr"] == pytest.approx(1e-3)
+    assert parse_args([])["lr"] is None  # no recipe, no dataset: nothing to train, nothing to refuse
+
+
+def test_a_recipe_value_out_of_range_names_the_file(tmp_path: Path):
+    path = write(tmp_path, "dataset: cifar10\nlr: 0.1\nbatch_size: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: batch_size must be 1 or more, got 0$"):
+        parse_args([], path)
+
+
+def help_lines(capsys, argv: list[str], default_config: Path | str | None) -> dict[str, str]:
+    """`--help` output: each key's line by key, and the whole text under ''."""
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv, default_config=default_config)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0][2:].replace("-", "_"): line for line in out.splitlines() if line.startswith("  --")}
+    return {**lines, "": out}
 
 
 def test_help_exits_zero(capsys):
-    with pytest.raises(SystemExit) as exc:
-        parse_args(["--help"], default_config="cifar10/cifar10.yml")
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith("usage:") and "--warmup_lr" in out and "cifar10/cifar10.yml" in out
+    lines = help_lines(capsys, ["--help"], "cifar10/cifar10.yml")
+    assert lines[""].startswith("usage:") and "--warmup-lr" in lines[""] and "cifar10/cifar10.yml" in lines[""]
+
+
+@pytest.mark.parametrize("folder,epochs,lr", [("cifar10", "400", "0.001"), ("imagenet", "200", "null")])
+def test_help_shows_the_recipe_values_by_group(capsys, folder, epochs, lr):
+    lines = help_lines(capsys, ["-h"], REPO / folder / f"{folder}.yml")
+    assert lines["epochs"].split()[1] == epochs and lines["lr"].split()[1] == lr
+    assert set(lines) == set(DEFAULTS) | {"config", ""}          # every key once
+    assert lines["sched"].split()[1:3] == ["cosine", SETTINGS["sched"].help.split()[0]]
+    headers = [line for line in lines[""].splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headers == [f"{group}:" for group in GROUPS]
+    assert NO_EFFECT in lines["patch_size"] and "feeds the model" in lines["dim"]
+    assert "(auto/cupy/torch)" in lines["neuron_backend"]
+
+
+def test_help_follows_the_config_option(capsys, tmp_path: Path):
+    other = write(tmp_path, "epochs: 7\n", "other.yml")
+    assert help_lines(capsys, ["--config", str(other), "--help"], CIFAR10)["epochs"].split()[1] == "7"
+    assert help_lines(capsys, ["--help"], None)["epochs"].split()[1] == str(DEFAULTS["epochs"])
+
+
+def test_every_key_has_a_group_and_a_description():
+    assert DEFAULTS == {key: setting.default for key, setting in SETTINGS.items()}
+    for key, setting in SETTINGS.items():
+        assert setting.group in GROUPS, key
+        assert setting.help.strip() and "\n" not in setting.help, key
+    assert {group for _, group, _ in SETTINGS.values()} == set(GROUPS)
+    legacy = {key for key, setting in SETTINGS.items() if NO_EFFECT in setting.help}
+    assert legacy == {"layer", "depths", "patch_size"}
 
 
 # ---------------------------------------------------------------- YAML validation
@@ -255,6 +336,70 @@ def test_model_kwargs_merging():
                                  "embed_dim": 256, "num_heads": 16, "drop_path_rate": 0.1}
     off = parse_args(["--batch-coupled-ssa", "false", "--model-kwargs", "{depths: [1, 1, 1]}"])
     assert model_kwargs(off)["batch_coupled_ssa"] is False
+
+
+@pytest.mark.parametrize("value,message", [
+    ("{embed_dim:48}", "model_kwargs.embed_dim:48 has no value: YAML needs a space after the colon, as in "
+                       "{embed_dim: 48}"),
+    ("{embed_dim: }", "model_kwargs.embed_dim is null: give it a value, as in {embed_dim: 384}"),
+    ("{embed_dimm: 32}", "model_kwargs.embed_dimm is not an argument of msvit_cifar_4_384; did you mean 'embed_dim'?"),
+    ("{depths: 1}", "model_kwargs.depths expects a list of integers, got 1 (int)"),
+    ('{embed_dim: "wide"}', "model_kwargs.embed_dim expects an integer, got 'wide' (str)"),
+    ("{num_heads: 0}", "model_kwargs.num_heads 0 must be 1 or more"),
+    ("{depths: [1, 1]}", "model_kwargs.depths [1, 1] and width_ratios [0.5, 0.5, 1.0] (the model's default) must"),
+    ("{embed_dim: 30}", "model_kwargs.embed_dim 30 gives stage widths 15, 15, 30, not all divisible by num_heads 8 "
+                        "(the model's default); use an embed_dim that is a multiple of 16, or a num_heads that "
+                        "divides 15"),
+])
+def test_model_kwargs_are_checked_against_the_model(value, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--model-kwargs", value], CIFAR10)
+    assert message in str(exc.value)
+
+
+def test_model_shape_messages_name_what_the_user_set():
+    with pytest.raises(ConfigError, match=r"^embed_dim 384 \(the model's default\) gives stage widths 192, 192, "
+                                          r"384, not all divisible by num_heads 7; .* multiple of 14"):
+        parse_args(["--num-heads", "7"], CIFAR10)
+    with pytest.raises(ConfigError, match=r"^dim 40 gives .* num_heads 8 \(the model's default\)"):
+        parse_args(["--dim", "40"], CIFAR10)
+    # QKFormer's stages are a quarter, half and all of embed_dim
+    with pytest.raises(ConfigError, match="widths 8, 16, 32, not all divisible by model_kwargs.num_heads 16"):
+        parse_args(["--model", "qkformer_cifar_4_384", "--model-kwargs", "{embed_dim: 32, num_heads: 16}"], CIFAR10)
+    with pytest.raises(ConfigError, match="time_step 0 must be 1 or more"):
+        check_model_kwargs("msvit_cifar_4_384", {"T": 0}, {"T": "time_step"})
+
+
+def test_model_kwargs_are_converted_for_the_model():
+    checked = check_model_kwargs("msvit_cifar_4_384", {"drop_path_rate": "1e-1", "depths": (1, 1, 1), "mlp_ratio": 2})
+    assert checked == {"drop_path_rate": 0.1, "depths": [1, 1, 1], "mlp_ratio": 2.0}
+    assert type(checked["mlp_ratio"]) is float
+    cfg = parse_args(["--model-kwargs", "{embed_dim: 32, num_heads: 2, drop_path_rate: 1e-1}"], CIFAR10)
+    model = create_dataset_model(cfg, msvit.MODEL_NAMES)
+    assert model.config["drop_path_rate"] == 0.1 and model.dims == [16, 16, 32]
+    with pytest.raises(ConfigError, match="embed_dimm is not an argument"):   # create_model(**overrides)
+        create_dataset_model(cfg, msvit.MODEL_NAMES, embed_dimm=3)
+
+
+def test_parse_model_kwargs_reads_yaml_and_json():
+    assert parse_model_kwargs('{"embed_dim": 32, "depths": [1, 1]}') == {"embed_dim": 32, "depths": [1, 1]}
+    assert parse_model_kwargs("{embed_dim: 32}") == {"embed_dim": 32}
+    with pytest.raises(ConfigError, match="--model-kwargs: key 'model_kwargs' expects a mapping"):
+        parse_model_kwargs("[1, 2]")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and cupy_unavailable_reason() is None, reason="CuPy works here")
+def test_cupy_backend_without_cupy_names_the_reason():
+    with pytest.raises(UserError) as exc:
+        parse_args(["--neuron-backend", "cupy"], CIFAR10)
+    assert cupy_unavailable_reason() in str(exc.value) and "auto or torch" in str(exc.value)
+
+
+def test_argument_parser_errors_are_user_errors():
+    parser = ArgumentParser()
+    parser.add_argument("--batches", type=int)
+    with pytest.raises(UserError, match="argument --batches: invalid int value: 'x'"):
+        parser.parse_args(["--batches", "x"])
 
 
 def test_model_kwargs_minimal():

@@ -4,19 +4,23 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zipfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from fakedata import (C10DVS_CLASSES, C10DVS_COUNTS, aedat2_bytes, aedat3_bytes, make_cifar,
                       make_cifar10_dvs_events_np, make_dvs128_archive, make_dvs128_events_np, make_imagenet, py2,
                       random_events, write_py2_pickle)
 from msvit.data import (CIFAR10_DVS_SPLIT_FILE, DigitsDataset, DVSAugment, build_datasets, dataset_num_classes,
                         read_dvs128_aedat)
-from msvit.errors import ConfigError, DataError
+from msvit.errors import ConfigError, DataError, cli_entry, user_message
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -88,6 +92,22 @@ def test_cifar_missing_file_and_malformed_pickle(tmp_path):
         build_datasets(cifar_cfg("cifar10", tmp_path))
 
 
+def no_network(*args, **kwargs):
+    """Stands in for urllib.request.urlopen on a machine without network: refused at once."""
+    raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+
+@pytest.mark.parametrize("name,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+def test_cifar_download_without_network(tmp_path, monkeypatch, name, folder):
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(DataError) as info:
+        build_datasets(cifar_cfg(name, tmp_path, download=True))
+    message = str(info.value)
+    assert "\n" not in message and "Connection refused" in message
+    assert f"https://www.cs.toronto.edu/~kriz/{name.replace('cifar', 'cifar-')}-python.tar.gz" in message
+    assert str(tmp_path / folder) in message and "without --download" in message
+
+
 # ---------------------------------------------------------------------------------------------- ImageNet
 
 def imagenet_cfg(root: Path, **over) -> dict:
@@ -136,6 +156,51 @@ def test_more_classes_than_num_classes_is_an_error(tmp_path):
     make_imagenet(tmp_path)
     with pytest.raises(DataError, match="num_classes: 2"):
         build_datasets(imagenet_cfg(tmp_path, num_classes=1))
+
+
+def read_all(dataset, workers: int) -> None:
+    for _ in DataLoader(dataset, batch_size=2, num_workers=workers):
+        pass
+
+
+def test_unreadable_image_is_a_data_error_naming_it(tmp_path):
+    make_imagenet(tmp_path)
+    bad = tmp_path / "train" / "n01443537" / "n01443537_0.JPEG"
+    good = bad.read_bytes()
+    for content, reason in ((b"\x00 not an image" * 8, "cannot identify image file"),
+                            (good[:len(good) // 2], "image file is truncated")):
+        bad.write_bytes(content)
+        train, _ = build_datasets(imagenet_cfg(tmp_path))
+        with pytest.raises(DataError) as info:
+            read_all(train, workers=0)
+        message = str(info.value)
+        assert message.startswith(f"cannot read image {bad} ({reason}") and "\n" not in message
+        assert "--resume auto" in message
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_image_is_one_error_line_also_from_a_worker(tmp_path, capsys, workers):
+    make_imagenet(tmp_path)
+    bad = tmp_path / "val" / "n01440764" / "n01440764_0.JPEG"
+    bad.write_bytes(b"GIF89a and then nothing")
+    _, val = build_datasets(imagenet_cfg(tmp_path), train=False)
+    with pytest.raises(SystemExit) as info:  # cli_entry exits 2 on a UserError only
+        cli_entry(read_all)(val, workers)
+    assert info.value.code == 2
+    # a worker's error reaches the main process with the worker's traceback in its message: only its line is printed
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read image {bad} (") and err.count("\n") == 1 and "Traceback" not in err
+    # torch's re-raised exception is in a reference cycle with its traceback, which holds the DataLoader iterator:
+    # break it, so that the worker is shut down now rather than by a later garbage collection (which stalls 5 s)
+    info.value.__context__.__traceback__ = None
+
+
+def test_user_message_is_one_line():
+    assert user_message(DataError("plain")) == "plain"
+    wrapped = ConfigError("Caught ConfigError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                          "call last):\n  File \"x.py\", line 1, in f\nmsvit.errors.ConfigError: bad: fix it\n")
+    assert user_message(wrapped) == "bad: fix it"
+    assert user_message(DataError("first\n  second\n")) == "first second"
 
 
 # ------------------------------------------------------------------------------------------ DVS helpers
@@ -237,6 +302,40 @@ def test_dvs128_converts_the_archive(tmp_path):
             assert x.shape == (2, 2, 128, 128) and x.sum().item() == counts[split][label]
 
 
+def test_dvs_frames_of_another_time_step_are_refused(tmp_path):
+    make_dvs128_events_np(tmp_path, np.random.default_rng(7))
+    build_datasets(dvs_cfg("dvs128_gesture", tmp_path, time_step=2))  # integrates frames_number_2_...
+    frames_root = tmp_path / "frames_number_2_split_by_number"
+    files = sorted(frames_root.rglob("*.npz"))
+    # one sample of another T: found when it is read, named with both Ts
+    np.savez_compressed(files[-1], frames=np.zeros((3, 2, 128, 128), np.float32))
+    train, _ = build_datasets(dvs_cfg("dvs128_gesture", tmp_path, time_step=2))
+    index = next(i for i in range(len(train)) if sample_path(train, i) == files[-1])
+    with pytest.raises(DataError) as info:
+        train[index]
+    message = str(info.value)
+    assert str(files[-1]) in message and "holds 3 frames" in message and "time_step is 2" in message
+    assert f"delete {frames_root}" in message
+    # a whole folder of another T: refused before any training, by the first sample of each split
+    for path in files:
+        np.savez_compressed(path, frames=np.zeros((3, 2, 128, 128), np.float32))
+    with pytest.raises(DataError, match=r"holds 3 frames .* but time_step is 2"):
+        build_datasets(dvs_cfg("dvs128_gesture", tmp_path, time_step=2))
+    first = sample_path(train, 0)
+    first.write_bytes(b"not an npz file")
+    with pytest.raises(DataError, match=f"cannot read DVS frames file {re.escape(str(first))}"):
+        build_datasets(dvs_cfg("dvs128_gesture", tmp_path, time_step=2))
+
+
+def test_model_t_must_match_the_dvs_time_step(tmp_path):
+    make_dvs128_events_np(tmp_path, np.random.default_rng(8))
+    with pytest.raises(ConfigError, match="model_kwargs sets T=8 but time_step is 4") as info:
+        build_datasets(dvs_cfg("dvs128_gesture", tmp_path, model_kwargs={"T": 8}))
+    assert "--time-step 8" in str(info.value)
+    train, _ = build_datasets(dvs_cfg("dvs128_gesture", tmp_path, model_kwargs={"T": 4, "embed_dim": 32}))
+    assert train[0][0].shape[0] == 4
+
+
 # ------------------------------------------------------------------------------------------- CIFAR10-DVS
 
 def test_cifar10_dvs_frames_and_90_10_split(tmp_path):
@@ -282,6 +381,15 @@ def test_cifar10_dvs_missing_data_says_download(tmp_path):
     with pytest.raises(DataError, match="--download") as info:
         build_datasets(dvs_cfg("cifar10_dvs", tmp_path))
     assert "airplane.zip" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cifar10_dvs_download_without_network(tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(DataError) as info:
+        build_datasets(dvs_cfg("cifar10_dvs", tmp_path, download=True))
+    message = str(info.value)
+    assert "\n" not in message and "https://ndownloader.figshare.com/files/" in message
+    assert "truck.zip" in message and str(tmp_path / "download") in message and "without --download" in message
 
 
 def test_cifar10_dvs_converts_class_zips(tmp_path):

@@ -9,8 +9,10 @@ test waits for its own.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,16 +45,19 @@ EVAL = ["--workers", "0", "--verify-data", "false", "--json"]
 # two such classes and one sample for each other class: 9 + 9 + 8 train, 2 test.
 C10DVS_SMALL = {cls: 10 if cls in ("airplane", "automobile") else 1 for cls in C10DVS_CLASSES}
 
+# No test downloads anything: in the subprocesses, urllib goes through a proxy on a closed local port and fails at once.
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+
 
 def cli(script: str, *args: object) -> subprocess.CompletedProcess:
-    """`python <script> args...` from the repository root, as a user runs it.
+    """`python <script> args...` from the repository root, as a user runs it (`script` may be `-m module`).
 
     One intra-op thread unless the environment says otherwise: the models are tiny, and torch's default (a thread
     per core) makes a run 5-50x slower on a small machine that is busy with anything else.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **OFFLINE}
+    return subprocess.run([sys.executable, *script.split(), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=TIMEOUT, env=env)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -177,8 +182,92 @@ def _not_a_checkpoint(name: str, content: str) -> Callable[[Path], Case]:
     return case
 
 
+def _download_without_network(tmp: Path) -> Case:
+    return ("cifar10/train.py", ["--data-dir", tmp, "--download", "true"],
+            ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", str(tmp / "cifar-10-batches-py"),
+             "without --download"])
+
+
+def _truncated_training_image(tmp: Path) -> Case:
+    make_imagenet(tmp / "data", n_train=2, n_val=1)
+    bad = tmp / "data" / "train" / "n01443537" / "n01443537_1.JPEG"
+    bad.write_bytes(bad.read_bytes()[:-200])
+    # --epochs 2: with one, timm's scheduler warns on stderr that the cosine has no effect
+    args = ["--data-dir", tmp / "data", "--output", tmp / "run", *ONE_EPOCH, *RECIPES["imagenet"].args, "--epochs", "2"]
+    return "imagenet/train.py", args, [f"cannot read image {bad} (image file is truncated", "--resume auto"]
+
+
+def _dvs_frames_of_another_time_step(tmp: Path) -> Case:
+    make_dvs128_events_np(tmp, np.random.default_rng(0))
+    frames = tmp / "frames_number_2_split_by_number"  # read with --time-step 2, but holds 3 frames per sample
+    for events in (tmp / "events_np").rglob("*.npz"):
+        path = frames / events.relative_to(tmp / "events_np")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, frames=np.zeros((3, 2, 128, 128), np.float32))
+    return ("dvs128-gesture/train.py", ["--data-dir", tmp, "--output", tmp / "run", "--time-step", "2"],
+            ["holds 3 frames", "time_step is 2", f"delete {frames}"])
+
+
+def _refused(script: str, *args: str, expect: list[str]) -> Callable[[Path], Case]:
+    """A case that needs no files."""
+    return lambda tmp: (script, list(args), expect)
+
+
+# settings refused before any data is read
+SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
+    "model-kwargs-without-space": _refused("cifar10/model.py", "--model-kwargs", "{embed_dim:48}",
+                                           expect=["model_kwargs.embed_dim:48", "space after the colon",
+                                                   "{embed_dim: 48}"]),
+    "model-kwargs-unknown-key": _refused("cifar10/train.py", "--model-kwargs", "{embed_dimm: 32}",
+                                         expect=["model_kwargs.embed_dimm", "did you mean 'embed_dim'?"]),
+    "model-kwargs-not-a-list": _refused("cifar10/test.py", "--model-kwargs", "{depths: 1}",
+                                        expect=["model_kwargs.depths", "a list of integers", "got 1"]),
+    "model-kwargs-not-an-integer": _refused("-m msvit.energy", "--config", "cifar10/cifar10.yml", "--model-kwargs",
+                                            '{embed_dim: "wide"}', expect=["model_kwargs.embed_dim", "an integer",
+                                                                           "'wide'"]),
+    "batch-size-0": _refused("cifar10/train.py", "--batch-size", "0", expect=["--batch-size", "batch_size must be 1"]),
+    "negative-batch-size": _refused("cifar10/test.py", "--batch-size", "-2", expect=["batch_size must be 1", "-2"]),
+    "val-batch-size-0": _refused("cifar10/test.py", "--val-batch-size", "0", expect=["val_batch_size must be 1"]),
+    "accum-iter-0": _refused("cifar10/train.py", "--accum-iter", "0", expect=["accum_iter must be 1"]),
+    "time-step-0": _refused("cifar10/model.py", "--time-step", "0", expect=["time_step must be 1"]),
+    "negative-workers": _refused("cifar10/train.py", "--workers", "-1", expect=["workers must be 0 or more", "-1"]),
+    "negative-epochs": _refused("cifar10/train.py", "--epochs", "-1", expect=["epochs must be 1 or more", "-1"]),
+    "zero-epochs": _refused("cifar10/train.py", "--epochs", "0", expect=["epochs must be 1 or more", "got 0"]),
+    "negative-cooldown": _refused("cifar10/train.py", "--cooldown-epochs", "-1", expect=["cooldown_epochs must be 0"]),
+    "negative-warmup": _refused("cifar10/train.py", "--warmup-epochs", "-1", expect=["warmup_epochs must be 0"]),
+    "log-interval-0": _refused("cifar10/train.py", "--log-interval", "0", expect=["log_interval must be 1"]),
+    "negative-checkpoint-interval": _refused("cifar10/train.py", "--checkpoint-interval", "-5",
+                                             expect=["checkpoint_interval must be 0 or more", "-5"]),
+    "unknown-optimizer": _refused("cifar10/train.py", "--opt", "adamx", expect=["optimizer 'adamx'", "'adamax'"]),
+    "unknown-scheduler": _refused("cifar10/train.py", "--sched", "step", expect=["'sched'", "cosine", "'step'"]),
+    "no-learning-rate": _refused("cifar10/train.py", "--lr", "null", "--blr", "null",
+                                 expect=["lr and blr are both null", "--lr", "--blr"]),
+    "odd-batch-with-mixup": _refused("cifar10/train.py", "--batch-size", "3",
+                                     expect=["batch_size 3 is odd", "mixup 0.5", "--mixup 0"]),
+    "width-not-divisible-by-heads": _refused("cifar10/train.py", "--model-kwargs", "{embed_dim: 30}",
+                                             expect=["model_kwargs.embed_dim 30", "num_heads 8 (the model's default)"]),
+    "heads-do-not-divide-width": _refused("cifar10/model.py", "--num-heads", "7",
+                                          expect=["num_heads 7", "embed_dim 384 (the model's default)"]),
+    "bench-batch-size-0": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384", "--batch-size", "0",
+                                   expect=["--batch-size must be 1 or more"]),
+    "bench-not-a-number": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384", "--time-step", "x",
+                                   expect=["argument --time-step", "'x'"]),
+    "bench-model-kwargs-without-space": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384", "--model-kwargs",
+                                                 "{embed_dim:48}", expect=["space after the colon"]),
+    "energy-not-a-number": _refused("-m msvit.energy", "--batches", "x", expect=["argument --batches", "'x'"]),
+}
+if importlib.util.find_spec("cupy") is None:  # where CuPy is installed the backend may well work
+    SETTINGS_REFUSED["cupy-not-installed"] = _refused("cifar10/train.py", "--neuron-backend", "cupy",
+                                                      expect=["neuron backend 'cupy' cannot run", "auto or torch"])
+if shutil.which("nvidia-smi") is None:  # most likely no CUDA device either
+    SETTINGS_REFUSED["bench-cuda-without-cuda"] = _refused("-m msvit.bench", "--model", "msvit_cifar_4_384",
+                                                           "--device", "cuda", expect=["--device cuda", "--device cpu"])
+
+
 def refuse(script: str, args: list, expected: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
-    return cli(script, *args, "--workers", 0), expected
+    # no DataLoader workers unless the case sets them; msvit.bench reads no data and has no such option
+    workers = [] if script == "-m msvit.bench" else ["--workers", 0]
+    return cli(script, *workers, *args), expected
 
 
 BAD_INPUT: dict[str, Callable[[Path], Case]] = {
@@ -192,6 +281,10 @@ BAD_INPUT: dict[str, Callable[[Path], Case]] = {
     "test-without-checkpoint": _no_checkpoint,
     "yaml-as-checkpoint": _not_a_checkpoint("config.yaml", "# resolved settings\ndataset: cifar10\nlr: 0.001\n"),
     "csv-as-checkpoint": _not_a_checkpoint("summary.csv", "epoch,lr,train_loss\n0,0.001,2.3\n"),
+    "download-without-network": _download_without_network,
+    "truncated-training-image": _truncated_training_image,
+    "dvs-frames-of-another-time-step": _dvs_frames_of_another_time_step,
+    **SETTINGS_REFUSED,
 }
 # ------------------------------------------------------------------------------- background subprocesses
 
@@ -238,6 +331,8 @@ def started(request, tmp_path_factory):
                 jobs.submit_refusal(params["case"])
             if getattr(item, "originalname", "") == "test_evaluation_refuses_a_checkpoint_of_another_dataset":
                 jobs.submit_run("cifar100")
+            if getattr(item, "originalname", "") == "test_a_corrupt_image_stops_a_resumed_run_keeping_last_pth":
+                jobs.submit_run("imagenet")
         yield jobs
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -259,10 +354,12 @@ def test_train_one_epoch_then_evaluate(started, folder):
     summary = dict(zip(rows[0], rows[1]))
 
     metrics = json.loads(ok(run.test).stdout)  # stdout holds the JSON object alone
-    assert set(metrics) == {"top1", "top5", "loss", "n", "batch_coupled_ssa", "val_batch_size"}
+    assert set(metrics) == {"top1", "top5", "loss", "n", "time_step", "batch_coupled_ssa", "val_batch_size"}
+    assert metrics["time_step"] == 2
     assert metrics["n"] == run.n_val
     recipe = yaml.safe_load((ROOT / folder / f"{folder}.yml").read_text())
-    assert metrics["batch_coupled_ssa"] is True and metrics["val_batch_size"] == recipe["val_batch_size"]
+    # the run's evaluation batch (ONE_EPOCH: 4), taken from the checkpoint as test.py was given none
+    assert metrics["batch_coupled_ssa"] is True and metrics["val_batch_size"] == 4 != recipe["val_batch_size"]
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
     # last.pth holds the model that the epoch's evaluation measured, on the same validation set
     assert metrics["top1"] == pytest.approx(float(summary["eval_top1"]), abs=1e-3)
@@ -285,3 +382,19 @@ def test_evaluation_refuses_a_checkpoint_of_another_dataset(started, tmp_path):
     proc = cli("cifar10/test.py", "--checkpoint", cifar100.output / "last.pth", "--data-dir", tmp_path, *EVAL)
     message = error_message(proc)
     assert "head.weight" in message and "head.bias" in message
+
+
+def test_a_corrupt_image_stops_a_resumed_run_keeping_last_pth(started, tmp_path):
+    imagenet = started.run("imagenet")
+    ok(imagenet.train)
+    data, output = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(imagenet.data, data)
+    shutil.copytree(imagenet.output, output)
+    last = (output / "last.pth").read_bytes()
+    bad = data / "train" / "n01440764" / "n01440764_1.JPEG"
+    bad.write_bytes(b"\x00 not a JPEG" * 16)
+    proc = cli("imagenet/train.py", "--data-dir", data, "--output", output, "--resume", "auto", *ONE_EPOCH,
+               *RECIPES["imagenet"].args, "--epochs", "2")
+    message = error_message(proc)
+    assert message.startswith(f"cannot read image {bad} (cannot identify image file)") and "--resume auto" in message
+    assert (output / "last.pth").read_bytes() == last

@@ -1,18 +1,14 @@
 """The shared training loop on scikit-learn's digits: it learns, a resumed run equals an uninterrupted
-one, checkpoints survive a crash mid-write, a NaN stops the run, and two CPU processes (gloo) train and
-evaluate every sample exactly once."""
+one, checkpoints survive a crash mid-write, and a NaN stops the run. Stopping and resuming:
+test_resume.py; several processes: test_torchrun.py."""
 import csv
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import msvit.checkpoint
+import msvit.runfolder
 import msvit.train
 from msvit.config import parse_args
 from msvit.errors import UserError
@@ -60,11 +56,11 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
         if checkpoint["epoch"] == 1 and Path(path).name == "last.pth":
             raise KeyboardInterrupt  # the job is killed right after epoch 1's checkpoint
 
-    monkeypatch.setattr(msvit.train, "save_checkpoint", crash_after_epoch_1)
+    monkeypatch.setattr(msvit.runfolder, "save_checkpoint", crash_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         msvit.train.run(tiny_cfg(tmp_path / "resumed", *args), VARIANTS)
     assert [int(r["epoch"]) for r in summary_rows(tmp_path / "resumed")] == [0, 1]
-    monkeypatch.setattr(msvit.train, "save_checkpoint", real_save)
+    monkeypatch.setattr(msvit.runfolder, "save_checkpoint", real_save)
     msvit.train.run(tiny_cfg(tmp_path / "resumed", *args, "--resume", "auto"), VARIANTS)
 
     straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
@@ -86,7 +82,7 @@ def test_existing_run_folder_is_not_overwritten_without_resume(tmp_path):
         msvit.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
     assert (run / "last.pth").read_bytes() == before
     with pytest.raises(UserError, match="cannot resume"):
-        msvit.train.run(tiny_cfg(tmp_path / "other", "--resume", "auto"), VARIANTS)
+        msvit.train.run(tiny_cfg(tmp_path / "other", "--resume", str(tmp_path / "other" / "last.pth")), VARIANTS)
 
 
 def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -124,33 +120,3 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good(tmp_path, monkey
     kept = torch.load(run / "last.pth", weights_only=True)
     assert kept["epoch"] == good["epoch"] == 0
     assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_process_cpu_run_with_torchrun(tmp_path):
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                            "--rdzv-endpoint=localhost:0", "--rdzv-backend=c10d",
-                            str(ROOT / "digits" / "train.py"), *TINY, "--epochs", "1", "--output", str(run)],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert train.returncode == 0, train.stderr[-3000:]
-    assert "2 processes on cpu" in train.stdout + train.stderr
-    rows = summary_rows(run)
-    assert len(rows) == 1  # rank 0 alone writes
-    # evaluation through the authors' legacy launcher, which passes --local-rank=N to the script
-    evaluation = subprocess.run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2",
-                                 "--master_port", str(_free_port()), str(ROOT / "digits" / "test.py"), "--checkpoint", str(run / "last.pth"),
-                                 "--json", "--workers", "0", "--img-size", "8", "--val-batch-size", "7"],
-                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
-    lines = [line for line in evaluation.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1  # printed by rank 0 only
-    metrics = json.loads(lines[0])
-    assert metrics["n"] == 360  # the held-out digits, each counted once over the two shards
-    assert metrics["top1"] == pytest.approx(float(rows[0]["eval_top1"]), abs=1e-3)

@@ -1,0 +1,184 @@
+"""DVS event data on disk, shared by DVS128 Gesture and CIFAR10-DVS: spikingjelly's folders, events -> frames.
+
+Both sets use spikingjelly's layout under `data_dir`: `download/`, `extract/`, `events_np/` (one `.npz` of events
+`t, x, y, p` per sample) and `frames_number_<T>_split_by_number/` (the same tree, each sample integrated into T
+frames of event counts `[T, 2, H, W]`; one such folder per time step T, made by spikingjelly on first use).
+
+The archive -> `events_np` conversion is done here rather than by spikingjelly 0.0.0.0.14, whose own conversion
+(a) deletes a manually downloaded archive whose MD5 differs, (b) swallows every error raised in its thread pool,
+leaving an empty or partial `events_np` that later runs trust, (c) cannot read CIFAR10-DVS at all with numpy 2.4
+(binary-mode `np.fromstring` now raises), and (d) parses DVS128 Gesture one event at a time in Python.
+Frame integration is still spikingjelly's.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tarfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .common import first_line
+from .dvs_augment import DVSAugment
+
+__all__ = ["FramesToTensor", "FramesFile", "dvs_transform", "time_step", "import_spikingjelly_datasets",
+           "save_events", "run_all", "extract_archive", "open_frames"]
+
+
+# ------------------------------------------------------------------------------ settings and transforms
+
+def time_step(cfg: Mapping[str, Any]) -> int:
+    """`cfg['time_step']`: the frames per DVS sample, which is also the number of steps the model runs."""
+    value = cfg.get("time_step", 16)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"time_step must be a positive integer for DVS data, got {value!r}")
+    extra = cfg.get("model_kwargs")
+    model_t = extra.get("T") if isinstance(extra, Mapping) else None
+    # model_kwargs' T would build the model for other T than the frames hold, and frames set the steps it runs
+    if model_t is not None and model_t != value:
+        raise ConfigError(f"model_kwargs sets T={model_t} but time_step is {value} (the frames per DVS sample): "
+                          f"remove T from model_kwargs and set --time-step {model_t} if that is the T you want")
+    return value
+
+
+class FramesToTensor:
+    """spikingjelly's numpy frames -> float32 tensor `[T, 2, H, W]`, then the optional augmentation."""
+
+    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.augment = augment
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+        return self.augment(x) if self.augment is not None else x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(augment={self.augment!r})"
+
+
+def dvs_transform(cfg: Mapping[str, Any], train: bool) -> FramesToTensor:
+    return FramesToTensor(DVSAugment() if train and cfg.get("dvs_aug", False) else None)
+
+
+def import_spikingjelly_datasets() -> None:
+    """Import `spikingjelly.datasets` without its import-time log line.
+
+    Its `__init__` tries CuPy (for a GPU padding helper never used here) and, when that fails, logs
+    'spikingjelly.dataset.__init__: No module named ...' at INFO on the root logger, which any INFO-level
+    logging setup (the CLIs') prints to stderr, ahead of the real output or of a one-line `error: ...`.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))
+    try:
+        importlib.import_module("spikingjelly.datasets")  # cached: later imports of its submodules are silent
+    finally:
+        logging.disable(previous)
+
+
+# ------------------------------------------------------------------------- archives -> events_np files
+
+def save_events(path: Path, events: Mapping[str, np.ndarray]) -> None:
+    np.savez_compressed(path, t=events["t"], x=events["x"], y=events["y"], p=events["p"])
+
+
+def run_all(jobs: Iterable[Callable[[], None]]) -> None:
+    """Run jobs on a few threads (numpy and zlib release the GIL) and re-raise the first error."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:  # do not convert the rest after a failure
+                future.cancel()
+            raise
+
+
+def extract_archive(archive: Path, extract_root: Path, folder: str, label: str) -> None:
+    """Extract `archive`, which must hold `folder/`, to `extract_root/folder`: all or nothing, so an interrupted
+    extraction is redone instead of converted."""
+    tmp = extract_root / f".{folder}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        else:
+            # The "data" filter refuses absolute paths and links out of tmp (Python >= 3.10.12 / 3.11.4).
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            with tarfile.open(archive) as tf:
+                tf.extractall(tmp, **safe)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(f"cannot extract {label} archive {archive} ({first_line(exc)}): "
+                        f"download it again") from None
+    if not (tmp / folder).is_dir():
+        raise DataError(f"{label} archive {archive} holds no {folder}/ folder: download it again")
+    (tmp / folder).rename(extract_root / folder)
+    shutil.rmtree(tmp)
+
+
+# --------------------------------------------------------------------------- events_np -> frames folders
+
+class FramesFile:
+    """Loader of one integrated sample (spikingjelly's `load_npz_frames`, checked): the `[T, 2, H, W]` float32
+    frames of a frames-folder `.npz`, or a DataError naming the file when it is unreadable or its T differs from
+    `time_step` (a folder copied or renamed from another T; the model would silently run that many steps)."""
+
+    def __init__(self, time_step: int, frames_root: Path) -> None:
+        self.time_step, self.frames_root = time_step, frames_root
+
+    def __call__(self, path: str) -> np.ndarray:
+        redo = f"delete {self.frames_root} and rerun to integrate the events again into {self.time_step} frames"
+        try:
+            with np.load(path) as npz:
+                frames = npz["frames"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"cannot read DVS frames file {path} ({first_line(exc)}): {redo}") from None
+        if frames.ndim != 4 or frames.shape[0] != self.time_step:
+            raise DataError(f"DVS frames file {path} holds {frames.shape[0] if frames.ndim else 0} frames "
+                            f"(shape {tuple(frames.shape)}) but time_step is {self.time_step}: {redo}")
+        return frames.astype(np.float32)
+
+
+def _npz_relpaths(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*.npz")}
+
+
+def _check_frames_complete(events_root: Path, frames_root: Path) -> None:
+    """spikingjelly reuses any existing frames folder, even one left half-written by an interrupted run."""
+    missing = sorted(_npz_relpaths(events_root) - _npz_relpaths(frames_root))
+    if missing:
+        raise DataError(f"frames folder {frames_root} lacks {len(missing)} samples (e.g. {missing[0]}), "
+                        f"left by an interrupted or failed integration: delete that folder and rerun")
+
+
+def open_frames(make: Callable[[bool], Any], want_train: bool, root: Path, time_step: int,
+                label: str) -> tuple[Any, Any]:
+    """`(make(True) or None, make(False))`: spikingjelly datasets, which integrate `events_np` into frames on
+    first use; the frames folder is checked for completeness before (a leftover) and after (a swallowed error),
+    and the first sample of each for its number of frames, so that a mismatch stops the run before it starts."""
+    events_np, frames = root / "events_np", root / f"frames_number_{time_step}_split_by_number"
+    if frames.is_dir():
+        _check_frames_complete(events_np, frames)
+    try:
+        sets = (make(True) if want_train else None, make(False))
+    except FileNotFoundError as exc:  # torchvision's DatasetFolder: a class folder without any .npz file
+        if frames.is_dir():
+            _check_frames_complete(events_np, frames)
+        raise DataError(f"malformed {label} data in {events_np} ({first_line(exc)}): every class folder needs "
+                        f".npz event files; delete {events_np} and {frames} to convert again") from None
+    _check_frames_complete(events_np, frames)
+    for dataset in sets:
+        if dataset is not None:
+            dataset.loader = FramesFile(time_step, frames)  # spikingjelly's DatasetFolder reads samples with it
+            if dataset.samples:
+                dataset.loader(dataset.samples[0][0])
+    return sets

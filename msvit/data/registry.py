@@ -1,0 +1,56 @@
+"""The supported datasets: their names, class counts and builders; `build_datasets` picks one by cfg['dataset']."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, DataError
+from .cifar import build_cifar10, build_cifar100
+from .cifar10_dvs import build_cifar10_dvs
+from .common import Built
+from .digits import build_digits
+from .dvs128_gesture import build_dvs128_gesture
+from .imagenet import build_imagenet
+
+__all__ = ["build_datasets", "dataset_num_classes"]
+
+# name -> (number of classes, builder(cfg, want_train) -> (train or None, val, classes found))
+_DATASETS: dict[str, tuple[int, Callable[[Mapping[str, Any], bool], Built]]] = {
+    "cifar10": (10, build_cifar10),
+    "cifar100": (100, build_cifar100),
+    "imagenet": (1000, build_imagenet),
+    "dvs128_gesture": (11, build_dvs128_gesture),
+    "cifar10_dvs": (10, build_cifar10_dvs),
+    "digits": (10, build_digits),
+}
+
+
+def _canonical(name: Any) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"dataset must be a string, got {name!r}: use one of {', '.join(_DATASETS)}")
+    key = name.strip().lower().replace("-", "_")
+    if key not in _DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(_DATASETS)}")
+    return key
+
+
+def dataset_num_classes(name: str) -> int:
+    """Number of classes of a supported dataset (`cifar10` -> 10, `imagenet` -> 1000, ...)."""
+    return _DATASETS[_canonical(name)][0]
+
+
+def build_datasets(cfg: Mapping[str, Any], train: bool = True) -> tuple[Dataset | None, Dataset]:
+    """The `(train, val)` datasets for `cfg['dataset']`; see the package docstring for the sample format.
+
+    With `train=False` (evaluation) the training split is neither built nor required: `(None, val)`.
+    Under DDP, build on rank 0 first and on the other ranks after a barrier: the first build of a DVS dataset
+    converts and integrates files on disk, which concurrent builds would race on.
+    """
+    name = _canonical(cfg.get("dataset"))
+    train_set, val_set, found = _DATASETS[name][1](cfg, train)
+    wanted = cfg.get("num_classes")
+    # Labels >= the model's head size crash the loss far from the cause; say so here.
+    if wanted is not None and found > int(wanted):
+        raise DataError(f"{name} has {found} classes but num_classes is {wanted}: set num_classes: {found}")
+    return train_set, val_set

@@ -1,0 +1,63 @@
+"""Preemption: SIGTERM or SIGUSR1 on any process stops every process after the same optimizer update.
+
+Schedulers (SLURM, Kubernetes, torchrun's agent) announce the end of a job with SIGTERM (SLURM can send
+SIGUSR1 earlier with `--signal`) and kill it some seconds later (30 s by default for SLURM and torchrun).
+The handler only sets a flag; after each update the processes agree on it with one small all-reduce, so
+that they stop together, rank 0 writes a checkpoint holding the position inside the epoch, and the run
+exits with EXIT_PREEMPTED for the scheduler to requeue it. A second signal ends the process at once.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "Preempted", "StopRequest"]
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL of sysexits.h: a temporary failure, to be retried
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after writing its checkpoint; `message` says where and how to resume."""
+
+
+class StopRequest:
+    """Catches STOP_SIGNALS while installed (a context manager); `agreed()` says whether any process got one."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is not None:  # the second signal: stop now, as without this handler
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.signal = signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else "a signal on another process"
+
+    def agreed(self, device: torch.device) -> bool:
+        """True on every process when any process has been signalled (a collective: call it on all ranks)."""
+        local = self.signal is not None
+        if not (dist.is_available() and dist.is_initialized()):
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

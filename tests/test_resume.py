@@ -1,0 +1,176 @@
+"""Stopping and resuming a run on scikit-learn's digits, in-process: a signal mid-epoch and at an epoch end, a
+crash after a periodic mid-epoch checkpoint, and a disk that fills up all end, once resumed with nothing but
+`--resume auto --output RUN`, with the weights and the summary of an uninterrupted run."""
+import csv
+import errno
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import msvit.checkpoint
+import msvit.train
+from faulty_train import with_fault
+from msvit.loaders import ResumableSampler
+from msvit.preemption import EXIT_PREEMPTED
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "digits" / "digits.yml"
+VARIANTS = ("msvit_cifar_4_384", "qkformer_cifar_4_384")
+# 1437 training digits in batches of 32: 44 updates per epoch, with mixup, on the native 8x8 images
+ARGS = ["--img-size", "8", "--workers", "0", "--epochs", "2", "--batch-size", "32", "--mixup", "0.4",
+        "--smoothing", "0.1", "--log-interval", "10"]
+UPDATES_PER_EPOCH = 44
+TIMING = ("img_per_s", "peak_mem_mb")
+
+
+def train(argv: list) -> int:
+    """`digits/train.py argv` in this process; its exit code (0 when it returns)."""
+    try:
+        msvit.train.main(DIGITS, VARIANTS, [str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def summary(run: Path) -> list[dict]:
+    with (run / "summary.csv").open() as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def count_updates(monkeypatch) -> list[int]:
+    """A counter of the optimizer updates of the runs that follow."""
+    counter = [0]
+    create = msvit.train.create_optimizer_v2
+
+    def counted(*args, **kwargs):
+        optimizer = create(*args, **kwargs)
+        optimizer.register_step_post_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+        return optimizer
+    monkeypatch.setattr(msvit.train, "create_optimizer_v2", counted)
+    return counter
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted run every test compares with."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    assert train([*ARGS, "--output", run]) == 0
+    return run
+
+
+def assert_same_run(run: Path, straight: Path) -> None:
+    expected = torch.load(straight / "last.pth", weights_only=True)
+    got = torch.load(run / "last.pth", weights_only=True)
+    assert got["epoch"] == expected["epoch"] == 1 and got["position"] is None
+    assert got["num_updates"] == expected["num_updates"] == 2 * UPDATES_PER_EPOCH
+    for key, value in expected["model"].items():
+        assert torch.equal(value, got["model"][key]), key
+    assert got["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+    for index, state in expected["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], got["optimizer"]["state"][index]["exp_avg_sq"]), index
+    # train loss, lr and evaluation of every epoch: the interrupted epoch's sums were carried over
+    assert summary(run) == summary(straight)
+
+
+def test_resumable_sampler_continues_the_epoch_order():
+    dataset = list(range(103))
+    env = msvit.train.DistEnv(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    full, rest = ResumableSampler(dataset, env, seed=5, batch_size=8), ResumableSampler(dataset, env, 5, 8)
+    full.set_epoch(3)
+    rest.set_epoch(3, start_batch=4)
+    assert list(rest) == list(full)[32:] and len(rest) == len(full) - 32 == 52 - 32
+    assert list(full) != sorted(full)  # shuffled
+    other = ResumableSampler(dataset, env, 5, 8)
+    other.set_epoch(4)
+    assert list(other) != list(full)
+
+
+def test_signal_mid_epoch_then_resume_from_the_run_folder_alone(straight, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    monkeypatch.setattr(msvit.train, "create_optimizer_v2", with_fault(
+        msvit.train.create_optimizer_v2, 30, lambda: signal.raise_signal(signal.SIGUSR1)))
+    assert train([*ARGS, "--output", run]) == EXIT_PREEMPTED
+    out = capsys.readouterr().out
+    assert "stopped by SIGUSR1 at epoch 0, batch 30/44 (update 30)" in out and "--resume auto --output" in out
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert saved["epoch"] == -1 and saved["num_updates"] == 30
+    assert saved["position"]["epoch"] == 0 and saved["position"]["progress"]["batches"] == 30
+    assert saved["position"]["progress"]["images"] == 30 * 32
+    assert not (run / "best.pth").exists() and summary(run) == []
+
+    monkeypatch.undo()
+    updates = count_updates(monkeypatch)
+    # the run folder alone (img_size, batch, mixup... come from its config.yaml), two loader workers this time:
+    # every sample's augmentation depends on (seed, epoch, index) only
+    assert train(["--resume", "auto", "--output", run, "--workers", 2]) == 0
+    out = capsys.readouterr().out
+    assert "changed on the command line: workers 0 -> 2" in out
+    assert "resumed from" in out and "at epoch 0, batch 30 (update 30)" in out
+    assert updates[0] == UPDATES_PER_EPOCH - 30 + UPDATES_PER_EPOCH  # the rest of epoch 0, then epoch 1
+    assert_same_run(run, straight)
+
+
+def test_signal_at_an_epoch_end_then_resume(straight, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    evaluate = msvit.train.evaluate
+
+    def evaluate_then_signal(*args, **kwargs):  # SIGTERM arrives while epoch 0 is evaluated
+        signal.raise_signal(signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(msvit.train, "evaluate", evaluate_then_signal)
+    assert train([*ARGS, "--output", run]) == EXIT_PREEMPTED
+    assert "stopped by SIGTERM after epoch 0" in capsys.readouterr().out
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert saved["epoch"] == 0 and saved["position"] is None and len(summary(run)) == 1
+    monkeypatch.undo()
+    assert train(["--resume", "auto", "--output", run]) == 0
+    assert_same_run(run, straight)
+
+
+def test_crash_after_a_periodic_checkpoint_then_resume(straight, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+
+    def crash():
+        raise KeyboardInterrupt  # the node dies: no checkpoint of its own
+
+    monkeypatch.setattr(msvit.train, "create_optimizer_v2",
+                        with_fault(msvit.train.create_optimizer_v2, UPDATES_PER_EPOCH + 19, crash))
+    with pytest.raises(KeyboardInterrupt):
+        train([*ARGS, "--output", run, "--checkpoint-interval", 8])
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert saved["num_updates"] == 56 and saved["position"]["epoch"] == 1  # the 7th checkpoint: update 56 of all
+    assert saved["position"]["progress"]["batches"] == 56 - UPDATES_PER_EPOCH
+    monkeypatch.undo()
+    assert train(["--resume", "auto", "--output", run]) == 0
+    assert_same_run(run, straight)
+
+
+def test_resume_auto_starts_a_new_run_when_there_is_no_checkpoint(tmp_path, capsys):
+    run = tmp_path / "new"
+    assert train([*ARGS, "--epochs", 1, "--resume", "auto", "--output", run]) == 0
+    assert "no last.pth in" in capsys.readouterr().out and len(summary(run)) == 1
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    save = torch.save
+    calls = []
+
+    def fill_the_disk(obj, f):  # the second epoch's last.pth (after epoch 0's last.pth and best.pth)
+        calls.append(1)
+        if len(calls) == 3:
+            f.write(b"part of a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, f)
+
+    monkeypatch.setattr(msvit.checkpoint.torch, "save", fill_the_disk)
+    assert train([*ARGS, "--output", run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write ") and "No space left on device" in err[0]
+    assert "--resume auto --output" in err[0]
+    monkeypatch.undo()
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 0
+    assert sorted(p.name for p in run.glob("*.tmp")) == []
