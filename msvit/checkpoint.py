@@ -21,6 +21,7 @@ _EMA_KEYS = ("model_ema", "state_dict_ema")
 _RENAMES = ((re.compile(r"\.(tssa|ssa)\."), ".attn."),
             (re.compile(r"\.mlp\.mlp([12])_"), r".mlp.fc\1_"))
 _PREFIXES = ("module.", "_orig_mod.")
+_CHECKPOINT_MAGIC = (b"PK", b"\x80\x02")  # torch.save's zip archive; a legacy (protocol 2) pickle
 
 
 class CheckpointError(UserError, ValueError):
@@ -35,6 +36,8 @@ class LoadResult(NamedTuple):
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """`torch.load` with `weights_only=True`, allowing the `argparse.Namespace` the authors store as `args`."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder: give a file in it, such as {os.path.join(path, 'best.pth')}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     allow = getattr(torch.serialization, "safe_globals", None)
@@ -44,8 +47,14 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         with allow([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's unpickler raises many types (IndexError, KeyError, ...) on junk
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head not in _CHECKPOINT_MAGIC:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle): "
+                                  f"pass a .pth file, such as a run folder's best.pth") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} ({first[:200]}): the file is damaged or incomplete; "
+                              f"use another copy (a run folder holds last.pth and best.pth)") from None
 
 
 def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
@@ -122,7 +131,8 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
                   ("shape mismatches", mismatched)) if keys]
         name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         raise CheckpointError(f"checkpoint does not fit {name}: {'; '.join(parts)}. Check the model "
-                              f"name and its num_classes/mlp_ratio/embed_dim, or load with strict=False")
+                              f"name and its num_classes/mlp_ratio/embed_dim (--model, --num-classes, --model-kwargs); from "
+                              f"Python, load_checkpoint(..., strict=False) loads the tensors that fit")
     fitting = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
     model.load_state_dict(fitting, strict=False)
     return LoadResult(missing, unexpected, mismatched)

@@ -29,7 +29,8 @@ from .neurons import BACKENDS
 
 __all__ = ["DEFAULTS", "SETTINGS", "GROUPS", "TYPES", "CHOICES", "MODEL_KEYS", "ConfigError", "ArgumentParser",
            "load_config", "parse_args", "parse_model_kwargs", "check_config", "check_model_kwargs",
-           "command_line_keys", "model_arguments", "model_kwargs", "restore_model_settings", "save_config"]
+           "command_line_keys", "model_arguments", "model_kwargs", "restore_model_settings", "restore_run_settings",
+           "save_config"]
 
 # Keys that define the network: test.py and msvit.energy take them from a checkpoint's saved config.
 # num_classes is not among them: it belongs to the dataset evaluated, so a checkpoint trained on
@@ -594,6 +595,21 @@ def restore_model_settings(cfg: dict[str, Any], checkpoint: Any, keys: tuple[str
         _log.info("batch_coupled_ssa %s, as the checkpoint was trained (the recipe or command line says %s); "
                   "test.py --compare-ssa-coupling evaluates both", str(saved["batch_coupled_ssa"]).lower(),
                   str(requested).lower())
+
+
+# what evaluation may change from the run's settings when the command line says so; the rest of MODEL_KEYS is the
+# trained network. DATA_KEYS come from the run too unless given: the folder it read, its resolution, its workers.
+EVAL_MAY_CHANGE = ("time_step",)
+DATA_KEYS = ("data_dir", "verify_data", "workers", "pin_mem", "val_batch_size", "img_size", "mean", "std",
+             "crop_pct", "interpolation")
+
+
+def restore_run_settings(cfg: dict[str, Any], checkpoint: Any, given: tuple[str, ...] | list[str] = ()) -> None:
+    """Take the network (MODEL_KEYS) and the data settings (DATA_KEYS) from the config saved in one of our
+    checkpoints, except the keys `given` on the command line that evaluation may change."""
+    keys = [k for k in MODEL_KEYS if not (k in given and k in EVAL_MAY_CHANGE)]
+    restore_model_settings(cfg, checkpoint, keys=tuple(keys))
+    restore_model_settings(cfg, checkpoint, keys=tuple(k for k in DATA_KEYS if k not in given))
 
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> None:

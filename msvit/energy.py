@@ -495,11 +495,12 @@ USAGE = """usage: python -m msvit.energy --config FILE [--checkpoint PATH] [--ba
 
 
 def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_PJ,
-        ) -> dict[str, Any]:
-    """Build the configured model (architecture from the checkpoint's saved config when it has one), run
-    the evaluation set (or its first `batches` batches) and return the report."""
+        given: Sequence[str] = ()) -> dict[str, Any]:
+    """Build the configured model (architecture and data settings from the checkpoint's saved config when it
+    has one, except the keys `given` on the command line that evaluation may change), run the evaluation set
+    (or its first `batches` batches) and return the report."""
     from .checkpoint import load_checkpoint, read_checkpoint
-    from .config import restore_model_settings
+    from .config import restore_run_settings
     from .data import build_datasets
     from .distributed import cleanup, init_distributed, main_process_first
     from .errors import ConfigError
@@ -516,7 +517,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     env = init_distributed()
     setup_logging(env.is_main)
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
-    restore_model_settings(cfg, checkpoint)
+    restore_run_settings(cfg, checkpoint, list(given))
     try:
         model = create_dataset_model(cfg, MODEL_NAMES)
         if checkpoint is not None:
@@ -540,9 +541,9 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from .config import parse_args
-    from .errors import UserError
+    from .config import command_line_keys, parse_args
     from .console import print_json, stdout_to_stderr
+    from .errors import UserError, user_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -551,9 +552,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         extra, rest = _split_argv(argv)
         cfg = parse_args(rest, None)
         with stdout_to_stderr(cfg["json"]):
-            report = run(cfg, extra.batches, extra.e_mac_pj, extra.e_ac_pj)
+            report = run(cfg, extra.batches, extra.e_mac_pj, extra.e_ac_pj, command_line_keys(rest))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
     if int(os.environ.get("RANK", 0)) == 0:  # the process group is gone by now
         print_json(report) if cfg["json"] else print(format_report(report))

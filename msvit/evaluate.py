@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .checkpoint import load_checkpoint, read_checkpoint
-from .config import MODEL_KEYS, command_line_keys, parse_args, restore_model_settings
+from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings
 from .data import build_datasets
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first
 from .energy import EnergyMeter, format_totals
@@ -26,26 +26,11 @@ from .engine import amp_settings, evaluate
 from .loaders import build_eval_loader
 from .zoo import create_dataset_model, reference_batch_sizes
 
-__all__ = ["main", "run", "restore_run_settings", "MODEL_KEYS", "DATA_KEYS", "SSA_SETTINGS"]
+__all__ = ["main", "run", "MODEL_KEYS", "SSA_SETTINGS"]
 
 # names of the two SSA settings in reports: batch_coupled_ssa True / False
 SSA_SETTINGS = {True: "batch_coupled", False: "per_sample"}
 _METRICS = ("top1", "top5", "loss", "n")
-
-
-# what evaluation may change from the run's settings when the command line says so; the rest of MODEL_KEYS is the
-# trained network. DATA_KEYS come from the run too unless given: the folder it read, its resolution, its workers.
-EVAL_MAY_CHANGE = ("time_step",)
-DATA_KEYS = ("data_dir", "verify_data", "workers", "pin_mem", "val_batch_size", "img_size", "mean", "std",
-             "crop_pct", "interpolation")
-
-
-def restore_run_settings(cfg: dict[str, Any], checkpoint: Any, given: Sequence[str] = ()) -> None:
-    """Take the network (MODEL_KEYS) and the data settings (DATA_KEYS) from the config saved in one of our
-    checkpoints, except the keys `given` on the command line that evaluation may change."""
-    keys = [k for k in MODEL_KEYS if not (k in given and k in EVAL_MAY_CHANGE)]
-    restore_model_settings(cfg, checkpoint, keys=tuple(keys))
-    restore_model_settings(cfg, checkpoint, keys=tuple(k for k in DATA_KEYS if k not in given))
 
 
 def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ()) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .distributed import DistEnv
 
-__all__ = ["derived_seed", "seed_everything", "SeededSamples", "ResumableSampler", "ShardSampler", "make_loader",
+__all__ = ["derived_seed", "seed_host_generators", "seed_everything", "SeededSamples", "ResumableSampler", "ShardSampler", "make_loader",
            "build_train_loader", "build_eval_loader"]
 
 _SAMPLE_STREAM = 0x5A3D1E  # keeps the samples' seeds apart from the training steps' (same seed, epoch, number)
@@ -29,11 +29,17 @@ def derived_seed(*keys: int) -> int:
                >> np.uint64(1))
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators."""
+def seed_host_generators(seed: int) -> None:
+    """Seed python's, numpy's and torch's CPU generators (about 15 us, where torch.manual_seed takes 100)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's generators, CUDA's included."""
+    seed_host_generators(seed)
+    torch.cuda.manual_seed_all(seed)  # lazy: nothing happens before CUDA is initialised
 
 
 class SeededSamples(Dataset):
@@ -50,7 +56,7 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        seed_everything(derived_seed(_SAMPLE_STREAM, self.seed, self.epoch, index))
+        seed_host_generators(derived_seed(_SAMPLE_STREAM, self.seed, self.epoch, index))
         return self.dataset[index]
 
 

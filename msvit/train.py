@@ -124,8 +124,9 @@ def _schedule_line(cfg: dict[str, Any], lr: float) -> str:
     total = cfg["epochs"] + cfg["cooldown_epochs"]
     parts = [f"{total} epochs" + (f" ({cfg['epochs']} + {cfg['cooldown_epochs']} cooldown at {cfg['min_lr']:g})"
                                    if cfg["cooldown_epochs"] else ""),
-             f"warmup {cfg['warmup_epochs']} epochs from {cfg['warmup_lr']:g}"
-             + (" before the cosine" if cfg["warmup_prefix"] else " inside the cosine"),
+             (f"warmup {cfg['warmup_epochs']} epochs from {cfg['warmup_lr']:g}"
+              + (" before the cosine" if cfg["warmup_prefix"] else " inside the cosine"))
+             if cfg["warmup_epochs"] else "no warmup",
              f"cosine from peak lr {lr:g} to {cfg['min_lr']:g}",
              f"stepped per {'update' if cfg['sched_on_updates'] else 'epoch'}",
              f"{cfg['opt']}, weight decay {cfg['weight_decay']:g}"]
@@ -146,8 +147,8 @@ def _log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tupl
             f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, T {cfg['time_step']}, "
             f"SSA {'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}",
             f"data: {sizes[0]:,} train / {sizes[1]:,} val samples; global batch "
-            f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} processes x {accum} "
-            f"accumulation; {updates_per_epoch} updates per epoch; {cfg['workers']} loader workers per process",
+            f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} "
+            f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates per epoch; {cfg['workers']} loader workers per process",
             _schedule_line(cfg, lr),
             f"devices: {neurons}; {precision}; compile {'on (training forward)' if cfg['compile'] else 'off'}",
             f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "

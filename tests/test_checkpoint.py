@@ -130,7 +130,11 @@ def test_unreadable_inputs_give_one_line_errors(tmp_path):
         load_checkpoint(model, tmp_path / "missing.pth")
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        load_checkpoint(model, broken)
+    torch.save({"model": model.state_dict()}, broken)
+    broken.write_bytes(broken.read_bytes()[:5000])  # a copy cut short
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .* damaged or incomplete"):
         load_checkpoint(model, broken)
     with pytest.raises(CheckpointError, match="no state_dict in checkpoint"):
         load_checkpoint(model, {"epoch": 3, "optimizer": {}})

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
+from msvit.config import parse_args, save_config
 from fakedata import C10DVS_CLASSES, make_cifar, make_cifar10_dvs_events_np, make_dvs128_events_np, make_imagenet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,8 +179,50 @@ def _no_checkpoint(tmp: Path) -> Case:
 def _not_a_checkpoint(name: str, content: str) -> Callable[[Path], Case]:
     def case(tmp: Path) -> Case:
         (tmp / name).write_text(content)
-        return "cifar10/test.py", ["--checkpoint", tmp / name], [str(tmp / name)]
+        return "cifar10/test.py", ["--checkpoint", tmp / name], [str(tmp / name), "not a PyTorch checkpoint", "best.pth"]
     return case
+
+
+def _resume_auto_without_output(tmp: Path) -> Case:
+    return "cifar10/train.py", ["--resume", "auto"], ["--resume auto", "--output RUN_FOLDER"]
+
+
+def _resume_from_a_missing_checkpoint(tmp: Path) -> Case:
+    return "cifar10/train.py", ["--resume", tmp / "gone.pth"], ["cannot resume", str(tmp / "gone.pth"), "--resume"]
+
+
+def _unwritable_output(tmp: Path) -> Case:
+    (tmp / "a-file").write_text("")  # a folder cannot be made inside a file, even by root
+    return "cifar10/train.py", ["--output", tmp / "a-file" / "run"], ["cannot write to the run folder", "--output"]
+
+
+def _resume_with_another_network(tmp: Path) -> Case:
+    """A run folder trained at T 4 (its config.yaml and a last.pth), resumed with --time-step 2."""
+    run = tmp / "run"
+    run.mkdir()
+    save_config(parse_args([], ROOT / "cifar10" / "cifar10.yml"), run / "config.yaml")
+    (run / "last.pth").write_bytes(b"")  # refused before it is read
+    return ("cifar10/train.py", ["--resume", "auto", "--output", run, "--time-step", 2],
+            ["--time-step cannot change", "time_step 4", "another --output"])
+
+
+def _batch_larger_than_the_training_set(tmp: Path) -> Case:
+    _cifar10(tmp)  # 10 training images
+    return ("cifar10/train.py", ["--data-dir", tmp, "--verify-data", "false", "--batch-size", 64, *TINY_STATIC],
+            ["10 samples per process, fewer than batch_size 64", "--batch-size"])
+
+
+def _directory_as_checkpoint(tmp: Path) -> Case:
+    return "cifar10/test.py", ["--checkpoint", tmp], [str(tmp), "is a folder", "best.pth"]
+
+
+def _truncated_checkpoint(tmp: Path) -> Case:
+    import torch
+
+    torch.save({"model": {"w": torch.zeros(1000)}}, tmp / "last.pth")
+    data = (tmp / "last.pth").read_bytes()
+    (tmp / "last.pth").write_bytes(data[:len(data) // 2])
+    return "cifar10/test.py", ["--checkpoint", tmp / "last.pth"], [str(tmp / "last.pth"), "damaged or incomplete"]
 
 
 def _download_without_network(tmp: Path) -> Case:
@@ -284,6 +327,13 @@ BAD_INPUT: dict[str, Callable[[Path], Case]] = {
     "download-without-network": _download_without_network,
     "truncated-training-image": _truncated_training_image,
     "dvs-frames-of-another-time-step": _dvs_frames_of_another_time_step,
+    "resume-auto-without-output": _resume_auto_without_output,
+    "resume-from-a-missing-checkpoint": _resume_from_a_missing_checkpoint,
+    "unwritable-output-folder": _unwritable_output,
+    "resume-with-another-network": _resume_with_another_network,
+    "batch-larger-than-the-training-set": _batch_larger_than_the_training_set,
+    "directory-as-checkpoint": _directory_as_checkpoint,
+    "truncated-checkpoint": _truncated_checkpoint,
     **SETTINGS_REFUSED,
 }
 # ------------------------------------------------------------------------------- background subprocesses

@@ -3,6 +3,7 @@ crash after a periodic mid-epoch checkpoint, and a disk that fills up all end, o
 `--resume auto --output RUN`, with the weights and the summary of an uninterrupted run."""
 import csv
 import errno
+import re
 import signal
 from pathlib import Path
 
@@ -72,6 +73,18 @@ def assert_same_run(run: Path, straight: Path) -> None:
         assert torch.equal(state["exp_avg_sq"], got["optimizer"]["state"][index]["exp_avg_sq"]), index
     # train loss, lr and evaluation of every epoch: the interrupted epoch's sums were carried over
     assert summary(run) == summary(straight)
+
+
+def test_the_log_file_holds_the_header_and_a_line_every_log_interval_updates(straight):
+    log = (straight / "log.txt").read_text().splitlines()
+    text = "\n".join(log)
+    assert "global batch 32 = 32 per process x 1 process x 1 accumulation; 44 updates per epoch" in text
+    assert "devices: 1 x cpu: C kernel; float32; compile off" in text and "T 2, SSA batch-coupled" in text
+    progress = [line for line in log if "  update " in line]
+    # time-stamped; update/total, loss, lr, img/s, data-wait share, ETA; every 10 updates of both epochs
+    pattern = (r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch [01]/1  update (\d+)/44  loss \d+\.\d{4}  "
+               r"lr \d\.\d{3}e[-+]\d\d  \d+ img/s  data \d+%  ETA \d+:\d\d:\d\d$")
+    assert [int(re.match(pattern, line).group(1)) for line in progress] == [10, 20, 30, 40] * 2, progress
 
 
 def test_resumable_sampler_continues_the_epoch_order():

@@ -2,6 +2,7 @@
 one, checkpoints survive a crash mid-write, and a NaN stops the run. Stopping and resuming:
 test_resume.py; several processes: test_torchrun.py."""
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,11 @@ def summary_rows(run: Path) -> list[dict]:
 
 
 def test_digits_run_learns(tmp_path):
-    result = msvit.train.run(tiny_cfg(tmp_path / "run", "--epochs", "4"), VARIANTS)
+    umask = os.umask(0o022)  # the usual one, whatever this machine's is
+    try:
+        result = msvit.train.run(tiny_cfg(tmp_path / "run", "--epochs", "4"), VARIANTS)
+    finally:
+        os.umask(umask)
     rows = summary_rows(tmp_path / "run")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.3
@@ -43,6 +48,8 @@ def test_digits_run_learns(tmp_path):
     assert saved["model_kwargs"] == {"embed_dim": 64, "num_heads": 2, "depths": [1, 1, 1]}
     assert saved["img_size"] == 8
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+    for path in (tmp_path / "run").iterdir():  # a group shares a run folder
+        assert path.stat().st_mode & 0o040, f"{path.name} is not readable by the group"
 
 
 def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
@@ -120,3 +127,21 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good(tmp_path, monkey
     kept = torch.load(run / "last.pth", weights_only=True)
     assert kept["epoch"] == good["epoch"] == 0
     assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
+
+
+def test_the_header_says_what_runs_and_warns_of_a_schedule_longer_than_the_run(capsys):
+    cfg = parse_args(["--epochs", "1", "--workers", "100000"], ROOT / "cifar10" / "cifar10.yml")
+    env = msvit.train.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    msvit.train.setup_logging(True)
+    msvit.train._clamp_workers(cfg)
+    model = msvit.train.create_dataset_model({**cfg, "model_kwargs": {"embed_dim": 32, "num_heads": 2}}, VARIANTS)
+    msvit.train._log_header(cfg, env, model, (50000, 10000), 1e-3, 781,
+                            msvit.train.amp_settings(cfg, env.device), Path("run"))
+    out = capsys.readouterr().out
+    assert f"workers 100000 is more than the {len(os.sched_getaffinity(0))} CPUs" in out
+    assert "50,000 train / 10,000 val samples; global batch 64 = 64 per process x 1 process" in out
+    assert "11 epochs (1 + 10 cooldown at 1e-05); warmup 20 epochs from 1e-05 inside the cosine" in out
+    assert "cosine from peak lr 0.001 to 1e-05; stepped per epoch" in out
+    assert "float32 (amp applies to CUDA only); compile off" in out  # the recipe's amp: true, on a CPU
+    assert "warmup_epochs 20 + cooldown_epochs 10 exceed epochs 1" in out
+
