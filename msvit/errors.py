@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -49,4 +50,7 @@ def cli_entry(main: F) -> F:
         except UserError as exc:
             print(f"error: {user_message(exc)}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # `... --help | head`: the reader left; no traceback for that
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
     return wrapper  # type: ignore[return-value]
