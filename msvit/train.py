@@ -148,7 +148,8 @@ def _log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tupl
             f"SSA {'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}",
             f"data: {sizes[0]:,} train / {sizes[1]:,} val samples; global batch "
             f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} "
-            f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates per epoch; {cfg['workers']} loader workers per process",
+            f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates "
+            f"per epoch; {cfg['workers']} loader workers per process",
             _schedule_line(cfg, lr),
             f"devices: {neurons}; {precision}; compile {'on (training forward)' if cfg['compile'] else 'off'}",
             f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "
@@ -206,8 +207,8 @@ class _Training:
         if self.ema is not None and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
         s = self.state
-        s.num_updates, s.best_top1, s.best_epoch = ckpt.get("num_updates", 0), ckpt.get("best_top1", -1.0), \
-            ckpt.get("best_epoch", -1)
+        s.num_updates = ckpt.get("num_updates", 0)
+        s.best_top1, s.best_epoch = ckpt.get("best_top1", -1.0), ckpt.get("best_epoch", -1)
         s.metrics = ckpt.get("metrics") or {}
         position = ckpt.get("position")
         s.epoch = position["epoch"] if position else ckpt["epoch"] + 1
@@ -233,6 +234,8 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     output = output_dir(cfg)
     checkpoint_path = resume_path(cfg, output)
     prepare_output(output, env.rank)
+    if env.is_main:
+        add_log_file(output / "log.txt")
     _clamp_workers(cfg)
     seed_everything(cfg["seed"] + env.rank)  # model initialisation
 
@@ -286,7 +289,6 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
 
     writer = None
     if env.is_main:
-        add_log_file(output / "log.txt")
         save_config(cfg, output / "config.yaml")
         write_summary(output / "summary.csv", None, keep_before_epoch=state.epoch)
         from torch.utils.tensorboard import SummaryWriter

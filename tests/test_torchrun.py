@@ -5,6 +5,7 @@ weights of an uninterrupted run."""
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,11 +30,19 @@ def _free_port() -> int:
 
 
 def torchrun(script: Path, *args, restarts: int = 0, fault: dict | None = None, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 script args...`; on a timeout its whole process group is killed, so that no
+    worker outlives the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(fault or {})}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--max-restarts={restarts}", "--rdzv-endpoint=localhost:0", "--rdzv-backend=c10d",
-                           str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--max-restarts={restarts}",
+            "--rdzv-endpoint=localhost:0", "--rdzv-backend=c10d", str(script), *map(str, args)]
+    with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def summary_rows(run: Path) -> list[dict]:
