@@ -39,7 +39,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder: give a file in it, such as {os.path.join(path, 'best.pth')}")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"checkpoint file not found: {path} (check the path, e.g. of --checkpoint)")
     allow = getattr(torch.serialization, "safe_globals", None)
     try:
         if allow is None:  # torch < 2.4 has no allow-list context
@@ -53,7 +53,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle): "
                                   f"pass a .pth file, such as a run folder's best.pth") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} ({first[:200]}): the file is damaged or incomplete; "
+        raise CheckpointError(f"cannot read checkpoint {path} ({first.split('. ')[0]}): the file is damaged or incomplete; "
                               f"use another copy (a run folder holds last.pth and best.pth)") from None
 
 
