@@ -159,7 +159,8 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
               channels_last: bool = False, compile: bool = False, amp: bool = False,
               amp_dtype: str | None = None, threads: int | None = None, seed: int = 0,
               profile_rows: int = 0, alternate: bool = False,
-              batch_coupled_ssa: bool | None = None, alternate_ssa: bool = False) -> dict[str, Any]:
+              batch_coupled_ssa: bool | None = None, alternate_ssa: bool = False,
+              grad_checkpointing: bool = False) -> dict[str, Any]:
     """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
     (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
     (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`, checked as train.py
@@ -207,6 +208,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     T, img_size = arch["T"], arch["img_size"]
     batch_size = batch_size or DEFAULT_BATCH[arch["stem"]]
     model = timm.create_model(model_name, **kwargs)
+    model.set_grad_checkpointing(grad_checkpointing)
     if reference:
         switched = switch(model)
         model = switched if isinstance(switched, nn.Module) else model
@@ -295,7 +297,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         num_classes=model.num_classes, params=count_parameters(model), model_kwargs=model_kwargs or {},
         device=device, backend=",".join(used) or backend, requested_backend=backend,
         batch_coupled_ssa=model.config["batch_coupled_ssa"],
-        amp=amp_name, channels_last=channels_last,
+        amp=amp_name, channels_last=channels_last, grad_checkpointing=grad_checkpointing,
         compile=compiled, reference=reference, warmup=warmup, repeats=repeats,
         images_per_s=batch_size / step_s, step_ms=1000 * step_s,
         forward_ms=1000 * statistics.median(t[0] for t in times),
@@ -432,7 +434,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     lines = []
     if ok:
         r = ok[0]
-        flags = [f for f in ("reference", "alternate", "alternate_ssa", "channels_last", "compile") if r.get(f)]
+        flags = [f for f in ("reference", "alternate", "alternate_ssa", "channels_last", "grad_checkpointing", "compile")
+                 if r.get(f)]
         flags += [] if r.get("alternate_ssa") else [f"SSA {'batch-coupled' if r['batch_coupled_ssa'] else 'per sample'}"]
         flags += [f"amp {r['amp']}"] if r["amp"] else []
         lines.append(f"device {r['device']} ({r['gpu'] or r['cpu']}, {r['threads']} threads), backend {r['backend']}, "
@@ -485,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "process and report the speed-up")
     p.add_argument("--alternate-ssa", action="store_true", help="alternate per-sample and batch-coupled SSA steps "
                    "in one process and report what the coupling costs")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute each block's activations in "
+                   "backward (model.set_grad_checkpointing)")
     p.add_argument("--channels-last", action="store_true", help="channels_last model (and 4-D inputs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if it fails)")
     p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
@@ -509,7 +514,7 @@ def child_argv(args: argparse.Namespace, model: str) -> list[str]:
                        ("batch_coupled_ssa", "--batch-coupled-ssa")):
         if getattr(args, dest) is not None:
             argv += [flag, str(getattr(args, dest))]
-    for flag in ("reference", "alternate", "alternate_ssa", "channels_last", "compile", "amp"):
+    for flag in ("reference", "alternate", "alternate_ssa", "channels_last", "grad_checkpointing", "compile", "amp"):
         if getattr(args, flag):
             argv.append(f"--{flag.replace('_', '-')}")
     return argv
@@ -574,7 +579,7 @@ def _run(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
                      args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile,
                      alternate=args.alternate,
                      batch_coupled_ssa=None if args.batch_coupled_ssa is None else args.batch_coupled_ssa == "true",
-                     alternate_ssa=args.alternate_ssa)
+                     alternate_ssa=args.alternate_ssa, grad_checkpointing=args.grad_checkpointing)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,8 @@ SETTINGS: dict[str, Setting] = {
                                    "0: at epoch ends only"),
     "channels_last": Setting(False, "run", "channels-last memory format (see docs/benchmarks.md)"),
     "compile": Setting(False, "run", "torch.compile the training forward"),
+    "grad_checkpointing": Setting(False, "run", "recompute each block's activations in backward instead of storing "
+                                                "them: far less memory, about one more forward per step"),
 
     "checkpoint": Setting("", "evaluation", "test.py, msvit.energy: the weights to evaluate"),
     "val_batch_size": Setting(None, "evaluation", "evaluation batch per process; null: batch_size"),

@@ -5,12 +5,14 @@ Smaller members of a family come from `embed_dim`, `depths`, `num_heads` and `im
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
@@ -136,10 +138,19 @@ class SpikingTransformer(nn.Module):
             return x.transpose(0, 1)
         raise ValueError(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got shape {tuple(x.shape)}")
 
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: with it, every patch embedding and block keeps only its input for backward and
+        recomputes its activations there (same spikes and gradients, far less memory, one more forward)."""
+        self.grad_checkpointing = enable
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`[T, B, C, H, W]` input -> last stage output `[T, B, C', H', W']`."""
         for i in range(1, self.num_stages + 1):
-            x = getattr(self, f"stage{i}")(getattr(self, f"patch_embed{i}")(x))
+            units = [getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")]
+            for unit in units:
+                x = _checkpointed(unit, x) if self.grad_checkpointing and torch.is_grad_enabled() else unit(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -159,6 +170,41 @@ class SpikingTransformer(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = self.config["num_classes"] = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def _run_from_rest(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` from membranes at rest, leaving none behind (its LIFs process all T steps in one call): a
+    recomputation in backward would otherwise keep every LIF's last membrane alive until the next forward."""
+    reset_neurons(module)
+    try:
+        return module(x)
+    finally:
+        reset_neurons(module)
+
+
+@contextlib.contextmanager
+def _running_statistics_frozen(module: nn.Module) -> Iterator[None]:
+    """While `module` is recomputed for backward, its batch norms normalise with the batch's statistics as
+    before but leave their running statistics as the first pass updated them."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def _checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` keeping only `x` for backward (torch.utils.checkpoint; drop-path masks are redrawn from the
+    saved generator state, so they match)."""
+    return checkpoint(_run_from_rest, module, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _running_statistics_frozen(module)))
 
 
 def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.Module:

@@ -151,7 +151,8 @@ def _log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tupl
             f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates "
             f"per epoch; {cfg['workers']} loader workers per process",
             _schedule_line(cfg, lr),
-            f"devices: {neurons}; {precision}; compile {'on (training forward)' if cfg['compile'] else 'off'}",
+            f"devices: {neurons}; {precision}; compile {'on (training forward)' if cfg['compile'] else 'off'}; "
+            f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}",
             f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "
             f"update (exit {EXIT_PREEMPTED})"):
         log.info("%s", line)
@@ -255,6 +256,8 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     model = create_dataset_model(cfg, variants).to(env.device)
     cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
     _check_coupled_batch(cfg)
+    if cfg["grad_checkpointing"]:
+        model.set_grad_checkpointing(True)
     if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
         model = model.to(memory_format=torch.channels_last)
     if cfg["sync_bn"] and env.distributed:

@@ -221,3 +221,18 @@ def test_alternate_ssa_times_both_settings_on_one_model(monkeypatch):
     for kwargs in (dict(alternate=True), dict(batch_coupled_ssa=True)):
         with pytest.raises(UserError, match="--alternate"):
             tiny_run(alternate_ssa=True, **kwargs)
+
+
+def test_grad_checkpointing_switch_reaches_the_model(monkeypatch):
+    switched = []
+    set_grad_checkpointing = msvit.SpikingTransformer.set_grad_checkpointing
+
+    def spy(model, enable=True):
+        switched.append(enable)
+        set_grad_checkpointing(model, enable)
+    monkeypatch.setattr(msvit.SpikingTransformer, "set_grad_checkpointing", spy)
+    assert tiny_run(grad_checkpointing=True)["grad_checkpointing"] is True
+    assert tiny_run()["grad_checkpointing"] is False
+    assert switched == [True, False]
+    assert "grad_checkpointing" in bench.child_argv(bench.build_parser().parse_args(
+        ["--all", "--grad-checkpointing"]), "msvit_cifar_4_384")[-1].replace("-", "_")
