@@ -173,7 +173,9 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     this process: every warm-up and timed step becomes a reference step followed by an optimised
     step (`msvit.use_reference_implementation` switched in between), which cancels most of the drift
     between separate runs. The result then adds `reference_step_ms`, `speedup` (reference / optimised
-    median) and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths.
+    median) and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths. With `compile`, it
+    alternates the optimised eager model with the compiled one instead (`eager_step_ms`, `speedup` eager /
+    compiled); `compile_s` is the first compiled step, compilation included, timed apart from the steps.
 
     `alternate_ssa` alternates the same way between per-sample and batch-coupled SSA (the measured
     path, reported as the model's), and adds `per_sample_step_ms`, `coupling_cost` (batch-coupled /
@@ -225,22 +227,27 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     criterion = nn.CrossEntropyLoss()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    runner, compiled = model, False
+    runner, compiled, compile_s = model, False, None
     if compile:
         try:  # torch.compile is lazy: failures show up at the first call, so make that call here
+            start = time.perf_counter()
             runner = torch.compile(model, dynamic=False)  # fixed shapes; the default fails on CPU (torch 2.14)
             train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
-            compiled = True
+            compiled, compile_s = True, time.perf_counter() - start
         except Exception as exc:  # any backend/dynamo failure: warn and measure eager mode
             first_line = (str(exc).splitlines() or [""])[0]
             print(f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); "
                   f"benchmarking the eager model", file=sys.stderr)
             runner = model
+    current = {"runner": runner}
+
     def step() -> tuple[float, float, float]:
-        return train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
+        return train_step(current["runner"], inputs, targets, optimizer, criterion, autocast, scaler, sync)
 
     # the paths timed in turn, each with what switches the model to it; the last one is the measured path
-    if alternate:
+    if alternate and compiled:  # the optimised eager model, then the same model compiled
+        paths = {"eager": lambda: current.update(runner=model), "measured": lambda: current.update(runner=runner)}
+    elif alternate and not compile:
         paths = {"reference": lambda: switch(model, True), "measured": lambda: switch(model, False)}
     elif alternate_ssa:
         paths = {"per_sample": lambda: set_batch_coupled_ssa(model, False),
@@ -274,7 +281,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         comparison = {f"{other}_step_ms": 1000 * other_s,
                       f"{other}_step_ms_all": [round(1000 * sum(t), 3) for t in timings[other]],
                       f"{other}_peak_memory_mb": cuda_peaks[other] if dev.type == "cuda" else None}
-        if other == "reference":
+        if other in ("reference", "eager"):
             comparison["speedup"] = other_s / measured_s
         else:
             comparison["coupling_cost"] = measured_s / other_s
@@ -298,7 +305,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         device=device, backend=",".join(used) or backend, requested_backend=backend,
         batch_coupled_ssa=model.config["batch_coupled_ssa"],
         amp=amp_name, channels_last=channels_last, grad_checkpointing=grad_checkpointing,
-        compile=compiled, reference=reference, warmup=warmup, repeats=repeats,
+        compile=compiled, compile_s=compile_s, reference=reference, warmup=warmup, repeats=repeats,
         images_per_s=batch_size / step_s, step_ms=1000 * step_s,
         forward_ms=1000 * statistics.median(t[0] for t in times),
         backward_ms=1000 * statistics.median(t[1] for t in times),
@@ -445,10 +452,13 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     columns = COLUMNS
     if ok and ok[0]["device"] == "cpu":  # RSS includes the imports: show what was there before the model
         columns += (("pre-model MiB", "rss_before_model_mb", "{:.0f}"),)
+    if ok and ok[0]["compile"]:
+        columns += (("compile s", "compile_s", "{:.1f}"),)
     if ok and ok[0]["alternate"]:
-        columns += (("reference ms/step", "reference_step_ms", "{:.1f}"), ("speed-up", "speedup", "{:.2f}x"))
+        other = "eager" if ok[0]["compile"] else "reference"  # what the measured path alternated with
+        columns += ((f"{other} ms/step", f"{other}_step_ms", "{:.1f}"), ("speed-up", "speedup", "{:.2f}x"))
         if ok[0]["device"] == "cuda":
-            columns += (("reference peak MiB", "reference_peak_memory_mb", "{:.0f}"),)
+            columns += ((f"{other} peak MiB", f"{other}_peak_memory_mb", "{:.0f}"),)
     if ok and ok[0].get("alternate_ssa"):
         columns += (("per-sample ms/step", "per_sample_step_ms", "{:.1f}"),
                     ("coupled/per-sample", "coupling_cost", "{:.3f}x"))
@@ -484,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-coupled-ssa", choices=("true", "false"), help="SSA output neuron along T*B as in the "
                    "release (true, the models' default) or per sample (false)")
     p.add_argument("--reference", action="store_true", help="msvit.use_reference_implementation(model)")
-    p.add_argument("--alternate", action="store_true", help="alternate reference and optimised steps in one "
-                   "process and report the speed-up")
+    p.add_argument("--alternate", action="store_true", help="alternate reference and optimised steps (with "
+                   "--compile: eager and compiled) in one process and report the speed-up")
     p.add_argument("--alternate-ssa", action="store_true", help="alternate per-sample and batch-coupled SSA steps "
                    "in one process and report what the coupling costs")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute each block's activations in "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CpuLIF", "kernel", "unavailable_reason"]
+__all__ = ["CpuLIF", "CpuLIFOp", "available", "kernel", "unavailable_reason", "lif_forward_op", "lif_backward_op"]
 
 _log = logging.getLogger("msvit")
 
@@ -229,3 +229,80 @@ class CpuLIF(torch.autograd.Function):
                                     _ptr(grad_v_init), grad_v_last.numel(), spikes.shape[0], tau, alpha,
                                     torch.get_num_threads())
         return grad_x, grad_v_init, None, None, None
+
+
+# ---------------------------------------------------------------- the same kernel as operators for torch.compile
+# torch.compile cannot trace into ctypes calls: inside a compiled region the kernel runs as two custom operators
+# with fake-tensor (shape) and autograd registrations, so the whole model stays one graph. Functional operators
+# may not change their inputs, so the backward computes the surrogate's sigmoid into a new buffer instead of in
+# place over the forward's intermediate, as CpuLIF does eagerly.
+
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether the kernel can run here; a constant for torch.compile (it is decided once per process)."""
+    return kernel() is not None
+
+
+@torch.library.custom_op("msvit::lif_cpu_forward", mutates_args=(), device_types="cpu")
+def lif_forward_op(x_seq: torch.Tensor, v_init: torch.Tensor, tau: float, v_threshold: float, alpha: float,
+                   keep_surrogate: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spikes, last membrane and (with `keep_surrogate`) the surrogate's input `alpha * (h - thr)`."""
+    x_seq, v_init = x_seq.contiguous(), v_init.contiguous()
+    spikes, v_last = torch.empty_like(x_seq), torch.empty_like(v_init)
+    z = torch.empty_like(x_seq) if keep_surrogate else x_seq.new_empty(0)
+    kernel().msvit_lif_forward(_ptr(x_seq), _ptr(v_init), _ptr(z) if keep_surrogate else None, _ptr(spikes),
+                               _ptr(v_last), v_init.numel(), x_seq.shape[0], tau, v_threshold, alpha,
+                               torch.get_num_threads())
+    return spikes, v_last, z
+
+
+# The shapes (and contiguous strides, as the real operators return) for torch.compile's tracing.
+@lif_forward_op.register_fake
+def _(x_seq, v_init, tau, v_threshold, alpha, keep_surrogate):
+    z = x_seq.new_empty(x_seq.shape) if keep_surrogate else x_seq.new_empty(0)
+    return x_seq.new_empty(x_seq.shape), v_init.new_empty(v_init.shape), z
+
+
+@torch.library.custom_op("msvit::lif_cpu_backward", mutates_args=(), device_types="cpu")
+def lif_backward_op(grad_spikes: torch.Tensor, grad_v_last: torch.Tensor, z: torch.Tensor, spikes: torch.Tensor,
+                    tau: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of x_seq and v_init (BPTT through the LIF, sigmoid surrogate)."""
+    slope, spikes = torch.sigmoid(z).contiguous(), spikes.contiguous()
+    grad_spikes, grad_v_last = grad_spikes.float().contiguous(), grad_v_last.float().contiguous()
+    grad_x, grad_v_init = spikes.new_empty(spikes.shape), spikes.new_empty(grad_v_last.shape)
+    kernel().msvit_lif_backward(_ptr(grad_spikes), _ptr(grad_v_last), _ptr(slope), _ptr(spikes), _ptr(grad_x),
+                                _ptr(grad_v_init), grad_v_last.numel(), spikes.shape[0], tau, alpha,
+                                torch.get_num_threads())
+    return grad_x, grad_v_init
+
+
+@lif_backward_op.register_fake
+def _(grad_spikes, grad_v_last, z, spikes, tau, alpha):
+    return spikes.new_empty(spikes.shape), spikes.new_empty(grad_v_last.shape)
+
+
+def _save_for_backward(ctx, inputs, output) -> None:
+    _, _, tau, _, alpha, _ = inputs
+    spikes, _, z = output
+    ctx.save_for_backward(spikes, z)
+    ctx.tau, ctx.alpha = tau, alpha
+
+
+def _backward(ctx, grad_spikes, grad_v_last, grad_z):
+    spikes, z = ctx.saved_tensors
+    grad_x, grad_v_init = lif_backward_op(grad_spikes, grad_v_last, z, spikes, ctx.tau, ctx.alpha)
+    return grad_x, grad_v_init, None, None, None, None
+
+
+lif_forward_op.register_autograd(_backward, setup_context=_save_for_backward)
+
+
+class CpuLIFOp:
+    """`CpuLIF`'s interface over the custom operators: what a compiled model runs."""
+
+    @staticmethod
+    def apply(x_seq: torch.Tensor, v_init: torch.Tensor, tau: float, v_threshold: float,
+              alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = torch.is_grad_enabled() and (x_seq.requires_grad or v_init.requires_grad)
+        spikes, v_last, _ = lif_forward_op(x_seq, v_init, tau, v_threshold, alpha, keep)
+        return spikes, v_last

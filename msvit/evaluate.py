@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings
 from .data import build_datasets
@@ -55,14 +57,17 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
             amp = amp_settings(cfg, env.device)
             coupled = model.config["batch_coupled_ssa"]
             meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
+            runner = model
+            if cfg["compile"] and not cfg["energy"]:  # the energy meter counts through hooks: eager
+                runner = torch.compile(model, dynamic=False)
             with meter:
-                metrics = evaluate(model, loader, env, amp)
+                metrics = evaluate(runner, loader, env, amp)
             energy = meter.totals() if cfg["energy"] else {}  # per image, summed over all processes
             by_setting = {}
             if cfg["compare_ssa_coupling"]:
                 by_setting[SSA_SETTINGS[coupled]] = {k: metrics[k] for k in _METRICS}
                 set_batch_coupled_ssa(model, not coupled)
-                by_setting[SSA_SETTINGS[not coupled]] = evaluate(model, loader, env, amp)
+                by_setting[SSA_SETTINGS[not coupled]] = evaluate(runner, loader, env, amp)
                 set_batch_coupled_ssa(model, coupled)
         finally:
             cleanup()

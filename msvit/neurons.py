@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import logging
 
 import torch
 from torch import nn
@@ -31,8 +30,6 @@ TAU = 2.0
 V_RESET = 0.0
 SURROGATE_ALPHA = 4.0
 
-_log = logging.getLogger("msvit")
-_announced: set[str] = set()
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,12 +50,6 @@ def cupy_unavailable_reason() -> str | None:
     if sj_neuron.neuron_kernel is None:
         return "spikingjelly failed to load its CuPy kernels (spikingjelly.clock_driven.neuron_kernel)"
     return None
-
-
-def _announce(backend: str, why: str) -> None:
-    if backend not in _announced:
-        _announced.add(backend)
-        _log.debug("LIF neurons use the %s backend (%s)", backend, why)
 
 
 def implementation(model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
@@ -140,10 +131,14 @@ class LIF(sj_neuron.MultiStepLIFNode):
 
     # False: spikingjelly's own node, its per-step torch loop or its CuPy kernel (the reference path)
     fused = True
+    # inside torch.compile: "kernel" runs the C kernel (CPU, float32) as custom operators, one graph with the
+    # kernel opaque to inductor; "loop" runs spikingjelly's per-step torch loop, which inductor generates and
+    # fuses with the layers around it. CUDA inputs always take the loop there (the CuPy kernel breaks graphs).
+    compiled_as = "loop"
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         self.backend = self._resolve(x_seq)
-        if not self.fused:
+        if not self.fused or (torch.compiler.is_compiling() and not self._kernel_in_graph(x_seq)):
             return super().forward(x_seq)
         if isinstance(self.v, torch.Tensor):
             # the one check for every fused path: the kernels index v_init by x_seq's shape and would overrun
@@ -157,24 +152,27 @@ class LIF(sj_neuron.MultiStepLIFNode):
                                                       self.surrogate_function.alpha)
         return spikes
 
+    def _kernel_in_graph(self, x_seq: torch.Tensor) -> bool:
+        """Whether a compiled graph runs the C kernel's custom operators for this input (else the torch loop)."""
+        return (self.compiled_as == "kernel" and x_seq.device.type == "cpu" and x_seq.dtype == torch.float32
+                and cpu_lif.available())
+
     def _function(self, x_seq: torch.Tensor) -> type[torch.autograd.Function]:
         """The fused implementation for this input: the CuPy kernel (float32/float16 on CUDA), the C
-        kernel (float32 on CPU, where a compiler works), else the loop of torch operations."""
+        kernel (float32 on CPU, where a compiler works; as custom operators inside torch.compile), else the
+        loop of torch operations."""
+        if torch.compiler.is_compiling():  # reached only where _kernel_in_graph
+            return cpu_lif.CpuLIFOp
         if self.backend == "cupy":
             return CupyLIF if x_seq.dtype in SUPPORTED_DTYPES else _FusedLIF
-        if x_seq.device.type == "cpu" and x_seq.dtype == torch.float32 and cpu_lif.kernel() is not None:
+        if x_seq.device.type == "cpu" and x_seq.dtype == torch.float32 and cpu_lif.available():
             return cpu_lif.CpuLIF
         return _FusedLIF
 
     def _resolve(self, x: torch.Tensor) -> str:
         if self.requested_backend != "auto":
             return self.requested_backend
-        if x.is_cuda and cupy_unavailable_reason() is None:
-            _announce("cupy", "auto: CUDA input and CuPy available")
-            return "cupy"
-        reason = "CPU input" if not x.is_cuda else cupy_unavailable_reason()
-        _announce("torch", f"auto: {reason}")
-        return "torch"
+        return "cupy" if x.is_cuda and cupy_unavailable_reason() is None else "torch"
 
     def extra_repr(self) -> str:
         return f"v_threshold={self.v_threshold}, tau={self.tau}, backend={self.requested_backend}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,15 @@ def _devices_and_neurons(model: nn.Module, env: DistEnv, amp: AmpSettings) -> st
     if env.distributed:
         dist.all_gather_object(everyone, mine)
     return ", ".join(f"{everyone.count(entry)} x {entry}" for entry in dict.fromkeys(everyone))
+
+
+def _inductor_cache() -> str:
+    """Where inductor keeps compiled kernels (its default: /tmp/torchinductor_<user>)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir  # a private module: it may move
+        return cache_dir()
+    except ImportError:
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_<user>")
 
 
 def _schedule_line(cfg: dict[str, Any], lr: float) -> str:
@@ -282,6 +292,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         training.restore(ckpt, checkpoint_path)
     del ckpt
     state = training.state
+    updates_at_start = state.num_updates
 
     train_model = model
     if env.distributed:
@@ -289,6 +300,8 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if cfg["compile"]:  # opt-in: the training forward is compiled, evaluation runs eagerly
         train_model = torch.compile(train_model, dynamic=False)  # dynamic shapes fail in inductor on CPU
+        log.info("compile: the first training step compiles the model (minutes on a CPU; cached in %s, "
+                 "TORCHINDUCTOR_CACHE_DIR moves it)", _inductor_cache())
 
     writer = None
     if env.is_main:
@@ -301,8 +314,11 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     step = StepSettings(amp, scaler, mixup_fn, cfg["accum_iter"], cfg["clip_grad"])
 
     row: dict[str, Any] = {}
+    started = time.perf_counter()
     with StopRequest() as stop:
         def on_update(progress: EpochProgress) -> bool:
+            if cfg["compile"] and state.num_updates == updates_at_start:
+                log.info("compile: the first update, compilation included, took %.1f s", time.perf_counter() - started)
             state.num_updates += 1
             if ema is not None:
                 ema.update(model, step=state.num_updates)

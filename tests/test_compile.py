@@ -1,0 +1,64 @@
+"""torch.compile: every family traces as one graph, with no graph break, in both ways a compiled LIF can run
+(`LIF.compiled_as`: spikingjelly's per-step loop, which inductor fuses, by default; or the C kernel as custom
+operators with fake-tensor and autograd registrations, `msvit.cpu_lif`), and a compiled training step gives
+the eager step's spikes and, to float rounding, its gradients."""
+import copy
+
+import pytest
+import timm
+import torch
+
+from busy import excite_ssa
+from msvit import cpu_lif
+from msvit.neurons import LIF
+
+SMALL = dict(T=2, num_classes=5, embed_dim=32, num_heads=2)
+# T 2, batch 3: images [B, C, H, W], DVS frames [B, T, C, H, W]
+INPUTS = {"msvit_cifar_4_384": lambda: torch.rand(3, 3, 32, 32) * 2 - 1,
+          "qkformer_cifar_4_384": lambda: torch.rand(3, 3, 32, 32) * 2 - 1,
+          "msvit_dvs_2_256": lambda: (torch.rand(3, 2, 2, 32, 32) > 0.7).float()}
+KERNEL = pytest.param("kernel", marks=pytest.mark.skipif(cpu_lif.kernel() is None, reason="no C kernel here"))
+CASES = [(name, True, training) for name in INPUTS for training in (True, False)] + [("msvit_cifar_4_384", False, True)]
+
+
+@pytest.fixture
+def compiled_as(request, monkeypatch):
+    monkeypatch.setattr(LIF, "compiled_as", request.param)
+    torch._dynamo.reset()
+    yield request.param
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("compiled_as", ["loop", KERNEL], indirect=True)
+@pytest.mark.parametrize("name, coupled, training", CASES)
+def test_every_family_traces_as_one_graph(compiled_as, name, coupled, training):
+    model = timm.create_model(name, batch_coupled_ssa=coupled, **SMALL).train(training)
+    explanation = torch._dynamo.explain(model)(INPUTS[name]())
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
+def step(model, x, target):
+    logits = model(x)
+    torch.nn.functional.cross_entropy(logits, target).backward()
+    return logits.detach()
+
+
+@pytest.mark.parametrize("compiled_as, backend", [("loop", "aot_eager"), ("kernel", "aot_eager"),
+                                                  ("loop", "inductor")], indirect=["compiled_as"])
+def test_a_compiled_training_step_equals_the_eager_step(compiled_as, backend):
+    if compiled_as == "kernel" and cpu_lif.kernel() is None:
+        pytest.skip("no C kernel here")
+    torch.manual_seed(0)
+    eager = excite_ssa(timm.create_model("msvit_cifar_4_384", **SMALL)).train()
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, backend=backend, dynamic=False)
+    x, target = INPUTS["msvit_cifar_4_384"](), torch.tensor([0, 1, 2])
+    assert torch.equal(step(eager, x, target), step(compiled, x, target))  # the same spikes reach the head
+    # the eager C kernel's backward and the traced loop's, or inductor's fused batch-norm sums, round
+    # differently: gradients agree to float rounding, measured against the largest gradient
+    largest = max(float(p.grad.abs().max()) for p in eager.parameters())
+    for (key, p), q in zip(eager.named_parameters(), compiled_model.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-5 * largest), key
+    eager.eval(), compiled_model.eval()
+    with torch.no_grad():
+        assert torch.equal(eager(x), compiled(x))
