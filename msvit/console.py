@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-__all__ = ["log", "setup_logging", "add_log_file", "stdout_to_stderr", "rounded", "print_json", "EpochDisplay"]
+__all__ = ["log", "setup_logging", "add_log_file", "stdout_to_stderr", "rounded", "print_json", "progress_bar", "EpochDisplay"]
 
 log = logging.getLogger("msvit")
 SIGNIFICANT_DIGITS = 6
@@ -58,6 +58,11 @@ def add_log_file(path: Path) -> None:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
+
+
+def progress_bar(iterable: Any, desc: str, enabled: bool) -> tqdm:
+    """`iterable` with a tqdm bar when `enabled` (the main process) and a person watches (a terminal)."""
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=not (enabled and _bar_on_terminal()))
 
 
 def _duration(seconds: float) -> str:

@@ -7,16 +7,14 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from .console import EpochDisplay
+from .console import EpochDisplay, progress_bar
 from .distributed import DistEnv, all_reduce_sum
 from .errors import UserError
 
@@ -96,12 +94,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _progress_bar(loader: Iterable, env: DistEnv, desc: str):
-    # a bar only for a human watching rank 0
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-                disable=not (env.is_main and sys.stderr.isatty()))
 
 
 @dataclass
@@ -197,7 +189,7 @@ def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, amp: AmpSettings)
     """Top-1 / top-5 accuracy (%), mean cross-entropy and image count over the whole (sharded) set."""
     model.eval()
     loss_sum, correct1, correct5, count = 0.0, 0.0, 0.0, 0.0
-    for inputs, targets in _progress_bar(loader, env, "eval"):
+    for inputs, targets in progress_bar(loader, "eval", env.is_main):
         inputs = inputs.to(env.device, non_blocking=True)
         targets = targets.to(env.device, non_blocking=True)
         with amp.autocast():
