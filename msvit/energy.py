@@ -6,11 +6,10 @@
 The energy model of the papers (Spikformer, QKFormer, MSViT), on a 45 nm chip:
 
 - Dense input: the first convolution of the stem (`patch_embed1.proj_conv`) sees the analog image (or raw
-  DVS event counts) and performs multiply-accumulates, E_MAC = 4.6 pJ each: FLOPs(conv1) x T per image.
-  Our implementation runs that convolution on every time step (the static image is repeated T times), so
-  it is charged T times; a chip that reused the first step's result would pay it once (the papers' formula
-  has FL_conv1 without T). The meter charges what the forward actually computes: every sample the
-  convolution sees, T per image today.
+  DVS event counts) and performs multiply-accumulates, E_MAC = 4.6 pJ each. A static image is the same at
+  every time step, and the default forward computes that convolution once per image, so it is charged
+  once: FLOPs(conv1) per image, the papers' formula. Event frames differ from step to step: FLOPs(conv1)
+  x T. (The reference path recomputes the static image's convolution on every step; it is charged the same.)
 - Spiking input: a layer performs one accumulate per arriving spike and weight it reaches,
   SOPs(l) = fr(l) x T x FLOPs(l), E_AC = 0.9 pJ each. fr(l) is the mean of the layer's input over the
   evaluation set: the fraction of ones for spike tensors, the mean count for residual streams (which
@@ -139,6 +138,7 @@ class EnergyMeter:
         self.neurons: dict[str, _Acc] = {}
         self._attention: list[tuple[str, nn.Module]] = []
         self._T = self._B = 0
+        self._static_images = False  # the model's input is [B, C, H, W] images, the same at every step
         self._images = 0
         self._device: torch.device | None = None
         self._plan()
@@ -222,6 +222,7 @@ class EnergyMeter:
         else:  # a block or attention: [T, B, ...]
             T, B = x.shape[0], x.shape[1]
         self._T, self._B = int(T), int(B)
+        self._static_images = hasattr(model, "time_major") and x.dim() == 4
         self._images += int(B)
         if self._device is None:
             self._device = x.device
@@ -230,12 +231,12 @@ class EnergyMeter:
         """Elements per image and time step of a tensor holding `numel` for the current batch."""
         return numel // (self._T * self._B or 1)  # (T, B unknown only outside a metered model call)
 
-    @staticmethod
-    def _dense_hook(acc: _Acc) -> Callable:
+    def _dense_hook(self, acc: _Acc) -> Callable:
         def hook(conv: nn.Module, args: tuple) -> None:
             x = args[0]
             flops = conv_flops(conv, x.shape[2:])
-            acc.add(0.0, 0, float(flops * x.shape[0]), flops)  # every sample (image x step) is computed
+            samples = self._B if self._static_images else x.shape[0]  # once per image, else per image x step
+            acc.add(0.0, 0, float(flops * samples), flops)
         return hook
 
     @staticmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .neurons import LIF
@@ -52,6 +53,23 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def _batch_norm_of_copies(bn: nn.BatchNorm2d, y: torch.Tensor, copies: int) -> torch.Tensor:
+    """`bn` of `copies` identical copies of `y`, computed on `y` alone: the copies' batch mean and (biased)
+    variance are `y`'s, so the output is the same; the running variance takes the unbiased variance with the
+    copies' count n, var * n / (n - 1), as `bn` on the copies would."""
+    if not (bn.training and bn.track_running_stats):
+        return bn(y)
+    out = F.batch_norm(y, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    with torch.no_grad():
+        var, mean = torch.var_mean(y, dim=[0, *range(2, y.dim())], correction=0)
+        n = copies * y.numel() // y.shape[1]
+        bn.num_batches_tracked.add_(1)
+        weight = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), weight)
+        bn.running_var.lerp_(var.to(bn.running_var.dtype) * (n / (n - 1)), weight)
+    return out
+
+
 class PatchEmbed(nn.Module):
     """Spiking patch embedding with a deformed shortcut (QKFormer's SPEDS), configured by layer specs.
 
@@ -60,7 +78,13 @@ class PatchEmbed(nn.Module):
     The shortcut is a bias-free 1x1 conv `proj_res_conv` with stride `shortcut_stride`, a batch norm
     and a LIF, applied to the output of layer `shortcut_from` (-1: the module input). The module
     returns main path + shortcut, two spike tensors, so its output holds counts 0, 1 or 2.
+
+    A static image reaches the stem as one image expanded over T (stride 0 along T): its first
+    convolution, batch norm and pool then run once per image (`once_per_image`, the default path) rather
+    than on T identical copies (the reference path); the neuron still integrates all T steps.
     """
+
+    once_per_image = True
 
     def __init__(self, layers: Sequence[tuple[str, int, int, bool]], shortcut_from: int,
                  shortcut_stride: int, neuron_backend: str = "auto") -> None:
@@ -82,10 +106,16 @@ class PatchEmbed(nn.Module):
         T = x.shape[0]
         tap = x
         for i, (name, pooled) in enumerate(zip(self.names, self.pooled)):
-            y = getattr(self, f"{name}_bn")(getattr(self, f"{name}_conv")(_bt(x)))
-            if pooled:
-                y = self.pool(y)
-            x = getattr(self, f"{name}_lif")(_tb(y, T))
+            conv, bn = getattr(self, f"{name}_conv"), getattr(self, f"{name}_bn")
+            # the same image at every step (SyncBatchNorm, which reduces across processes, takes the copies)
+            if i == 0 and self.once_per_image and x.stride(0) == 0 and not isinstance(bn, nn.SyncBatchNorm):
+                y = _batch_norm_of_copies(bn, conv(x[0]), T)
+                y = self.pool(y) if pooled else y
+                y = y.expand(T, *y.shape)
+            else:
+                y = bn(conv(_bt(x)))
+                y = _tb(self.pool(y) if pooled else y, T)
+            x = getattr(self, f"{name}_lif")(y)
             if i == self.shortcut_from:
                 tap = x
         shortcut = self.proj_res_bn(self.proj_res_conv(_bt(tap)))

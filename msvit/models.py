@@ -17,7 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .errors import ConfigError
-from .layers import STEMS, Block, SpikingSelfAttention, TokenAttention, AttentionBase
+from .layers import STEMS, AttentionBase, Block, PatchEmbed, SpikingSelfAttention, TokenAttention
 from .neurons import LIF, reset_neurons, validate_backend
 
 __all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "count_parameters",
@@ -208,14 +208,17 @@ def _checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch `model` to the straightforward forward path (or back): spikingjelly's per-step LIF loop
-    and one convolution per attention branch. Same weights, same spikes, same results up to float
-    rounding; the default optimised path is faster and lighter. Used by parity tests and benchmarks."""
+    """Switch `model` to the straightforward forward path (or back): spikingjelly's per-step LIF loop,
+    one convolution per attention branch and the stem's first layer on every time step. Same weights,
+    same spikes, same results up to float rounding; the default optimised path is faster and lighter.
+    Used by parity tests and benchmarks."""
     for module in model.modules():
         if isinstance(module, LIF):
             module.fused = not enabled
         elif isinstance(module, AttentionBase):
             module.fuse_projections = not enabled
+        elif isinstance(module, PatchEmbed):
+            module.once_per_image = not enabled
     return model
 
 

@@ -182,8 +182,9 @@ def test_counts_and_energy_match_the_hand_computation(token_attention):
         assert layer["stage"] == name.split(".")[0], name
         if kind == "MAC":
             assert layer["firing_rate"] is None
-            assert layer["mac_flops"] == flops * T and layer["sops"] == 0.0, name
-            assert layer["energy_mj"] == pytest.approx(4.6 * flops * T * PJ, rel=1e-12), name
+            # a static image: the first convolution is charged once per image, not per time step
+            assert layer["mac_flops"] == flops and layer["sops"] == 0.0, name
+            assert layer["energy_mj"] == pytest.approx(4.6 * flops * PJ, rel=1e-12), name
         else:
             assert layer["firing_rate"] == pytest.approx(rate, rel=1e-12), name
             assert layer["mac_flops"] == 0.0, name
@@ -192,7 +193,7 @@ def test_counts_and_energy_match_the_hand_computation(token_attention):
 
     # the first convolution is the only MAC layer
     assert [layer["name"] for layer in report["layers"] if layer["kind"] == "MAC"] == ["patch_embed1.proj_conv"]
-    macs = 4 * 3 * 9 * 64 * T
+    macs = 4 * 3 * 9 * 64
     sops = sum(rate * T * flops for _, kind, rate, flops in expected if kind != "MAC")
     assert report["mac_flops"] == macs
     assert report["sops"] == pytest.approx(sops, rel=1e-12)
@@ -207,7 +208,7 @@ def test_counts_and_energy_match_the_hand_computation(token_attention):
     for stage, values in stages.items():
         mine = [(kind, rate, flops) for name, kind, rate, flops in expected if name.split(".")[0] == stage]
         assert values["sops"] == pytest.approx(sum(r * T * f for k, r, f in mine if k != "MAC"), rel=1e-12)
-        assert values["mac_flops"] == sum(f * T for k, r, f in mine if k == "MAC")
+        assert values["mac_flops"] == sum(f for k, r, f in mine if k == "MAC")
 
     table = report["firing_rates"]
     assert list(table) == ["stage1", "stage2", "stage3"]
@@ -243,15 +244,16 @@ def _hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("name,kwargs,x,first_conv_flops", [
+@pytest.mark.parametrize("name,kwargs,x,first_conv_flops,charged_steps", [
     ("msvit_cifar_4_384", dict(embed_dim=16, num_heads=2, depths=(1, 1, 1), T=2), torch.randn(2, 3, 8, 8),
-     4 * 3 * 9 * 8 * 8),
+     4 * 3 * 9 * 8 * 8, 1),                                 # a static image: once per image
     ("qkformer_10_384", dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), T=2), torch.randn(2, 3, 32, 32),
-     4 * 3 * 9 * 32 * 32),                                  # 3 -> 32 * 0.25 / 2 = 4 channels, pooled after
+     4 * 3 * 9 * 32 * 32, 1),                               # 3 -> 32 * 0.25 / 2 = 4 channels, pooled after
     ("msvit_dvs_2_256", dict(embed_dim=32, num_heads=2, T=3), torch.rand(2, 3, 2, 16, 16).round(),
-     2 * 2 * 9 * 16 * 16),                                  # event frames [B, T, 2, H, W]: 2 -> 32 / 2 / 8 = 2
+     2 * 2 * 9 * 16 * 16, 3),                               # event frames [B, T, 2, H, W]: 2 -> 32 / 2 / 8 = 2
 ])
-def test_meter_leaves_the_model_unchanged_and_only_the_first_conv_is_mac(name, kwargs, x, first_conv_flops):
+def test_meter_leaves_the_model_unchanged_and_only_the_first_conv_is_mac(name, kwargs, x, first_conv_flops,
+                                                                        charged_steps):
     model = _busy(timm.create_model(name, num_classes=3, neuron_backend="torch", **kwargs))
     with torch.no_grad():
         before = model(x)
@@ -266,7 +268,7 @@ def test_meter_leaves_the_model_unchanged_and_only_the_first_conv_is_mac(name, k
     assert report["T"] == kwargs["T"] and report["images"] == 2 and report["unmetered"] == []
     mac = [layer for layer in report["layers"] if layer["kind"] == "MAC"]
     assert [layer["name"] for layer in mac] == ["patch_embed1.proj_conv"]
-    assert mac[0]["flops"] == first_conv_flops and report["mac_flops"] == first_conv_flops * kwargs["T"]
+    assert mac[0]["flops"] == first_conv_flops and report["mac_flops"] == first_conv_flops * charged_steps
     assert report["sops"] > 0 and 0 < report["firing_rates"]["stage1"]["q"] < 1
     # hooks are removed when the block raises, too
     with pytest.raises(RuntimeError, match="boom"), EnergyMeter(model):
@@ -371,7 +373,7 @@ def test_energy_cli_json_on_digits():
     report = json.loads(proc.stdout)  # stdout holds the JSON object alone
     assert TOP_KEYS <= set(report)
     assert report["images"] == 2 * 120 and report["e_mac_pj"] == 5.0 and report["e_ac_pj"] == 0.9
-    assert report["mac_flops"] == 16 * 3 * 9 * 16 * 16 * 2  # digits: 3 -> 16 channels at 16x16, T 2
+    assert report["mac_flops"] == 16 * 3 * 9 * 16 * 16  # digits: 3 -> 16 channels at 16x16, once per image
     assert report["layers"][0]["name"] == "patch_embed1.proj_conv" and report["energy_mj"] > 0
 
 
@@ -391,7 +393,7 @@ def test_test_py_energy_json(digits_checkpoint):
                 "--workers", "0", "--img-size", "8")
     line = json.loads(proc.stdout)
     assert {"top1", "top5", "loss", "n", "energy_mj", "mac_flops", "sops"} <= set(line)
-    assert line["mac_flops"] == 16 * 3 * 9 * 8 * 8 * 2 and line["energy_mj"] > 0
+    assert line["mac_flops"] == 16 * 3 * 9 * 8 * 8 and line["energy_mj"] > 0
 
 
 def test_test_py_energy_text(digits_checkpoint, capsys):
@@ -406,4 +408,4 @@ def test_test_py_energy_text(digits_checkpoint, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert "top-1" in out[-2] and "mJ/image" in out[-1]
     assert {"top1", "n", "energy_mj", "mac_flops", "sops"} <= set(metrics) and metrics["n"] == 360
-    assert metrics["mac_flops"] == 16 * 3 * 9 * 8 * 8 * 2
+    assert metrics["mac_flops"] == 16 * 3 * 9 * 8 * 8  # once per image

@@ -1,6 +1,8 @@
 """The optimised forward path (fused LIF: the C kernel on CPU or one autograd node of torch operations;
 stacked 1x1 attention convolutions) against the straightforward reference (spikingjelly's per-step
 loop, one convolution per branch), same weights."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -8,7 +10,7 @@ import torch
 import msvit
 from busy import calibrate_batch_norms, excite_ssa
 from msvit import cpu_lif
-from msvit.layers import SpikingSelfAttention
+from msvit.layers import SpikingSelfAttention, cifar_stem, imagenet_stem
 from msvit.neurons import LIF, _FusedLIF
 
 needs_cpu_kernel = pytest.mark.skipif(cpu_lif.kernel() is None,
@@ -124,6 +126,45 @@ def test_training_gradients_match_reference_path(implementation):
         assert torch.allclose(fast, grads[1][key], atol=1e-5, rtol=1e-4), key
     msvit.use_reference_implementation(model, False)
     assert all(m.fused for m in model.modules() if isinstance(m, LIF))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+@pytest.mark.parametrize("make_stem", [cifar_stem, imagenet_stem], ids=["cifar", "imagenet-pooled"])
+def test_stem_runs_its_first_layer_once_per_static_image(make_stem, momentum):
+    """An image expanded over T: the first conv sees each image once; output, gradients and batch-norm
+    statistics (running variance with the count of all T copies) are those of the T copies."""
+    torch.manual_seed(0)
+    T, B = 3, 2
+    once = make_stem(3, 16, "torch").train()
+    for m in once.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = momentum
+    copies = copy.deepcopy(once)
+    copies.once_per_image = False
+    image = torch.randn(B, 3, 16, 16)
+    results = []
+    for stem in (once, copies):
+        seen = []
+        hook = stem.proj_conv.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+        for _ in range(2):  # two updates of the running statistics
+            msvit.reset_neurons(stem)
+            out = stem(image.unsqueeze(0).expand(T, *image.shape))
+        hook.remove()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = {k: p.grad.clone() for k, p in stem.named_parameters()}
+        results.append((seen, out.detach(), grads, {k: b.clone() for k, b in stem.named_buffers()}))
+        with torch.no_grad():
+            msvit.reset_neurons(stem)
+            results[-1] += (stem.eval()(image.unsqueeze(0).expand(T, *image.shape)),)
+    (seen1, out1, grads1, bufs1, eval1), (seen2, out2, grads2, bufs2, eval2) = results
+    assert seen1 == [B, B] and seen2 == [T * B, T * B]
+    assert 0 < out1.mean() < 1 and torch.equal(out1, out2) and torch.equal(eval1, eval2)
+    for key, g in grads1.items():
+        # summed over T in a different order: equal to float rounding of the largest element
+        assert g.abs().sum() > 0 and (g - grads2[key]).abs().max() <= 1e-5 * g.abs().max(), key
+    for key, b in bufs1.items():
+        assert torch.allclose(b.float(), bufs2[key].float(), rtol=1e-5, atol=1e-7), key
+    assert bufs1["proj_bn.num_batches_tracked"] == 2
 
 
 @needs_cpu_kernel
