@@ -206,6 +206,28 @@ def test_alternate_times_both_paths_on_one_model(monkeypatch):
         tiny_run(alternate=True, reference=True)
 
 
+def test_alternate_with_compile_times_reference_eager_and_compiled(monkeypatch):
+    real_compile, compiled = torch.compile, []
+
+    def quick_compile(model, **kwargs):  # dynamo without inductor: the same alternation, seconds not minutes
+        compiled.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", quick_compile)
+    calls = []
+    real_switch = msvit.use_reference_implementation
+    monkeypatch.setattr(msvit, "use_reference_implementation",
+                        lambda model, enabled=True: calls.append(enabled) or real_switch(model, enabled))
+    r = tiny_run(compile=True, alternate=True, warmup=1, repeats=2)
+    assert len(compiled) == 1 and r["compile"] and r["compile_s"] > 0
+    assert calls == [True, False, False] * 3 + [False]  # reference, eager, compiled each round, then optimised
+    assert len(r["step_ms_all"]) == len(r["eager_step_ms_all"]) == len(r["reference_step_ms_all"]) == 2
+    assert r["speedup"] == pytest.approx(r["eager_step_ms"] / r["step_ms"])
+    assert r["speedup_over_reference"] == pytest.approx(r["reference_step_ms"] / r["step_ms"])
+    table = bench.format_table([r])
+    assert "eager ms/step" in table and "reference ms/step" in table and "over reference" in table
+
+
 def test_alternate_ssa_times_both_settings_on_one_model(monkeypatch):
     settings = []
     real_set = bench.set_batch_coupled_ssa
