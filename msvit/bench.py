@@ -34,10 +34,10 @@ import timm
 import torch
 from torch import nn
 
-from .config import ArgumentParser, check_model_kwargs, parse_model_kwargs
+from .config import COMPILE_MODES, ArgumentParser, check_model_kwargs, parse_model_kwargs
 from .console import print_json, stdout_to_stderr
 from .errors import UserError, cli_entry
-from .models import ARCHS, MODEL_NAMES, count_parameters, set_batch_coupled_ssa
+from .models import ARCHS, MODEL_NAMES, compile_model, count_parameters, set_batch_coupled_ssa
 from .neurons import BACKENDS, LIF, cupy_unavailable_reason
 
 __all__ = ["DEFAULT_BATCH", "benchmark", "check_counts", "format_table", "lif_bandwidth", "main"]
@@ -160,7 +160,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
               amp_dtype: str | None = None, threads: int | None = None, seed: int = 0,
               profile_rows: int = 0, alternate: bool = False,
               batch_coupled_ssa: bool | None = None, alternate_ssa: bool = False,
-              grad_checkpointing: bool = False) -> dict[str, Any]:
+              grad_checkpointing: bool = False, compile_mode: str = "default") -> dict[str, Any]:
     """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
     (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
     (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`, checked as train.py
@@ -176,7 +176,8 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     median) and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths. With `compile`, each
     round is a reference step, an optimised eager step and a compiled step (`eager_step_ms`,
     `speedup` eager / compiled, `speedup_over_reference` reference / compiled); `compile_s` is the first
-    compiled step, compilation included, timed apart from the steps.
+    compiled step, compilation included, timed apart from the steps. `compile_mode` is torch.compile's mode
+    ('reduce-overhead': CUDA graphs on GPU).
 
     `alternate_ssa` alternates the same way between per-sample and batch-coupled SSA (the measured
     path, reported as the model's), and adds `per_sample_step_ms`, `coupling_cost` (batch-coupled /
@@ -190,6 +191,10 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         raise UserError("--reference times the reference path alone; --alternate already includes it")
     if alternate and alternate_ssa:
         raise UserError("--alternate and --alternate-ssa each compare two paths; choose one")
+    if compile_mode not in COMPILE_MODES:
+        raise UserError(f"unknown --compile-mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if compile_mode != "default" and not compile:
+        raise UserError(f"--compile-mode {compile_mode} needs --compile")
     if alternate_ssa and batch_coupled_ssa is not None:
         raise UserError("--alternate-ssa times both SSA settings; drop --batch-coupled-ssa")
     switch = reference_switch() if reference or alternate else None
@@ -232,7 +237,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     if compile:
         try:  # torch.compile is lazy: failures show up at the first call, so make that call here
             start = time.perf_counter()
-            runner = torch.compile(model, dynamic=False)  # fixed shapes; the default fails on CPU (torch 2.14)
+            runner = compile_model(model, compile_mode)
             train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
             compiled, compile_s = True, time.perf_counter() - start
         except Exception as exc:  # any backend/dynamo failure: warn and measure eager mode
@@ -314,7 +319,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         device=device, backend=",".join(used) or backend, requested_backend=backend,
         batch_coupled_ssa=model.config["batch_coupled_ssa"],
         amp=amp_name, channels_last=channels_last, grad_checkpointing=grad_checkpointing,
-        compile=compiled, compile_s=compile_s, reference=reference, warmup=warmup, repeats=repeats,
+        compile=compiled, compile_mode=compile_mode if compiled else None, compile_s=compile_s, reference=reference, warmup=warmup, repeats=repeats,
         images_per_s=batch_size / step_s, step_ms=1000 * step_s,
         forward_ms=1000 * statistics.median(t[0] for t in times),
         backward_ms=1000 * statistics.median(t[1] for t in times),
@@ -453,6 +458,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         flags = [f for f in ("reference", "alternate", "alternate_ssa", "channels_last", "grad_checkpointing", "compile")
                  if r.get(f)]
         flags += [] if r.get("alternate_ssa") else [f"SSA {'batch-coupled' if r['batch_coupled_ssa'] else 'per sample'}"]
+        flags += [f"compile mode {r['compile_mode']}"] if r.get("compile_mode") not in (None, "default") else []
         flags += [f"amp {r['amp']}"] if r["amp"] else []
         lines.append(f"device {r['device']} ({r['gpu'] or r['cpu']}, {r['threads']} threads), backend {r['backend']}, "
                      f"torch {r['torch']}, warmup {r['warmup']}, median of {r['repeats']}"
@@ -515,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "backward (model.set_grad_checkpointing)")
     p.add_argument("--channels-last", action="store_true", help="channels_last model (and 4-D inputs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager if it fails)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode with --compile; reduce-overhead: CUDA graphs on GPU")
     p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
     p.add_argument("--amp-dtype", choices=tuple(AMP_DTYPES), help="override the --amp dtype")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -534,7 +542,7 @@ def child_argv(args: argparse.Namespace, model: str) -> list[str]:
             "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--model-kwargs", args.model_kwargs]
     for dest, flag in (("batch_size", "--batch-size"), ("T", "--time-step"), ("img_size", "--img-size"),
                        ("threads", "--threads"), ("amp_dtype", "--amp-dtype"),
-                       ("batch_coupled_ssa", "--batch-coupled-ssa")):
+                       ("batch_coupled_ssa", "--batch-coupled-ssa"), ("compile_mode", "--compile-mode")):
         if getattr(args, dest) is not None:
             argv += [flag, str(getattr(args, dest))]
     for flag in ("reference", "alternate", "alternate_ssa", "channels_last", "grad_checkpointing", "compile", "amp"):
@@ -602,7 +610,8 @@ def _run(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
                      args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile,
                      alternate=args.alternate,
                      batch_coupled_ssa=None if args.batch_coupled_ssa is None else args.batch_coupled_ssa == "true",
-                     alternate_ssa=args.alternate_ssa, grad_checkpointing=args.grad_checkpointing)
+                     alternate_ssa=args.alternate_ssa, grad_checkpointing=args.grad_checkpointing,
+                     compile_mode=args.compile_mode)
 
 
 if __name__ == "__main__":

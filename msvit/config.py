@@ -133,7 +133,8 @@ SETTINGS: dict[str, Setting] = {
     "checkpoint_interval": Setting(0, "run", "optimizer updates between mid-epoch checkpoints (last.pth); "
                                    "0: at epoch ends only"),
     "channels_last": Setting(False, "run", "channels-last memory format (see docs/benchmarks.md)"),
-    "compile": Setting(False, "run", "torch.compile the training forward"),
+    "compile": Setting(False, "run", "torch.compile the training forward (test.py: the evaluation forward)"),
+    "compile_mode": Setting("default", "run", "torch.compile mode; reduce-overhead adds CUDA graphs on GPU"),
     "grad_checkpointing": Setting(False, "run", "recompute each block's activations in backward instead of storing "
                                                 "them: far less memory, about one more forward per step"),
 
@@ -171,6 +172,7 @@ TYPES: dict[str, tuple[Any, ...]] = {
     "cutmix_minmax": (list[float], None),
 }
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("cifar10", "cifar100", "imagenet", "dvs128_gesture", "cifar10_dvs", "digits"),
     "neuron_backend": BACKENDS,
@@ -178,6 +180,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mixup_mode": ("batch", "pair", "elem"),
     "remode": ("pixel", "const", "rand"),
     "sched": ("cosine",),
+    "compile_mode": COMPILE_MODES,
 }
 
 # The lowest value of integer settings (null, where allowed, means unset and passes).

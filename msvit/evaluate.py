@@ -14,15 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings
 from .data import build_datasets
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first
 from .energy import EnergyMeter, format_totals
 from .errors import ConfigError, cli_entry
-from .models import set_batch_coupled_ssa
+from .models import compile_model, set_batch_coupled_ssa
 from .console import print_json, setup_logging, stdout_to_stderr
 from .engine import amp_settings, evaluate
 from .loaders import build_eval_loader
@@ -59,7 +57,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
             meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
             runner = model
             if cfg["compile"] and not cfg["energy"]:  # the energy meter counts through hooks: eager
-                runner = torch.compile(model, dynamic=False)
+                runner = compile_model(model, cfg["compile_mode"])
             with meter:
                 metrics = evaluate(runner, loader, env, amp)
             energy = meter.totals() if cfg["energy"] else {}  # per image, summed over all processes

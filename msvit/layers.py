@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .neurons import LIF
@@ -59,14 +58,14 @@ def _batch_norm_of_copies(bn: nn.BatchNorm2d, y: torch.Tensor, copies: int) -> t
     copies' count n, var * n / (n - 1), as `bn` on the copies would."""
     if not (bn.training and bn.track_running_stats):
         return bn(y)
-    out = F.batch_norm(y, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    # normalised output and the batch's mean and 1 / sqrt(var + eps), in float32 whatever y's dtype, in one pass
+    out, mean, invstd = torch.native_batch_norm(y, bn.weight, bn.bias, None, None, True, 0.0, bn.eps)
     with torch.no_grad():
-        var, mean = torch.var_mean(y, dim=[0, *range(2, y.dim())], correction=0)
         n = copies * y.numel() // y.shape[1]
         bn.num_batches_tracked.add_(1)
         weight = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), weight)
-        bn.running_var.lerp_(var.to(bn.running_var.dtype) * (n / (n - 1)), weight)
+        bn.running_mean.lerp_(mean, weight)
+        bn.running_var.lerp_((invstd.pow(-2) - bn.eps) * (n / (n - 1)), weight)
     return out
 
 

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .layers import STEMS, AttentionBase, Block, PatchEmbed, SpikingSelfAttention, TokenAttention
 from .neurons import LIF, reset_neurons, validate_backend
 
-__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "count_parameters",
+__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "compile_model", "count_parameters",
            "use_reference_implementation", "set_batch_coupled_ssa"]
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -205,6 +205,12 @@ def _checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     saved generator state, so they match)."""
     return checkpoint(_run_from_rest, module, x, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _running_statistics_frozen(module)))
+
+
+def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
+    """`torch.compile(model)` for fixed input shapes (inductor's dynamic shapes fail on CPU with torch 2.14); the
+    model traces as one graph. `mode` is torch.compile's: 'reduce-overhead' replays CUDA graphs on GPU."""
+    return torch.compile(model, dynamic=False, mode=mode)
 
 
 def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.Module:

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -37,7 +37,7 @@ from .engine import (AmpSettings, EpochProgress, StepSettings, amp_settings, epo
                      train_one_epoch)
 from .errors import ConfigError, UserError, cli_entry
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
-from .models import count_parameters
+from .models import compile_model, count_parameters
 from .neurons import implementation
 from .preemption import EXIT_PREEMPTED, Preempted, StopRequest
 from .runfolder import (SUMMARY_FIELDS, output_dir, prepare_output, resume_path, settings_for_run, write_checkpoints,
@@ -121,6 +121,12 @@ def _devices_and_neurons(model: nn.Module, env: DistEnv, amp: AmpSettings) -> st
     return ", ".join(f"{everyone.count(entry)} x {entry}" for entry in dict.fromkeys(everyone))
 
 
+def _compile_words(cfg: Mapping[str, Any]) -> str:
+    if not cfg["compile"]:
+        return "off"
+    return "on (training forward" + ("" if cfg["compile_mode"] == "default" else f", mode {cfg['compile_mode']}") + ")"
+
+
 def _inductor_cache() -> str:
     """Where inductor keeps compiled kernels (its default: /tmp/torchinductor_<user>)."""
     try:
@@ -161,7 +167,7 @@ def _log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tupl
             f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates "
             f"per epoch; {cfg['workers']} loader workers per process",
             _schedule_line(cfg, lr),
-            f"devices: {neurons}; {precision}; compile {'on (training forward)' if cfg['compile'] else 'off'}; "
+            f"devices: {neurons}; {precision}; compile {_compile_words(cfg)}; "
             f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}",
             f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "
             f"update (exit {EXIT_PREEMPTED})"):
@@ -299,7 +305,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if cfg["compile"]:  # opt-in: the training forward is compiled, evaluation runs eagerly
-        train_model = torch.compile(train_model, dynamic=False)  # dynamic shapes fail in inductor on CPU
+        train_model = compile_model(train_model, cfg["compile_mode"])
         log.info("compile: the first training step compiles the model (minutes on a CPU; cached in %s, "
                  "TORCHINDUCTOR_CACHE_DIR moves it)", _inductor_cache())
 

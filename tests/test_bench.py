@@ -209,8 +209,8 @@ def test_alternate_times_both_paths_on_one_model(monkeypatch):
 def test_alternate_with_compile_times_reference_eager_and_compiled(monkeypatch):
     real_compile, compiled = torch.compile, []
 
-    def quick_compile(model, **kwargs):  # dynamo without inductor: the same alternation, seconds not minutes
-        compiled.append(model)
+    def quick_compile(model, *, mode, **kwargs):  # dynamo without inductor: the same alternation, in seconds
+        compiled.append(mode)
         return real_compile(model, backend="eager", **kwargs)
 
     monkeypatch.setattr(torch, "compile", quick_compile)
@@ -218,8 +218,9 @@ def test_alternate_with_compile_times_reference_eager_and_compiled(monkeypatch):
     real_switch = msvit.use_reference_implementation
     monkeypatch.setattr(msvit, "use_reference_implementation",
                         lambda model, enabled=True: calls.append(enabled) or real_switch(model, enabled))
-    r = tiny_run(compile=True, alternate=True, warmup=1, repeats=2)
-    assert len(compiled) == 1 and r["compile"] and r["compile_s"] > 0
+    r = tiny_run(compile=True, alternate=True, warmup=1, repeats=2, compile_mode="reduce-overhead")
+    assert compiled == ["reduce-overhead"] and r["compile"] and r["compile_s"] > 0
+    assert r["compile_mode"] == "reduce-overhead" and "compile mode reduce-overhead" in bench.format_table([r])
     assert calls == [True, False, False] * 3 + [False]  # reference, eager, compiled each round, then optimised
     assert len(r["step_ms_all"]) == len(r["eager_step_ms_all"]) == len(r["reference_step_ms_all"]) == 2
     assert r["speedup"] == pytest.approx(r["eager_step_ms"] / r["step_ms"])

@@ -63,3 +63,38 @@ def test_a_compiled_training_step_equals_the_eager_step(compiled_as, backend):
     eager.eval(), compiled_model.eval()
     with torch.no_grad():
         assert torch.equal(eager(x), compiled(x))
+
+
+def test_train_and_test_compile_with_the_configured_mode(tmp_path, monkeypatch, capsys):
+    """`compile: true` and `compile_mode` reach torch.compile in train.py and test.py (dynamo with the eager
+    backend here: the wiring, not inductor), the first update reports its time, and the compiled evaluation
+    gives the eager one's result."""
+    from pathlib import Path
+
+    import msvit.evaluate
+    import msvit.train
+    from msvit.config import parse_args
+
+    real_compile, modes = torch.compile, []
+
+    def recording_compile(model, *, mode, **kwargs):
+        modes.append(mode)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    torch._dynamo.reset()
+    root = Path(__file__).resolve().parents[1]
+    digits, variants = root / "digits" / "digits.yml", ("msvit_cifar_4_384", "qkformer_cifar_4_384")
+    tiny = ["--img-size", "8", "--workers", "0", "--epochs", "1"]
+    msvit.train.run(parse_args([*tiny, "--output", str(tmp_path / "run"), "--compile", "true",
+                                "--compile-mode", "reduce-overhead"], digits), variants)
+    out = capsys.readouterr().out
+    assert modes == ["reduce-overhead"]
+    assert "compile on (training forward, mode reduce-overhead)" in out
+    assert "compile: the first update, compilation included, took" in out
+    checkpoint = ["--checkpoint", str(tmp_path / "run" / "last.pth"), "--workers", "0"]
+    eager = msvit.evaluate.run(parse_args(checkpoint, digits), variants)
+    compiled = msvit.evaluate.run(parse_args([*checkpoint, "--compile", "true"], digits), variants)
+    assert modes == ["reduce-overhead", "default"]
+    assert compiled["top1"] == eager["top1"] and compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    torch._dynamo.reset()

@@ -298,6 +298,10 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
     "bench-model-kwargs-without-space": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384", "--model-kwargs",
                                                  "{embed_dim:48}", expect=["space after the colon"]),
     "energy-not-a-number": _refused("-m msvit.energy", "--batches", "x", expect=["argument --batches", "'x'"]),
+    "compile-mode-unknown": _refused("cifar10/train.py", "--compile-mode", "fast",
+                                     expect=["compile_mode", "reduce-overhead", "'fast'"]),
+    "bench-compile-mode-without-compile": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384",
+                                                   "--compile-mode", "reduce-overhead", expect=["needs --compile"]),
 }
 if importlib.util.find_spec("cupy") is None:  # where CuPy is installed the backend may well work
     SETTINGS_REFUSED["cupy-not-installed"] = _refused("cifar10/train.py", "--neuron-backend", "cupy",

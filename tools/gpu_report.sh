@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md, on a machine with CUDA (and CuPy for the cupy rows).
 #
-#   tools/gpu_report.sh OUTDIR [PART ...]     PART: tests lif cupy reference torch extras coupling (default: all)
+#   tools/gpu_report.sh OUTDIR [PART ...]     PART: tests lif cupy reference torch extras coupling compile memory
+#                                             (default: all)
 #
 # tests   the GPU tests (CuPy kernel vs torch backend, a training step on the GPU) -> pytest.txt
 # lif     one LIF neuron's forward/backward and kernel bandwidth, fp32 and fp16  -> lif.jsonl
@@ -12,11 +13,15 @@
 # coupling  batch-coupled vs per-sample SSA, alternating in one process, CuPy LIF, AMP, recipe batches
 #         -> bench_coupling_amp.json; one LIF on a coupled SSA's [T*B, C, N] and the same numbers
 #         of elements per sample [T, B, C, N], fp16 and fp32 -> lif_coupling.jsonl
+# compile  reference, optimised eager and compiled steps in turn, AMP, recipe batches, without and with CUDA
+#         graphs (--compile-mode reduce-overhead) -> bench_compile*.json
+# memory  msvit_10_768 at the recipe's per-GPU batch, AMP, with and without activation checkpointing
+#         -> bench_memory.json; the stem's first layer once per image vs per step -> stem_once.jsonl
 # Each part runs even if an earlier one failed; the exit status is that of the last failure.
 set -u -o pipefail
 out=${1:?usage: tools/gpu_report.sh OUTDIR [tests lif cupy reference torch extras coupling]}
 shift
-parts=${*:-tests lif cupy reference torch extras coupling}
+parts=${*:-tests lif cupy reference torch extras coupling compile memory}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 status=0
@@ -72,8 +77,25 @@ for part in $parts; do
             "$(tail -n 1 "$out/lif_coupling.jsonl")"
         done
       done ;;
+    compile)
+      for mode in default reduce-overhead; do
+        step $py -m msvit.bench --all --models msvit_cifar_4_384,msvit_10_384,msvit_dvs_2_256 --device cuda \
+          --backend cupy --amp --compile --compile-mode $mode --alternate --json > "$out/bench_compile_$mode.json"
+        table "$out/bench_compile_$mode.json"
+      done ;;
+    memory)
+      for gc in "" --grad-checkpointing; do
+        step $py -m msvit.bench --model msvit_10_768 --device cuda --backend cupy --amp $gc --warmup 1 --repeats 3 \
+          --json >> "$out/bench_memory.jsonl"
+        $py -c "import json, sys, msvit.bench as b; print(b.format_table([json.loads(sys.argv[1])]))" \
+          "$(tail -n 1 "$out/bench_memory.jsonl")"
+      done
+      for model in msvit_cifar_4_384 msvit_10_384; do
+        step $py tools/stem_once_ab.py --model $model --device cuda --amp | tee -a "$out/stem_once.jsonl"
+      done ;;
     *)
-      echo "unknown part $part; choose tests lif cupy reference torch extras coupling" >&2; status=2 ;;
+      echo "unknown part $part; choose tests lif cupy reference torch extras coupling compile memory" >&2
+      status=2 ;;
   esac
 done
 exit $status
