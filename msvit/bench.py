@@ -319,7 +319,8 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         device=device, backend=",".join(used) or backend, requested_backend=backend,
         batch_coupled_ssa=model.config["batch_coupled_ssa"],
         amp=amp_name, channels_last=channels_last, grad_checkpointing=grad_checkpointing,
-        compile=compiled, compile_mode=compile_mode if compiled else None, compile_s=compile_s, reference=reference, warmup=warmup, repeats=repeats,
+        compile=compiled, compile_mode=compile_mode if compiled else None, compile_s=compile_s,
+        reference=reference, warmup=warmup, repeats=repeats,
         images_per_s=batch_size / step_s, step_ms=1000 * step_s,
         forward_ms=1000 * statistics.median(t[0] for t in times),
         backward_ms=1000 * statistics.median(t[1] for t in times),
@@ -470,7 +471,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     if ok and ok[0]["compile"]:
         columns += (("compile s", "compile_s", "{:.1f}"),)
     if ok and ok[0]["alternate"]:
-        others = ("reference", "eager") if ok[0]["compile"] else ("reference",)  # what the measured path alternated with
+        # what the measured path alternated with
+        others = ("reference", "eager") if ok[0]["compile"] else ("reference",)
         for other in others:
             columns += ((f"{other} ms/step", f"{other}_step_ms", "{:.1f}"),)
             if ok[0]["device"] == "cuda":

@@ -3,13 +3,17 @@
 operators with fake-tensor and autograd registrations, `msvit.cpu_lif`), and a compiled training step gives
 the eager step's spikes and, to float rounding, its gradients."""
 import copy
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
+import msvit.evaluate
+import msvit.train
 from busy import excite_ssa
 from msvit import cpu_lif
+from msvit.config import parse_args
 from msvit.neurons import LIF
 
 SMALL = dict(T=2, num_classes=5, embed_dim=32, num_heads=2)
@@ -69,12 +73,6 @@ def test_train_and_test_compile_with_the_configured_mode(tmp_path, monkeypatch, 
     """`compile: true` and `compile_mode` reach torch.compile in train.py and test.py (dynamo with the eager
     backend here: the wiring, not inductor), the first update reports its time, and the compiled evaluation
     gives the eager one's result."""
-    from pathlib import Path
-
-    import msvit.evaluate
-    import msvit.train
-    from msvit.config import parse_args
-
     real_compile, modes = torch.compile, []
 
     def recording_compile(model, *, mode, **kwargs):
