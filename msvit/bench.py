@@ -12,13 +12,17 @@ random data at its dataset's real input size, and reports the median step time s
 
 Peak memory is `torch.cuda.max_memory_allocated()` over the timed steps on CUDA, and the peak
 resident set size of the whole process (imports included) on CPU; `--all` therefore runs every
-model in a fresh subprocess. From Python: `benchmark("msvit_cifar_4_384", batch_size=8)` returns
-the same dict as `--json` prints.
+model in a fresh subprocess. `held_mb` is what one more training forward leaves allocated, the
+activations kept for backward: CUDA's allocated bytes, or on CPU the heap bytes in use that glibc
+counts (exact, where the peak RSS also holds the allocator's cached blocks). From Python:
+`benchmark("msvit_cifar_4_384", batch_size=8)` returns the same dict as `--json` prints.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import json
 import math
 import os
@@ -97,6 +101,43 @@ def rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def live_bytes_counter(device: torch.device) -> Callable[[], int] | None:
+    """A function returning the bytes allocated now: CUDA's allocator, or on CPU the heap in use as glibc counts
+    it (`mallinfo2`: arena chunks and mmapped ones, exact, unlike the peak RSS); None without either."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.memory_allocated(device)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def live() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+    return live
+
+
+def held_megabytes(forward: Callable[[], Any], live: Callable[[], int] | None,
+                   sync: Callable[[], None]) -> float | None:
+    """MiB that one training forward leaves allocated: what autograd keeps for backward, and the output."""
+    if live is None:
+        return None
+    gc.collect()
+    sync()
+    before = live()
+    out = forward()
+    sync()
+    held = live() - before
+    del out
+    return held / 2**20
+
+
 def make_batch(stem: str, batch_size: int, T: int, in_chans: int, img_size: int, num_classes: int,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Random normal images `[B, C, H, W]`, or small integer event counts `[B, T, C, H, W]` for DVS."""
@@ -162,19 +203,19 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
               batch_coupled_ssa: bool | None = None, alternate_ssa: bool = False,
               grad_checkpointing: bool = False, compile_mode: str = "default") -> dict[str, Any]:
     """Time `warmup` untimed and `repeats` timed training steps of `model_name`; return the medians
-    (milliseconds), images/s, peak memory (MiB) and the settings. `None` means the model's default
-    (T, img_size) or the recipe's batch size; `model_kwargs` go to `timm.create_model`, checked as train.py
-    checks them (`config.check_model_kwargs`), and so does `batch_coupled_ssa` when given (None: the model's
-    default, the release's batch-coupled SSA). With
-    `profile_rows`, one more step runs under torch.profiler and the result's `profile` holds its
-    busiest operators (by self CUDA time on CUDA, self CPU time on CPU) as a table.
+    (milliseconds), images/s, peak memory and the memory one training forward leaves held (MiB), and the
+    settings. `None` means the model's default (T, img_size) or the recipe's batch size; `model_kwargs` go to
+    `timm.create_model`, checked as train.py checks them (`config.check_model_kwargs`), and so does
+    `batch_coupled_ssa` when given (None: the model's default, the release's batch-coupled SSA). With
+    `profile_rows`, one more step runs under torch.profiler and the result's `profile` holds its busiest
+    operators (by self CUDA time on CUDA, self CPU time on CPU) as a table.
 
-    `alternate` times the reference path against the optimised one on the same model and batch in
-    this process: every warm-up and timed step becomes a reference step followed by an optimised
-    step (`msvit.use_reference_implementation` switched in between), which cancels most of the drift
-    between separate runs. The result then adds `reference_step_ms`, `speedup` (reference / optimised
-    median) and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths. With `compile`, each
-    round is a reference step, an optimised eager step and a compiled step (`eager_step_ms`,
+    `alternate` times the reference path against the optimised one on the same model and batch in this process:
+    every warm-up and timed step becomes a reference step followed by an optimised step
+    (`msvit.use_reference_implementation` switched in between), which cancels most of the drift between separate
+    runs. The result then adds `reference_step_ms`, `speedup` (reference / optimised median),
+    `reference_held_mb` and, on CUDA, `reference_peak_memory_mb`; CPU peak RSS covers both paths. With
+    `compile`, each round is a reference step, an optimised eager step and a compiled step (`eager_step_ms`,
     `speedup` eager / compiled, `speedup_over_reference` reference / compiled); `compile_s` is the first
     compiled step, compilation included, timed apart from the steps. `compile_mode` is torch.compile's mode
     ('reduce-overhead': CUDA graphs on GPU).
@@ -278,8 +319,15 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
                 timings[path].append(timing)
                 if dev.type == "cuda":
                     cuda_peaks[path] = max(cuda_peaks[path], torch.cuda.max_memory_allocated(dev) / 2**20)
-    if len(paths) > 1:
-        paths["measured"]()
+    live, held = live_bytes_counter(dev), {}
+    for path, switch_to in paths.items():  # the memory one training forward leaves held, per path
+        if len(paths) > 1:
+            switch_to()
+
+        def forward() -> torch.Tensor:
+            with autocast():
+                return current["runner"](inputs)
+        held[path] = held_megabytes(forward, live, sync)
     if dev.type == "cuda":
         peak_mb, memory = cuda_peaks["measured"], "cuda max_memory_allocated"
     else:
@@ -292,7 +340,8 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
             continue
         comparison.update({f"{other}_step_ms": 1000 * medians[other],
                            f"{other}_step_ms_all": [round(1000 * sum(t), 3) for t in timings[other]],
-                           f"{other}_peak_memory_mb": cuda_peaks[other] if dev.type == "cuda" else None})
+                           f"{other}_peak_memory_mb": cuda_peaks[other] if dev.type == "cuda" else None,
+                           f"{other}_held_mb": held[other]})
         if other == "per_sample":
             comparison["coupling_cost"] = medians["measured"] / medians[other]
     if "eager" in paths or "reference" in paths:  # the compiled step against eager, else against the reference
@@ -326,7 +375,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         backward_ms=1000 * statistics.median(t[1] for t in times),
         optimizer_ms=1000 * statistics.median(t[2] for t in times),
         step_ms_all=[round(1000 * s, 3) for s in steps],
-        peak_memory_mb=peak_mb, memory=memory, rss_before_model_mb=rss_before_model,
+        peak_memory_mb=peak_mb, memory=memory, held_mb=held["measured"], rss_before_model_mb=rss_before_model,
         torch=torch.__version__, threads=torch.get_num_threads(), cpu=cpu_name(), cpu_count=os.cpu_count(),
         gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         loadavg_before=load_before, loadavg_after=os.getloadavg()[0], profile=profile_table,
@@ -350,8 +399,8 @@ def lif_bandwidth(shape: Sequence[int] = LIF_SHAPE, device: str = "cuda", backen
 
     Bandwidth counts the bytes the CuPy kernels must move, with N neurons and T steps. msvit's
     forward kernel reads x and v_init and writes h, spikes and v_last, (3T + 2) N elements; its
-    backward reads the spike and v_last gradients, h and spikes and writes the x and v_init
-    gradients, (4T + 2) N. spikingjelly's kernels also write (forward) and read (backward) the
+    backward reads the spike and v_last gradients and h (where it fired is `h >= threshold`) and
+    writes the x and v_init gradients, (3T + 2) N. spikingjelly's kernels also write (forward) and read (backward) the
     membrane sequence: (4T + 1) N and (5T + 1) N. Call bandwidths use the same counts, so they show
     what the work around the kernel costs; the yardsticks are a device-to-device copy of the input
     (2 x its bytes moved) and the device's nominal bandwidth.
@@ -399,7 +448,7 @@ def lif_bandwidth(shape: Sequence[int] = LIF_SHAPE, device: str = "cuda", backen
         kernel_bwd_ms = _cuda_kernel_ms(prof, "LIFNode_bptt" if reference else "msvit_lif_backward", repeats)
 
     size = torch.finfo(dt).bits // 8
-    fwd_elements, bwd_elements = ((4 * T + 1, 5 * T + 1) if reference and used == "cupy" else (3 * T + 2, 4 * T + 2))
+    fwd_elements, bwd_elements = ((4 * T + 1, 5 * T + 1) if reference and used == "cupy" else (3 * T + 2, 3 * T + 2))
     fwd_bytes, bwd_bytes = fwd_elements * neurons * size, bwd_elements * neurons * size
     copy = torch.empty_like(x)
     copy_ms = statistics.median(timed(lambda: copy.copy_(x))[1] for _ in range(max(repeats, 5)))
@@ -447,7 +496,7 @@ COLUMNS = (("model", "model", "{}"), ("batch", "batch_size", "{}"), ("T", "T", "
            ("input", "input_shape", "{}"), ("img/s", "images_per_s", "{:.2f}"),
            ("ms/step", "step_ms", "{:.1f}"), ("fwd ms", "forward_ms", "{:.1f}"),
            ("bwd ms", "backward_ms", "{:.1f}"), ("opt ms", "optimizer_ms", "{:.1f}"),
-           ("peak MiB", "peak_memory_mb", "{:.0f}"), ("params", "params", "{:,}"))
+           ("peak MiB", "peak_memory_mb", "{:.0f}"), ("held MiB", "held_mb", "{:.0f}"), ("params", "params", "{:,}"))
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
@@ -474,7 +523,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         # what the measured path alternated with
         others = ("reference", "eager") if ok[0]["compile"] else ("reference",)
         for other in others:
-            columns += ((f"{other} ms/step", f"{other}_step_ms", "{:.1f}"),)
+            columns += ((f"{other} ms/step", f"{other}_step_ms", "{:.1f}"),
+                        (f"{other} held MiB", f"{other}_held_mb", "{:.0f}"))
             if ok[0]["device"] == "cuda":
                 columns += ((f"{other} peak MiB", f"{other}_peak_memory_mb", "{:.0f}"),)
         columns += (("speed-up", "speedup", "{:.2f}x"),)
@@ -486,8 +536,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         if ok[0]["device"] == "cuda":
             columns += (("per-sample peak MiB", "per_sample_peak_memory_mb", "{:.0f}"),)
     rows = [[head for head, _, _ in columns]]
-    rows += [[fmt.format("x".join(map(str, r[key])) if key == "input_shape" else r[key])
-              for _, key, fmt in columns] for r in ok]
+    rows += [["-" if r.get(key) is None else fmt.format("x".join(map(str, r[key])) if key == "input_shape"
+                                                        else r[key]) for _, key, fmt in columns] for r in ok]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))

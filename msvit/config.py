@@ -137,6 +137,8 @@ SETTINGS: dict[str, Setting] = {
     "compile_mode": Setting("default", "run", "torch.compile mode; reduce-overhead adds CUDA graphs on GPU"),
     "grad_checkpointing": Setting(False, "run", "recompute each block's activations in backward instead of storing "
                                                 "them: far less memory, about one more forward per step"),
+    "pack_saved_spikes": Setting(True, "run", "keep the spikes that layers save for backward as bits: the same "
+                                              "step in less memory (docs/benchmarks.md)"),
 
     "checkpoint": Setting("", "evaluation", "test.py, msvit.energy: the weights to evaluate"),
     "val_batch_size": Setting(None, "evaluation", "evaluation batch per process; null: batch_size"),

@@ -2,8 +2,9 @@
 
 On CPU the LIF loop written with torch operations makes a dozen passes over memory per step and
 its cost is dominated by memory traffic, not arithmetic. This kernel makes one pass forward
-(charge, fire, reset, and the surrogate's input `alpha * (h - thr)` for backward) and, after an
-in-place sigmoid, one pass backward. It is plain C99 built with the system compiler (`$CC`, else
+(charge, fire, reset, and the surrogate's input `z = alpha * (h - thr)` for backward) and, after a
+sigmoid of `z` into the gradient's buffer, one pass backward. Only `z` is kept for backward: its sign
+says where the neurons fired, so the spikes are not saved. It is plain C99 built with the system compiler (`$CC`, else
 `cc`) into a cache folder (`$MSVIT_CACHE_DIR`, else `~/.cache/msvit`), run on torch's number of
 threads with pthreads, and vectorised for AVX2 where the CPU has it (GCC on x86-64). Arithmetic is
 the torch path's, operation by operation, without contraction into fused multiply-adds, so spikes
@@ -40,7 +41,7 @@ _SOURCE = r"""
 #endif
 
 typedef struct {
-    const float *x, *v_init, *grad_spikes, *grad_v_last, *sg, *spikes_in;
+    const float *x, *v_init, *grad_spikes, *grad_v_last, *z_in;
     float *z, *spikes, *v_last, *grad_x, *grad_v_init;
     int64_t neurons, steps;
     float tau, threshold, alpha;
@@ -72,7 +73,10 @@ MULTIVERSION static void forward_range(const Args *a, int64_t begin, int64_t end
 }
 
 /* BPTT with a detached hard reset: grad_h = grad_s * alpha * sg * (1 - sg) + (1 - s) * carried,
-   grad_x = grad_h / tau, carried <- grad_h * (1 - 1 / tau); carried starts as the v_last gradient. */
+   grad_x = grad_h / tau, carried <- grad_h * (1 - 1 / tau); carried starts as the v_last gradient.
+   grad_x holds sg = sigmoid(z) on entry. The step fired (s = 1) where z >= 0: z = (h - threshold) * alpha
+   with alpha > 0 has the sign of h - threshold, and a float difference is >= 0 exactly where h >= threshold,
+   so no spike sequence needs to be kept for backward. */
 MULTIVERSION static void backward_range(const Args *a, int64_t begin, int64_t end) {
     float carried[BLOCK];
     const float decay = 1.0f - 1.0f / a->tau;
@@ -81,11 +85,11 @@ MULTIVERSION static void backward_range(const Args *a, int64_t begin, int64_t en
         memcpy(carried, a->grad_v_last + b, n * sizeof(float));
         for (int64_t t = a->steps - 1; t >= 0; --t) {
             const int64_t off = t * a->neurons + b;
-            const float *gs = a->grad_spikes + off, *sg = a->sg + off, *s = a->spikes_in + off;
+            const float *gs = a->grad_spikes + off, *z = a->z_in + off;
             float *gx = a->grad_x + off;
             for (int64_t j = 0; j < n; ++j) {
-                const float slope = a->alpha * sg[j] * (1.0f - sg[j]);
-                const float gh = gs[j] * slope + (s[j] != 0.0f ? 0.0f : carried[j]);
+                const float sg = gx[j], slope = a->alpha * sg * (1.0f - sg);
+                const float gh = gs[j] * slope + (z[j] >= 0.0f ? 0.0f : carried[j]);
                 gx[j] = gh / a->tau;
                 carried[j] = gh * decay;
             }
@@ -132,12 +136,10 @@ int msvit_lif_forward(const float *x, const float *v_init, float *z, float *spik
     return run_parallel(forward_range, &a, threads);
 }
 
-int msvit_lif_backward(const float *grad_spikes, const float *grad_v_last, const float *sg, const float *spikes,
-                       float *grad_x, float *grad_v_init, int64_t neurons, int64_t steps, float tau, float alpha,
-                       int threads) {
-    const Args a = {.grad_spikes = grad_spikes, .grad_v_last = grad_v_last, .sg = sg, .spikes_in = spikes,
-                    .grad_x = grad_x, .grad_v_init = grad_v_init, .neurons = neurons, .steps = steps,
-                    .tau = tau, .alpha = alpha};
+int msvit_lif_backward(const float *grad_spikes, const float *grad_v_last, const float *z, float *grad_x,
+                       float *grad_v_init, int64_t neurons, int64_t steps, float tau, float alpha, int threads) {
+    const Args a = {.grad_spikes = grad_spikes, .grad_v_last = grad_v_last, .z_in = z, .grad_x = grad_x,
+                    .grad_v_init = grad_v_init, .neurons = neurons, .steps = steps, .tau = tau, .alpha = alpha};
     return run_parallel(backward_range, &a, threads);
 }
 """
@@ -167,7 +169,7 @@ def _compile() -> ctypes.CDLL:
     pointers = [ctypes.c_void_p] * 5
     scalars = [ctypes.c_int64, ctypes.c_int64, ctypes.c_float]
     lib.msvit_lif_forward.argtypes = [*pointers, *scalars, ctypes.c_float, ctypes.c_float, ctypes.c_int]
-    lib.msvit_lif_backward.argtypes = [*pointers, ctypes.c_void_p, *scalars, ctypes.c_float, ctypes.c_int]
+    lib.msvit_lif_backward.argtypes = [*pointers, *scalars, ctypes.c_float, ctypes.c_int]
     lib.msvit_lif_forward.restype = lib.msvit_lif_backward.restype = ctypes.c_int
     return lib
 
@@ -210,32 +212,30 @@ class CpuLIF(torch.autograd.Function):
         z = torch.empty_like(x_seq) if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] else None
         kernel().msvit_lif_forward(_ptr(x_seq), _ptr(v_init), _ptr(z), _ptr(spikes), _ptr(v_last), v_init.numel(),
                                    x_seq.shape[0], tau, v_threshold, alpha, torch.get_num_threads())
-        ctx.save_for_backward(spikes)
-        ctx.z = z  # an intermediate: turned into the surrogate's sigmoid, in place, by the first backward
-        ctx.sigmoid_done = False
+        ctx.save_for_backward(z)  # the surrogate's input, which also tells where the neurons fired
         ctx.constants = (tau, alpha)
         return spikes, v_last
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor):
-        (spikes,) = ctx.saved_tensors
+        (z,) = ctx.saved_tensors
         tau, alpha = ctx.constants
-        if not ctx.sigmoid_done:  # retain_graph: a second backward finds the sigmoid already there
-            ctx.z.sigmoid_()
-            ctx.sigmoid_done = True
-        grad_spikes, grad_v_last = grad_spikes.float().contiguous(), grad_v_last.float().contiguous()
-        grad_x, grad_v_init = torch.empty_like(spikes), torch.empty_like(grad_v_last)
-        kernel().msvit_lif_backward(_ptr(grad_spikes), _ptr(grad_v_last), _ptr(ctx.z), _ptr(spikes), _ptr(grad_x),
-                                    _ptr(grad_v_init), grad_v_last.numel(), spikes.shape[0], tau, alpha,
-                                    torch.get_num_threads())
-        return grad_x, grad_v_init, None, None, None
+        return *_backward_kernel(grad_spikes, grad_v_last, z, tau, alpha), None, None, None
+
+
+def _backward_kernel(grad_spikes: torch.Tensor, grad_v_last: torch.Tensor, z: torch.Tensor, tau: float,
+                     alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of x_seq and v_init (BPTT through the LIF, sigmoid surrogate) from the forward's `z`."""
+    grad_spikes, grad_v_last = grad_spikes.float().contiguous(), grad_v_last.float().contiguous()
+    grad_x, grad_v_init = torch.sigmoid(z), torch.empty_like(grad_v_last)  # the kernel turns sg into grad_x
+    kernel().msvit_lif_backward(_ptr(grad_spikes), _ptr(grad_v_last), _ptr(z), _ptr(grad_x), _ptr(grad_v_init),
+                                grad_v_last.numel(), z.shape[0], tau, alpha, torch.get_num_threads())
+    return grad_x, grad_v_init
 
 
 # ---------------------------------------------------------------- the same kernel as operators for torch.compile
 # torch.compile cannot trace into ctypes calls: inside a compiled region the kernel runs as two custom operators
-# with fake-tensor (shape) and autograd registrations, so the whole model stays one graph. Functional operators
-# may not change their inputs, so the backward computes the surrogate's sigmoid into a new buffer instead of in
-# place over the forward's intermediate, as CpuLIF does eagerly.
+# with fake-tensor (shape) and autograd registrations, so the whole model stays one graph.
 
 @torch.compiler.assume_constant_result
 def available() -> bool:
@@ -264,33 +264,26 @@ def _(x_seq, v_init, tau, v_threshold, alpha, keep_surrogate):
 
 
 @torch.library.custom_op("msvit::lif_cpu_backward", mutates_args=(), device_types="cpu")
-def lif_backward_op(grad_spikes: torch.Tensor, grad_v_last: torch.Tensor, z: torch.Tensor, spikes: torch.Tensor,
+def lif_backward_op(grad_spikes: torch.Tensor, grad_v_last: torch.Tensor, z: torch.Tensor,
                     tau: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of x_seq and v_init (BPTT through the LIF, sigmoid surrogate)."""
-    slope, spikes = torch.sigmoid(z).contiguous(), spikes.contiguous()
-    grad_spikes, grad_v_last = grad_spikes.float().contiguous(), grad_v_last.float().contiguous()
-    grad_x, grad_v_init = spikes.new_empty(spikes.shape), spikes.new_empty(grad_v_last.shape)
-    kernel().msvit_lif_backward(_ptr(grad_spikes), _ptr(grad_v_last), _ptr(slope), _ptr(spikes), _ptr(grad_x),
-                                _ptr(grad_v_init), grad_v_last.numel(), spikes.shape[0], tau, alpha,
-                                torch.get_num_threads())
-    return grad_x, grad_v_init
+    return _backward_kernel(grad_spikes, grad_v_last, z.contiguous(), tau, alpha)
 
 
 @lif_backward_op.register_fake
-def _(grad_spikes, grad_v_last, z, spikes, tau, alpha):
-    return spikes.new_empty(spikes.shape), spikes.new_empty(grad_v_last.shape)
+def _(grad_spikes, grad_v_last, z, tau, alpha):
+    return z.new_empty(z.shape), z.new_empty(grad_v_last.shape)
 
 
 def _save_for_backward(ctx, inputs, output) -> None:
     _, _, tau, _, alpha, _ = inputs
-    spikes, _, z = output
-    ctx.save_for_backward(spikes, z)
+    ctx.save_for_backward(output[2])  # z
     ctx.tau, ctx.alpha = tau, alpha
 
 
 def _backward(ctx, grad_spikes, grad_v_last, grad_z):
-    spikes, z = ctx.saved_tensors
-    grad_x, grad_v_init = lif_backward_op(grad_spikes, grad_v_last, z, spikes, ctx.tau, ctx.alpha)
+    (z,) = ctx.saved_tensors
+    grad_x, grad_v_init = lif_backward_op(grad_spikes, grad_v_last, z, ctx.tau, ctx.alpha)
     return grad_x, grad_v_init, None, None, None, None
 
 

@@ -5,7 +5,7 @@ the GPU on every call (host syncs), zero-fills and concatenates buffers, and ret
 view of one buffer that also holds the membrane and charge sequences: whatever keeps the spikes for
 backward (the next convolution) keeps three times their size alive. Here the scalars are kernel
 arguments, the buffers are uninitialised and separate, only the charge `h` is saved for backward
-and no membrane sequence is stored. Arithmetic follows the torch backend operation by operation
+(where it fired is `h >= threshold` again, so no spike sequence is kept) and no membrane sequence is stored. Arithmetic follows the torch backend operation by operation
 (`h = v + (x - v) / tau`, each step rounded to the tensor's dtype as torch rounds it), so spikes
 are identical to it in float32 and float16; the backward works in float32. In float16, where the
 neuron count per step is even and the tensors 4-byte aligned (nearly always), each thread runs two
@@ -52,14 +52,15 @@ __device__ __forceinline__ float lif_step(const float x, float& v, const float t
 }
 
 // backpropagates one step: returns d loss / d x_t; grad_v holds the gradient reaching v_t from later
-// steps on entry and the one reaching v_{t-1} on return
-__device__ __forceinline__ float lif_grad_step(const float grad_spike, const float h, const float spike, float& grad_v,
+// steps on entry and the one reaching v_{t-1} on return. h is the stored charge, the very value the
+// forward compared, so h >= threshold tells where it fired without a stored spike sequence.
+__device__ __forceinline__ float lif_grad_step(const float grad_spike, const float h, float& grad_v,
                                                const float tau, const float threshold, const float alpha)
 {
     // sigmoid surrogate: d spike / d h = alpha * sg * (1 - sg), sg = sigmoid(alpha * (h - threshold))
     const float sg = 1.0f / (1.0f + expf(-alpha * (h - threshold)));
     // detached hard reset: v_t = h_t (1 - s_t), so v_t's gradient passes to h_t only where it did not fire
-    const float grad_h = grad_spike * alpha * sg * (1.0f - sg) + grad_v * (1.0f - spike);
+    const float grad_h = grad_spike * alpha * sg * (1.0f - sg) + (h >= threshold ? 0.0f : grad_v);
     grad_v = grad_h * (1.0f - 1.0f / tau);  // d h_t / d v_{t-1} = 1 - 1 / tau
     return grad_h / tau;
 }
@@ -83,8 +84,7 @@ extern "C" __global__ void msvit_lif_forward_SUFFIX(
 
 extern "C" __global__ void msvit_lif_backward_SUFFIX(
     const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_last,
-    const scalar_t* __restrict__ h_seq, const scalar_t* __restrict__ spikes,
-    scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_v_init,
+    const scalar_t* __restrict__ h_seq, scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_v_init,
     const long long neurons, const int steps, const float tau, const float threshold, const float alpha)
 {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -92,8 +92,7 @@ extern "C" __global__ void msvit_lif_backward_SUFFIX(
     float grad_v = load(grad_v_last[i]);
     for (int t = steps - 1; t >= 0; --t) {
         const long long k = t * neurons + i;
-        store(grad_x + k, lif_grad_step(load(grad_spikes[k]), load(h_seq[k]), load(spikes[k]), grad_v,
-                                        tau, threshold, alpha));
+        store(grad_x + k, lif_grad_step(load(grad_spikes[k]), load(h_seq[k]), grad_v, tau, threshold, alpha));
     }
     store(grad_v_init + i, grad_v);
 }
@@ -125,8 +124,7 @@ extern "C" __global__ void msvit_lif_forward_fp16x2(
 
 extern "C" __global__ void msvit_lif_backward_fp16x2(
     const __half2* __restrict__ grad_spikes, const __half2* __restrict__ grad_v_last,
-    const __half2* __restrict__ h_seq, const __half2* __restrict__ spikes,
-    __half2* __restrict__ grad_x, __half2* __restrict__ grad_v_init,
+    const __half2* __restrict__ h_seq, __half2* __restrict__ grad_x, __half2* __restrict__ grad_v_init,
     const long long pairs, const int steps, const float tau, const float threshold, const float alpha)
 {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -135,9 +133,8 @@ extern "C" __global__ void msvit_lif_backward_fp16x2(
     for (int t = steps - 1; t >= 0; --t) {
         const long long k = t * pairs + i;
         const float2 grad_s = __half22float2(grad_spikes[k]), h = __half22float2(h_seq[k]);
-        const float2 s = __half22float2(spikes[k]);
-        const float grad_a = lif_grad_step(grad_s.x, h.x, s.x, grad_v.x, tau, threshold, alpha);
-        const float grad_b = lif_grad_step(grad_s.y, h.y, s.y, grad_v.y, tau, threshold, alpha);
+        const float grad_a = lif_grad_step(grad_s.x, h.x, grad_v.x, tau, threshold, alpha);
+        const float grad_b = lif_grad_step(grad_s.y, h.y, grad_v.y, tau, threshold, alpha);
         grad_x[k] = __floats2half2_rn(grad_a, grad_b);
     }
     grad_v_init[i] = __floats2half2_rn(grad_v.x, grad_v.y);
@@ -214,20 +211,20 @@ class CupyLIF(torch.autograd.Function):
         kernel, count = _kernel("forward", (x_seq, v_init))
         _launch(kernel, x_seq.device, count, x_seq.data_ptr(), v_init.data_ptr(), h_seq.data_ptr(), spikes.data_ptr(),
                 v_last.data_ptr(), np.int64(count), np.int32(x_seq.shape[0]), np.float32(tau), np.float32(v_threshold))
-        ctx.save_for_backward(h_seq, spikes)
+        ctx.save_for_backward(h_seq)
         ctx.constants = (tau, v_threshold, alpha)
         return spikes, v_last
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor):
-        h_seq, spikes = ctx.saved_tensors
+        (h_seq,) = ctx.saved_tensors
         tau, v_threshold, alpha = ctx.constants
         grad_spikes = grad_spikes.to(h_seq.dtype).contiguous()
         grad_v_last = grad_v_last.to(h_seq.dtype).contiguous()
         grad_x, grad_v_init = torch.empty_like(h_seq), torch.empty_like(grad_v_last)
         kernel, count = _kernel("backward", (grad_spikes, grad_v_last))
         _launch(kernel, h_seq.device, count, grad_spikes.data_ptr(), grad_v_last.data_ptr(), h_seq.data_ptr(),
-                spikes.data_ptr(), grad_x.data_ptr(), grad_v_init.data_ptr(), np.int64(count),
+                grad_x.data_ptr(), grad_v_init.data_ptr(), np.int64(count),
                 np.int32(h_seq.shape[0]), np.float32(tau), np.float32(v_threshold), np.float32(alpha))
         return grad_x, grad_v_init, None, None, None
 

@@ -19,6 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .errors import ConfigError
 from .layers import STEMS, AttentionBase, Block, PatchEmbed, SpikingSelfAttention, TokenAttention
 from .neurons import LIF, reset_neurons, validate_backend
+from .spike_bits import packed_saved_spikes
 
 __all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "compile_model", "count_parameters",
            "use_reference_implementation", "set_batch_coupled_ssa"]
@@ -145,12 +146,17 @@ class SpikingTransformer(nn.Module):
         recomputes its activations there (same spikes and gradients, far less memory, one more forward)."""
         self.grad_checkpointing = enable
 
+    # spikes saved for backward as bits (`msvit.spike_bits`); off on the reference path
+    pack_saved_spikes = True
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`[T, B, C, H, W]` input -> last stage output `[T, B, C', H', W']`."""
-        for i in range(1, self.num_stages + 1):
-            units = [getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")]
-            for unit in units:
-                x = _checkpointed(unit, x) if self.grad_checkpointing and torch.is_grad_enabled() else unit(x)
+        packing = self.pack_saved_spikes and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        with packed_saved_spikes(packing):
+            for i in range(1, self.num_stages + 1):
+                units = [getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")]
+                for unit in units:
+                    x = _checkpointed(unit, x) if self.grad_checkpointing and torch.is_grad_enabled() else unit(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -225,6 +231,8 @@ def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.M
             module.fuse_projections = not enabled
         elif isinstance(module, PatchEmbed):
             module.once_per_image = not enabled
+        elif isinstance(module, SpikingTransformer):
+            module.pack_saved_spikes = not enabled
     return model
 
 

@@ -21,6 +21,7 @@ from spikingjelly.clock_driven.base import MemoryModule
 
 from . import cpu_lif
 from .cuda_lif import SUPPORTED_DTYPES, CupyLIF
+from .spike_bits import mark_spikes
 from .errors import ConfigError, UserError
 
 __all__ = ["LIF", "BACKENDS", "BackendUnavailableError", "cupy_unavailable_reason", "implementation", "reset_neurons", "set_neuron_backend"]
@@ -77,8 +78,9 @@ class _FusedLIF(torch.autograd.Function):
     with the surrogate slopes computed once over all steps, in place over the charge buffer: the
     sequential part is an add and a multiply per step. On CPU most of the cost of such elementwise
     work is first touching freshly allocated large buffers, so every step writes into preallocated
-    memory and the only new sequence-sized tensors are the charge/slope buffer, the spikes and,
-    in backward, the input gradient. No membrane sequence is stored.
+    memory and the only new sequence-sized tensors are the charge/slope buffer, the fired flags (kept
+    for backward as booleans, not as spikes of the input's dtype), the spikes and, in backward, the
+    input gradient. No membrane sequence is stored.
     """
 
     @staticmethod
@@ -92,25 +94,24 @@ class _FusedLIF(torch.autograd.Function):
             torch.ge(h, v_threshold, out=fired[t])
             v = v_next.copy_(h).masked_fill_(fired[t], V_RESET)
         spikes = fired.to(x_seq.dtype)
-        del fired
         # spikingjelly's sigmoid surrogate, d spike / d h = alpha * sg * (1 - sg) with
         # sg = sigmoid(alpha * (h - thr)); stored divided by tau, the factor every input gradient needs
         sg = h_seq.sub_(v_threshold).mul_(alpha).sigmoid_()
         slope = sg.addcmul_(sg, sg, value=-1.0).mul_(alpha / tau)
-        ctx.save_for_backward(slope, spikes)
+        ctx.save_for_backward(slope, fired)  # where it fired as booleans: a quarter of float32 spikes' memory
         ctx.tau = tau
         return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor):
-        slope, spikes = ctx.saved_tensors
+        slope, fired = ctx.saved_tensors
         tau = ctx.tau
         decay = 1.0 - 1.0 / tau                      # d h_t / d v_{t-1}
         grad_x = torch.mul(grad_spikes, slope)       # through each step's own spike, already / tau
         carried = grad_v_last / tau                  # (gradient reaching v_t from later steps) / tau
         for t in range(grad_x.shape[0] - 1, -1, -1):
             # the detached reset v_t = h_t (1 - s_t) passes it on only where step t did not fire
-            g = grad_x[t].add_(carried.masked_fill_(spikes[t].bool(), 0.0))
+            g = grad_x[t].add_(carried.masked_fill_(fired[t], 0.0))
             torch.mul(g, decay, out=carried)
         return grad_x, carried.mul_(tau), None, None, None
 
@@ -150,6 +151,7 @@ class LIF(sj_neuron.MultiStepLIFNode):
             v_init = torch.full_like(x_seq[0], self.v)
         spikes, self.v = self._function(x_seq).apply(x_seq, v_init, self.tau, self.v_threshold,
                                                       self.surrogate_function.alpha)
+        mark_spikes(spikes)
         return spikes
 
     def _kernel_in_graph(self, x_seq: torch.Tensor) -> bool:

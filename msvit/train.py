@@ -168,7 +168,8 @@ def _log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tupl
             f"per epoch; {cfg['workers']} loader workers per process",
             _schedule_line(cfg, lr),
             f"devices: {neurons}; {precision}; compile {_compile_words(cfg)}; "
-            f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}",
+            f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}; saved spikes "
+            f"{'as bits' if cfg['pack_saved_spikes'] else 'dense'}",
             f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "
             f"update (exit {EXIT_PREEMPTED})"):
         log.info("%s", line)
@@ -274,6 +275,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     _check_coupled_batch(cfg)
     if cfg["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
+    model.pack_saved_spikes = cfg["pack_saved_spikes"]
     if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
         model = model.to(memory_format=torch.channels_last)
     if cfg["sync_bn"] and env.distributed:

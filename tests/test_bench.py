@@ -155,7 +155,7 @@ def test_json_cli_in_a_subprocess():
 def test_lif_bandwidth_counts_bytes_and_times_both_directions(reference):
     r = bench.lif_bandwidth((3, 2, 5, 7), device="cpu", backend="torch", warmup=1, repeats=3, reference=reference)
     assert r["neurons"] == 70 and r["T"] == 3 and r["backend"] == "torch" and r["reference"] is reference
-    assert r["forward_bytes"] == (3 * 3 + 2) * 70 * 4 and r["backward_bytes"] == (4 * 3 + 2) * 70 * 4
+    assert r["forward_bytes"] == (3 * 3 + 2) * 70 * 4 and r["backward_bytes"] == (3 * 3 + 2) * 70 * 4
     assert r["forward_ms"] > 0 and r["backward_ms"] > 0 and r["kernel_forward_ms"] is None
     assert r["forward_gbps"] == pytest.approx(r["forward_bytes"] / r["forward_ms"] / 1e6)
     assert 0 < r["spike_rate"] < 1 and r["nominal_gbps"] is None
@@ -197,10 +197,11 @@ def test_alternate_times_both_paths_on_one_model(monkeypatch):
     monkeypatch.setattr(msvit, "use_reference_implementation",
                         lambda model, enabled=True: calls.append(enabled) or real_switch(model, enabled))
     r = tiny_run(alternate=True, warmup=1, repeats=2)
-    assert calls == [True, False] * 3 + [False]  # each step pair, then back to the optimised path
+    assert calls == [True, False] * 4  # each step pair, then each path's held memory, ending optimised
     assert len(r["step_ms_all"]) == len(r["reference_step_ms_all"]) == 2
     assert r["speedup"] == pytest.approx(r["reference_step_ms"] / r["step_ms"])
     assert r["alternate"] and r["reference_peak_memory_mb"] is None  # CPU: one process RSS for both
+    assert r["reference_held_mb"] > r["held_mb"] > 0  # the optimised path keeps less for backward
     assert "speed-up" in bench.format_table([r])
     with pytest.raises(UserError, match="--alternate already includes it"):
         tiny_run(alternate=True, reference=True)
@@ -221,7 +222,7 @@ def test_alternate_with_compile_times_reference_eager_and_compiled(monkeypatch):
     r = tiny_run(compile=True, alternate=True, warmup=1, repeats=2, compile_mode="reduce-overhead")
     assert compiled == ["reduce-overhead"] and r["compile"] and r["compile_s"] > 0
     assert r["compile_mode"] == "reduce-overhead" and "compile mode reduce-overhead" in bench.format_table([r])
-    assert calls == [True, False, False] * 3 + [False]  # reference, eager, compiled each round, then optimised
+    assert calls == [True, False, False] * 4  # reference, eager, compiled each round, then their held memory
     assert len(r["step_ms_all"]) == len(r["eager_step_ms_all"]) == len(r["reference_step_ms_all"]) == 2
     assert r["speedup"] == pytest.approx(r["eager_step_ms"] / r["step_ms"])
     assert r["speedup_over_reference"] == pytest.approx(r["reference_step_ms"] / r["step_ms"])
@@ -235,7 +236,7 @@ def test_alternate_ssa_times_both_settings_on_one_model(monkeypatch):
     monkeypatch.setattr(bench, "set_batch_coupled_ssa",
                         lambda model, coupled: settings.append(coupled) or real_set(model, coupled))
     r = tiny_run(alternate_ssa=True, warmup=1, repeats=2)
-    assert settings == [False, True] * 3 + [True]  # per-sample then coupled each round, ending coupled
+    assert settings == [False, True] * 4  # per-sample then coupled each round and for the held memory
     assert r["batch_coupled_ssa"] is True and r["alternate_ssa"] and not r["alternate"]
     assert len(r["step_ms_all"]) == len(r["per_sample_step_ms_all"]) == 2
     assert r["coupling_cost"] == pytest.approx(r["step_ms"] / r["per_sample_step_ms"])

@@ -101,10 +101,12 @@ def _run_twice(lif, x_seq, split):
 
 
 def _cupy_lif(x_seq, split):
-    """The spikes and final membrane of the CuPy kernels, called as `LIF` calls them."""
-    spikes, v = cuda_lif.CupyLIF.apply(x_seq[:split], torch.zeros_like(x_seq[0]), 2.0, 1.0, 4.0)
-    more, v = cuda_lif.CupyLIF.apply(x_seq[split:], v, 2.0, 1.0, 4.0)
-    return torch.cat([spikes, more]), v
+    """The spikes and final membrane of the CuPy kernels, called as `LIF` calls them, and what they save."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        spikes, v = cuda_lif.CupyLIF.apply(x_seq[:split], torch.zeros_like(x_seq[0]), 2.0, 1.0, 4.0)
+        more, v = cuda_lif.CupyLIF.apply(x_seq[split:], v, 2.0, 1.0, 4.0)
+    return torch.cat([spikes, more]), v, saved
 
 
 # (shape, storage offset in elements, float16 kernels expected forward and backward): 666 neurons per step move
@@ -124,7 +126,7 @@ def test_cuda_kernels_match_spikingjelly_node(launched, dtype, shape, offset, ex
     weights = torch.randn(shape)
     split = shape[0] // 2
 
-    spikes, v = _cupy_lif(leaf, split)
+    spikes, v, saved = _cupy_lif(leaf, split)
     ((spikes.float() * weights).sum() + 0.3 * v.float().sum()).backward()
 
     reference = LIF(backend="torch")
@@ -141,6 +143,9 @@ def test_cuda_kernels_match_spikingjelly_node(launched, dtype, shape, offset, ex
     tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=1e-2)
     assert torch.allclose(leaf.grad.float(), ref_leaf.grad.float(), **tol)
     assert leaf.grad.abs().amax() > 0.1  # the surrogate gradient flows
+    # each call keeps only its charge h for backward (where it fired is h >= threshold), no spike sequence
+    assert [tuple(t.shape) for t in saved] == [tuple(leaf[:split].shape), tuple(leaf[split:].shape)]
+    assert not any(((t == 0) | (t == 1)).all() for t in saved)
 
 
 def test_paired_kernels_only_where_pairs_are_aligned():

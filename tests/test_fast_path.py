@@ -62,6 +62,21 @@ def test_fused_lif_carries_state_across_calls_like_the_loop(implementation):
     assert torch.allclose(ga1, ga2, atol=1e-6) and torch.allclose(gb1, gb2, atol=1e-6)
 
 
+def test_fused_lif_keeps_no_spike_sequence_for_backward(implementation):
+    """Backward learns where each step fired from what it keeps anyway (the C kernel: the sign of the
+    surrogate's input) or from booleans (torch operations): one float sequence is saved, not the spikes too."""
+    torch.manual_seed(2)
+    x = (torch.randn(4, 2, 300) * 1.5 + 0.8).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        spikes = LIF(backend="torch")(x)
+    assert 0 < spikes.sum() < spikes.numel()
+    sequences = [t for t in saved if t.shape == x.shape]
+    floats = [t for t in sequences if t.is_floating_point()]
+    assert len(floats) == 1 and not ((floats[0] == 0) | (floats[0] == 1)).all()  # not a spike sequence
+    assert all(t.dtype == torch.bool for t in sequences if not t.is_floating_point())
+
+
 def test_a_membrane_of_another_shape_is_refused(implementation):
     """A neuron not reset between batches of different sizes: refused, never read or written out of bounds."""
     lif = LIF(backend="torch")
