@@ -17,7 +17,8 @@
 #         graphs (--compile-mode reduce-overhead), MSViT CIFAR and ImageNet-384 (the DVS model, T 16, took
 #         18 minutes to compile on 2 CPU cores) -> bench_compile*.json
 # memory  msvit_10_768 at the recipe's per-GPU batch, AMP, with and without activation checkpointing
-#         -> bench_memory.json; the stem's first layer once per image vs per step -> stem_once.jsonl
+#         -> bench_memory.jsonl; the stem's first layer once per image vs per step, and spikes saved for backward
+#         as bits vs dense, each switched on and off in one process, AMP -> switch_ab.jsonl
 # Each part runs even if an earlier one failed; the exit status is that of the last failure.
 set -u -o pipefail
 out=${1:?usage: tools/gpu_report.sh OUTDIR [tests lif cupy reference torch extras coupling]}
@@ -91,8 +92,10 @@ for part in $parts; do
         $py -c "import json, sys, msvit.bench as b; print(b.format_table([json.loads(sys.argv[1])]))" \
           "$(tail -n 1 "$out/bench_memory.jsonl")"
       done
-      for model in msvit_cifar_4_384 msvit_10_384; do
-        step $py tools/stem_once_ab.py --model $model --device cuda --amp | tee -a "$out/stem_once.jsonl"
+      for switch in stem-once packed-spikes; do
+        for model in msvit_cifar_4_384 msvit_10_384; do
+          step $py tools/switch_ab.py --switch $switch --model $model --device cuda --amp | tee -a "$out/switch_ab.jsonl"
+        done
       done ;;
     *)
       echo "unknown part $part; choose tests lif cupy reference torch extras coupling compile memory" >&2
