@@ -5,11 +5,12 @@ the GPU on every call (host syncs), zero-fills and concatenates buffers, and ret
 view of one buffer that also holds the membrane and charge sequences: whatever keeps the spikes for
 backward (the next convolution) keeps three times their size alive. Here the scalars are kernel
 arguments, the buffers are uninitialised and separate, only the charge `h` is saved for backward
-(where it fired is `h >= threshold` again, so no spike sequence is kept) and no membrane sequence is stored. Arithmetic follows the torch backend operation by operation
-(`h = v + (x - v) / tau`, each step rounded to the tensor's dtype as torch rounds it), so spikes
-are identical to it in float32 and float16; the backward works in float32. In float16, where the
-neuron count per step is even and the tensors 4-byte aligned (nearly always), each thread runs two
-adjacent neurons and loads and stores them as one `__half2`, as wide per warp as float32's accesses.
+(where it fired is `h >= threshold` again, so no spike sequence is kept) and no membrane sequence is
+stored. Arithmetic follows the torch backend operation by operation (`h = v + (x - v) / tau`, each
+step rounded to the tensor's dtype as torch rounds it), so spikes are identical to it in float32 and
+float16; the backward works in float32. In float16, where the neuron count per step is even and the
+tensors 4-byte aligned (nearly always), each thread runs two adjacent neurons and loads and stores them
+as one `__half2`, as wide per warp as float32's accesses.
 
 `tests/test_cuda_kernel_on_cpu.py` compiles this source as C++ and runs it on the CPU; `tests/test_gpu.py`
 runs it through CuPy on a GPU.
@@ -27,15 +28,22 @@ __all__ = ["CupyLIF", "SUPPORTED_DTYPES", "kernel_names", "source"]
 
 _THREADS = 256
 
-# `scalar_t` is float or __half; `load`/`store` convert to/from float, `rnd` rounds a float result
-# to scalar_t and back, as a torch elementwise op on a tensor of that dtype would. `lif_step` and
-# `lif_grad_step` are one neuron's time step; the kernels only differ in how they move neurons.
-_SOURCE = r"""
+# The helpers, once per module: `scalar_t` is float or __half, the dtype whose rounding the arithmetic
+# follows; `rnd` rounds a float result to scalar_t and back, as a torch elementwise op on a tensor of that
+# dtype would. `lif_step` and `lif_grad_step` are one neuron's time step. `load` and `store` move LANES
+# neurons between memory and floats: one float or __half, or two neurons as one __half2.
+_HELPERS = r"""
 #include <cuda_fp16.h>
-__device__ __forceinline__ float load(const float v) { return v; }
-__device__ __forceinline__ float load(const __half v) { return __half2float(v); }
-__device__ __forceinline__ void store(float* p, const float v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, const float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void load(const float v, float* out) { out[0] = v; }
+__device__ __forceinline__ void load(const __half v, float* out) { out[0] = __half2float(v); }
+__device__ __forceinline__ void load(const __half2 v, float* out) {
+    const float2 f = __half22float2(v);
+    out[0] = f.x;
+    out[1] = f.y;
+}
+__device__ __forceinline__ void store(float* p, const float* in) { *p = in[0]; }
+__device__ __forceinline__ void store(__half* p, const float* in) { *p = __float2half_rn(in[0]); }
+__device__ __forceinline__ void store(__half2* p, const float* in) { *p = __floats2half2_rn(in[0], in[1]); }
 __device__ __forceinline__ float rnd(const float v, const float*) { return v; }
 __device__ __forceinline__ float rnd(const float v, const __half*) { return __half2float(__float2half_rn(v)); }
 
@@ -64,96 +72,73 @@ __device__ __forceinline__ float lif_grad_step(const float grad_spike, const flo
     grad_v = grad_h * (1.0f - 1.0f / tau);  // d h_t / d v_{t-1} = 1 - 1 / tau
     return grad_h / tau;
 }
+"""
 
+# The kernels, once per variant: each thread runs LANES adjacent neurons, moved as one `vec_t`; `count` is
+# the number of vec_t per step (the neurons / LANES).
+_KERNELS = r"""
 extern "C" __global__ void msvit_lif_forward_SUFFIX(
-    const scalar_t* __restrict__ x, const scalar_t* __restrict__ v_init, scalar_t* __restrict__ h_out,
-    scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_last,
-    const long long neurons, const int steps, const float tau, const float threshold)
+    const vec_t* __restrict__ x, const vec_t* __restrict__ v_init, vec_t* __restrict__ h_out,
+    vec_t* __restrict__ spikes, vec_t* __restrict__ v_last,
+    const long long count, const int steps, const float tau, const float threshold)
 {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= neurons) return;
-    float v = load(v_init[i]);
+    if (i >= count) return;
+    float v[LANES], xs[LANES], h[LANES], s[LANES];
+    load(v_init[i], v);
     for (int t = 0; t < steps; ++t) {
-        const long long k = t * neurons + i;
-        bool fire;
-        store(h_out + k, lif_step(load(x[k]), v, tau, threshold, fire));
-        store(spikes + k, fire ? 1.0f : 0.0f);
+        const long long k = t * count + i;
+        load(x[k], xs);
+        for (int l = 0; l < LANES; ++l) {
+            bool fire;
+            h[l] = lif_step(xs[l], v[l], tau, threshold, fire);
+            s[l] = fire ? 1.0f : 0.0f;
+        }
+        store(h_out + k, h);
+        store(spikes + k, s);
     }
     store(v_last + i, v);
 }
 
 extern "C" __global__ void msvit_lif_backward_SUFFIX(
-    const scalar_t* __restrict__ grad_spikes, const scalar_t* __restrict__ grad_v_last,
-    const scalar_t* __restrict__ h_seq, scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_v_init,
-    const long long neurons, const int steps, const float tau, const float threshold, const float alpha)
+    const vec_t* __restrict__ grad_spikes, const vec_t* __restrict__ grad_v_last,
+    const vec_t* __restrict__ h_seq, vec_t* __restrict__ grad_x, vec_t* __restrict__ grad_v_init,
+    const long long count, const int steps, const float tau, const float threshold, const float alpha)
 {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= neurons) return;
-    float grad_v = load(grad_v_last[i]);
+    if (i >= count) return;
+    float grad_v[LANES], grad_s[LANES], h[LANES], grad[LANES];
+    load(grad_v_last[i], grad_v);
     for (int t = steps - 1; t >= 0; --t) {
-        const long long k = t * neurons + i;
-        store(grad_x + k, lif_grad_step(load(grad_spikes[k]), load(h_seq[k]), grad_v, tau, threshold, alpha));
+        const long long k = t * count + i;
+        load(grad_spikes[k], grad_s);
+        load(h_seq[k], h);
+        for (int l = 0; l < LANES; ++l) grad[l] = lif_grad_step(grad_s[l], h[l], grad_v[l], tau, threshold, alpha);
+        store(grad_x + k, grad);
     }
     store(grad_v_init + i, grad_v);
 }
 """
 
-# float16 only: each thread runs two adjacent neurons and moves them as one __half2, so a warp reads
-# and writes 128 contiguous bytes per access instead of 64. Needs an even neuron count per step and
-# 4-byte aligned tensors (`_paired` checks both); `pairs` is half the neuron count.
-_PAIRED_SOURCE = r"""
-extern "C" __global__ void msvit_lif_forward_fp16x2(
-    const __half2* __restrict__ x, const __half2* __restrict__ v_init, __half2* __restrict__ h_out,
-    __half2* __restrict__ spikes, __half2* __restrict__ v_last,
-    const long long pairs, const int steps, const float tau, const float threshold)
-{
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= pairs) return;
-    float2 v = __half22float2(v_init[i]);
-    for (int t = 0; t < steps; ++t) {
-        const long long k = t * pairs + i;
-        const float2 xk = __half22float2(x[k]);
-        bool fire_a, fire_b;
-        const float h_a = lif_step(xk.x, v.x, tau, threshold, fire_a);
-        const float h_b = lif_step(xk.y, v.y, tau, threshold, fire_b);
-        h_out[k] = __floats2half2_rn(h_a, h_b);
-        spikes[k] = __floats2half2_rn(fire_a ? 1.0f : 0.0f, fire_b ? 1.0f : 0.0f);
-    }
-    v_last[i] = __floats2half2_rn(v.x, v.y);
-}
-
-extern "C" __global__ void msvit_lif_backward_fp16x2(
-    const __half2* __restrict__ grad_spikes, const __half2* __restrict__ grad_v_last,
-    const __half2* __restrict__ h_seq, __half2* __restrict__ grad_x, __half2* __restrict__ grad_v_init,
-    const long long pairs, const int steps, const float tau, const float threshold, const float alpha)
-{
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= pairs) return;
-    float2 grad_v = __half22float2(grad_v_last[i]);
-    for (int t = steps - 1; t >= 0; --t) {
-        const long long k = t * pairs + i;
-        const float2 grad_s = __half22float2(grad_spikes[k]), h = __half22float2(h_seq[k]);
-        const float grad_a = lif_grad_step(grad_s.x, h.x, grad_v.x, tau, threshold, alpha);
-        const float grad_b = lif_grad_step(grad_s.y, h.y, grad_v.y, tau, threshold, alpha);
-        grad_x[k] = __floats2half2_rn(grad_a, grad_b);
-    }
-    grad_v_init[i] = __floats2half2_rn(grad_v.x, grad_v.y);
-}
-"""
-
-_TYPES = {torch.float32: ("float", "fp32"), torch.float16: ("__half", "fp16")}
+# dtype -> (scalar_t, [(kernel name suffix, vec_t, LANES)]): float16 also moves neurons in pairs (__half2),
+# a warp then reading and writing 128 contiguous bytes per access instead of 64; that needs an even neuron
+# count per step and 4-byte aligned tensors (`_paired` checks both)
+_TYPES = {torch.float32: ("float", [("fp32", "float", 1)]),
+          torch.float16: ("__half", [("fp16", "__half", 1), ("fp16x2", "__half2", 2)])}
 SUPPORTED_DTYPES = tuple(_TYPES)
 
 
 def source(dtype: torch.dtype) -> str:
-    """The CUDA source of the kernels for one dtype (float16 adds the paired kernels)."""
-    ctype, suffix = _TYPES[dtype]
-    return (_SOURCE + (_PAIRED_SOURCE if dtype == torch.float16 else "")).replace("scalar_t", ctype).replace("SUFFIX", suffix)
+    """The CUDA source of the kernels for one dtype (float16's has both the single and the paired kernels)."""
+    scalar, variants = _TYPES[dtype]
+    kernels = [_KERNELS.replace("SUFFIX", suffix).replace("vec_t", vec).replace("LANES", str(lanes))
+               for suffix, vec, lanes in variants]
+    return _HELPERS.replace("scalar_t", scalar) + "".join(kernels)
 
 
 def kernel_names(dtype: torch.dtype) -> list[str]:
-    suffixes = [_TYPES[dtype][1]] + (["fp16x2"] if dtype == torch.float16 else [])
-    return [f"msvit_lif_{direction}_{suffix}" for suffix in suffixes for direction in ("forward", "backward")]
+    return [f"msvit_lif_{direction}_{suffix}" for suffix, _, _ in _TYPES[dtype][1]
+            for direction in ("forward", "backward")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,9 +162,9 @@ def _kernel(direction: str, tensors: tuple[torch.Tensor, ...]) -> tuple[Any, int
     """The kernel for `direction` ("forward"/"backward") and its neuron count argument; the last of
     `tensors` is the per-step membrane or its gradient."""
     dtype, neurons = tensors[0].dtype, tensors[-1].numel()
-    paired = _paired(*tensors)
-    suffix = _TYPES[dtype][1] + ("x2" if paired else "")
-    return _functions(dtype, tensors[0].device.index)[f"msvit_lif_{direction}_{suffix}"], neurons // 2 if paired else neurons
+    lanes = 2 if _paired(*tensors) else 1
+    suffix = next(suffix for suffix, _, n in _TYPES[dtype][1] if n == lanes)
+    return _functions(dtype, tensors[0].device.index)[f"msvit_lif_{direction}_{suffix}"], neurons // lanes
 
 
 @contextlib.contextmanager
