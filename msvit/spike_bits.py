@@ -12,6 +12,7 @@ and a freed storage can be reused, and either way its views are then saved as th
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
 from typing import Any, Iterator
@@ -35,11 +36,14 @@ def pack_bits(t: torch.Tensor) -> torch.Tensor:
     return ((fired.view(torch.uint8).view(torch.int64) * _GATHER) >> 56).to(torch.uint8)
 
 
+@functools.lru_cache(maxsize=None)
+def _shifts(device: torch.device) -> torch.Tensor:
+    return torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+
+
 def unpack_bits(bits: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """The contiguous tensor of `shape` and `dtype` that `pack_bits` packed into `bits`."""
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=bits.device)
-    numel = shape.numel()
-    return ((bits.unsqueeze(1) >> shifts) & 1).view(-1)[:numel].to(dtype).view(shape)
+    return ((bits.unsqueeze(1) >> _shifts(bits.device)) & 1).view(-1)[:shape.numel()].to(dtype).view(shape)
 
 
 class _PackedSpikes:
