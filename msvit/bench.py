@@ -397,13 +397,13 @@ def lif_bandwidth(shape: Sequence[int] = LIF_SHAPE, device: str = "cuda", backen
     model makes them) and, on CUDA with the CuPy backend, the fused kernels alone (torch.profiler).
     `reference` times spikingjelly's own node (`LIF.fused = False`) instead of msvit's.
 
-    Bandwidth counts the bytes the CuPy kernels must move, with N neurons and T steps. msvit's
-    forward kernel reads x and v_init and writes h, spikes and v_last, (3T + 2) N elements; its
-    backward reads the spike and v_last gradients and h (where it fired is `h >= threshold`) and
-    writes the x and v_init gradients, (3T + 2) N. spikingjelly's kernels also write (forward) and read (backward) the
-    membrane sequence: (4T + 1) N and (5T + 1) N. Call bandwidths use the same counts, so they show
-    what the work around the kernel costs; the yardsticks are a device-to-device copy of the input
-    (2 x its bytes moved) and the device's nominal bandwidth.
+    Bandwidth counts the bytes the CuPy kernels must move, with N neurons and T steps. msvit's forward
+    kernel reads x and v_init and writes h, spikes and v_last, (3T + 2) N elements; its backward reads
+    the spike and v_last gradients and h (where it fired is `h >= threshold`) and writes the x and
+    v_init gradients, (3T + 2) N. spikingjelly's kernels also write (forward) and read (backward) the
+    membrane sequence: (4T + 1) N and (5T + 1) N. Call bandwidths use the same counts, so they show what
+    the work around the kernel costs; the yardsticks are a device-to-device copy of the input (2 x its
+    bytes moved) and the device's nominal bandwidth.
     """
     check_device(device, backend)
     if dtype not in LIF_DTYPES or (dtype == "float16" and device == "cpu"):
@@ -496,7 +496,8 @@ COLUMNS = (("model", "model", "{}"), ("batch", "batch_size", "{}"), ("T", "T", "
            ("input", "input_shape", "{}"), ("img/s", "images_per_s", "{:.2f}"),
            ("ms/step", "step_ms", "{:.1f}"), ("fwd ms", "forward_ms", "{:.1f}"),
            ("bwd ms", "backward_ms", "{:.1f}"), ("opt ms", "optimizer_ms", "{:.1f}"),
-           ("peak MiB", "peak_memory_mb", "{:.0f}"), ("held MiB", "held_mb", "{:.0f}"), ("params", "params", "{:,}"))
+           ("peak MiB", "peak_memory_mb", "{:.0f}"), ("held MiB", "held_mb", "{:.0f}"),
+           ("params", "params", "{:,}"))
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:

@@ -1,14 +1,14 @@
 """The torch backend's LIF on CPU as a small C kernel, compiled on first use (like the CuPy kernel on GPU).
 
-On CPU the LIF loop written with torch operations makes a dozen passes over memory per step and
-its cost is dominated by memory traffic, not arithmetic. This kernel makes one pass forward
-(charge, fire, reset, and the surrogate's input `z = alpha * (h - thr)` for backward) and, after a
-sigmoid of `z` into the gradient's buffer, one pass backward. Only `z` is kept for backward: its sign
-says where the neurons fired, so the spikes are not saved. It is plain C99 built with the system compiler (`$CC`, else
-`cc`) into a cache folder (`$MSVIT_CACHE_DIR`, else `~/.cache/msvit`), run on torch's number of
-threads with pthreads, and vectorised for AVX2 where the CPU has it (GCC on x86-64). Arithmetic is
-the torch path's, operation by operation, without contraction into fused multiply-adds, so spikes
-are bit-identical. When no compiler works, `kernel()` is None and the LIF uses torch operations.
+On CPU the LIF loop written with torch operations makes a dozen passes over memory per step and its cost
+is dominated by memory traffic, not arithmetic. This kernel makes one pass forward (charge, fire, reset,
+and the surrogate's input `z = alpha * (h - thr)` for backward) and, after a sigmoid of `z` into the
+gradient's buffer, one pass backward. Only `z` is kept for backward: its sign says where the neurons
+fired, so the spikes are not saved. It is plain C99 built with the system compiler (`$CC`, else `cc`)
+into a cache folder (`$MSVIT_CACHE_DIR`, else `~/.cache/msvit`), run on torch's number of threads with
+pthreads, and vectorised for AVX2 where the CPU has it (GCC on x86-64). Arithmetic is the torch path's,
+operation by operation, without contraction into fused multiply-adds, so spikes are bit-identical. When
+no compiler works, `kernel()` is None and the LIF uses torch operations.
 """
 from __future__ import annotations
 
