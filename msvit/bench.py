@@ -274,7 +274,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
     criterion = nn.CrossEntropyLoss()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    runner, compiled, compile_s = model, False, None
+    runner, compiled, compile_s, compile_error = model, False, None, None
     if compile:
         try:  # torch.compile is lazy: failures show up at the first call, so make that call here
             start = time.perf_counter()
@@ -282,8 +282,8 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
             train_step(runner, inputs, targets, optimizer, criterion, autocast, scaler, sync)
             compiled, compile_s = True, time.perf_counter() - start
         except Exception as exc:  # any backend/dynamo failure: warn and measure eager mode
-            first_line = (str(exc).splitlines() or [""])[0]
-            print(f"warning: torch.compile failed ({type(exc).__name__}: {first_line}); "
+            compile_error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            print(f"warning: torch.compile failed ({compile_error}); "
                   f"benchmarking the eager model", file=sys.stderr)
             runner = model
     current = {"runner": runner}
@@ -299,7 +299,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
 
         paths = {"reference": lambda: run_as(True, model), "eager": lambda: run_as(False, model),
                  "measured": lambda: run_as(False, runner)}
-    elif alternate and not compile:
+    elif alternate:  # also where compiling failed: the eager optimised path against the reference
         paths = {"reference": lambda: switch(model, True), "measured": lambda: switch(model, False)}
     elif alternate_ssa:
         paths = {"per_sample": lambda: set_batch_coupled_ssa(model, False),
@@ -369,6 +369,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         batch_coupled_ssa=model.config["batch_coupled_ssa"],
         amp=amp_name, channels_last=channels_last, grad_checkpointing=grad_checkpointing,
         compile=compiled, compile_mode=compile_mode if compiled else None, compile_s=compile_s,
+        **({"compile_error": compile_error} if compile_error else {}),
         reference=reference, warmup=warmup, repeats=repeats,
         images_per_s=batch_size / step_s, step_ms=1000 * step_s,
         forward_ms=1000 * statistics.median(t[0] for t in times),
@@ -607,6 +608,7 @@ def child_argv(args: argparse.Namespace, model: str) -> list[str]:
 def run_child(argv: list[str]) -> dict[str, Any]:
     """Benchmark in a fresh interpreter (so the CPU peak RSS is this model's); errors become a dict."""
     proc = subprocess.run([sys.executable, "-m", "msvit.bench", *argv], capture_output=True, text=True)
+    sys.stderr.write(proc.stderr)  # its warnings (such as a failed torch.compile) are the user's to see
     model = argv[argv.index("--model") + 1]
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]

@@ -138,8 +138,10 @@ class LIF(sj_neuron.MultiStepLIFNode):
     compiled_as = "loop"
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        self.backend = self._resolve(x_seq)
-        if not self.fused or (torch.compiler.is_compiling() and not self._kernel_in_graph(x_seq)):
+        traced_loop = torch.compiler.is_compiling() and not self._kernel_in_graph(x_seq)
+        # in a compiled graph spikingjelly's loop must be its torch one: its CuPy kernel would break the graph
+        self.backend = "torch" if traced_loop else self._resolve(x_seq)
+        if not self.fused or traced_loop:
             return super().forward(x_seq)
         if isinstance(self.v, torch.Tensor):
             # the one check for every fused path: the kernels index v_init by x_seq's shape and would overrun

@@ -137,6 +137,14 @@ def test_all_runs_each_model_through_a_child(monkeypatch, capsys):
     assert "qkformer_cifar_4_384" in table and "x: error: boom" in table
 
 
+def test_a_childs_warnings_reach_stderr(monkeypatch, capsys):
+    done = subprocess.CompletedProcess([], 0, stdout='{"model": "m", "compile": false}\n',
+                                       stderr="warning: torch.compile failed (X); benchmarking the eager model\n")
+    monkeypatch.setattr(bench.subprocess, "run", lambda *args, **kwargs: done)
+    assert bench.run_child(["--model", "m"]) == {"model": "m", "compile": False}
+    assert "warning: torch.compile failed (X)" in capsys.readouterr().err
+
+
 def test_json_cli_in_a_subprocess():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "msvit.bench", "--model", "qkformer_cifar_4_384",
@@ -228,6 +236,19 @@ def test_alternate_with_compile_times_reference_eager_and_compiled(monkeypatch):
     assert r["speedup_over_reference"] == pytest.approx(r["reference_step_ms"] / r["step_ms"])
     table = bench.format_table([r])
     assert "eager ms/step" in table and "reference ms/step" in table and "over reference" in table
+
+
+def test_a_failed_compile_is_reported_and_the_reference_still_alternates(monkeypatch, capsys):
+    def broken_compile(model, *args, **kwargs):  # as on the H200 on 2026-12-04: the first call raises
+        def call(*a, **k):
+            raise RuntimeError("LoweringException: no lowering\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    r = tiny_run(compile=True, alternate=True, warmup=0, repeats=2)
+    assert not r["compile"] and r["compile_error"] == "RuntimeError: LoweringException: no lowering"
+    assert "torch.compile failed (RuntimeError: LoweringException: no lowering)" in capsys.readouterr().err
+    assert len(r["reference_step_ms_all"]) == len(r["step_ms_all"]) == 2 and r["speedup"] > 0
 
 
 def test_alternate_ssa_times_both_settings_on_one_model(monkeypatch):

@@ -41,6 +41,17 @@ def test_every_family_traces_as_one_graph(compiled_as, name, coupled, training):
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
 
 
+def test_a_lif_that_runs_cupy_in_eager_traces_the_torch_loop(monkeypatch):
+    """On CUDA the LIF resolves to the CuPy backend; inside a graph it must still run spikingjelly's torch loop
+    (its CuPy kernel broke the graph, and the compiled CUDA step with it: H200 run of 2026-12-04)."""
+    monkeypatch.setattr(LIF, "_resolve", lambda self, x: "cupy")
+    torch._dynamo.reset()
+    model = timm.create_model("msvit_cifar_4_384", **SMALL, depths=(1, 1, 1)).train()
+    explanation = torch._dynamo.explain(model)(INPUTS["msvit_cifar_4_384"]())
+    torch._dynamo.reset()
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
 def step(model, x, target):
     logits = model(x)
     torch.nn.functional.cross_entropy(logits, target).backward()

@@ -13,6 +13,7 @@ import torch
 
 import msvit
 from busy import calibrate_batch_norms, excite_ssa
+from msvit.bench import held_megabytes
 from msvit.layers import SpikingSelfAttention
 from msvit.neurons import LIF, cupy_unavailable_reason
 
@@ -144,25 +145,26 @@ def test_cupy_kernel_matches_torch_backend(name, kwargs, shape, amp, coupled):
 @needs_cuda
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
 def test_spikes_saved_as_bits_on_the_gpu(amp):
-    """`pack_saved_spikes` on CUDA tensors: the same spikes, logits and gradients as dense saved spikes, and a
-    lower peak."""
+    """`pack_saved_spikes` on CUDA tensors: the same spikes, logits and gradients as dense saved spikes, and less
+    memory held for backward."""
     torch.manual_seed(0)
     x = torch.randn(16, 3, 32, 32, device="cuda")
     model = excite_ssa(timm.create_model("msvit_cifar_4_384", embed_dim=96, num_heads=4)).cuda()
     calibrate_batch_norms(model, x).eval()
     y = torch.randint(0, model.num_classes, (16,), device="cuda")
-    runs = {}
+    runs, held = {}, {}
     for packed in (False, True):
         model.pack_saved_spikes = packed
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        runs[packed] = (*_run(model, x, y, "auto", amp), torch.cuda.max_memory_allocated() - base)
-    (dense_spikes, dense_logits, dense_grads, dense_peak), (spikes, logits, grads, peak) = runs[False], runs[True]
+        runs[packed] = _run(model, x, y, "auto", amp)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            held[packed] = held_megabytes(lambda: model(x), torch.cuda.memory_allocated, torch.cuda.synchronize)
+    (dense_spikes, dense_logits, dense_grads), (spikes, logits, grads) = runs[False], runs[True]
     assert _same_spikes(dense_spikes, spikes) and torch.equal(logits, dense_logits)
     for key, grad in dense_grads.items():  # cuDNN may sum weight gradients in another order between two runs
         assert torch.allclose(grads[key], grad, atol=1e-6, rtol=1e-4), key
-    assert peak < dense_peak, (peak, dense_peak)
+    # the memory a forward leaves for backward; the peak is not the measure: on a model this small it falls in
+    # backward, where the unpacked spikes briefly exist beside everything else (fp32 run of 2026-12-04)
+    assert held[True] < held[False], held
 
 
 @needs_cuda
@@ -179,13 +181,15 @@ def test_training_step_on_the_gpu(tmp_path):
     launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}",
                  "--rdzv-endpoint=localhost:0", "--rdzv-backend=c10d"] if gpus > 1 else [sys.executable])
     run = tmp_path / "run"
+    # the checkout first on the path, so the scripts find msvit where it is not installed (a bare GPU machine)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     train = subprocess.run([*launcher, str(ROOT / "digits" / "train.py"), "--epochs", "1", "--amp", "true",
-                            "--output", str(run)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            "--output", str(run)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert train.returncode == 0, train.stderr[-3000:]
-    assert f"{gpus} processes on cuda" in train.stdout
+    assert f"devices: {gpus} x cuda: " in train.stdout
     evaluation = subprocess.run([sys.executable, str(ROOT / "digits" / "test.py"), "--checkpoint",
                                  str(run / "last.pth"), "--json"], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=600)
+                                timeout=600, env=env)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert json.loads(evaluation.stdout)["n"] == 360
