@@ -20,14 +20,12 @@ from typing import Any, Mapping
 
 from .checkpoint import save_checkpoint
 from .config import command_line_keys, parse_args
+from .settings import NETWORK_KEYS
 from .errors import ConfigError, UserError
 
 __all__ = ["NETWORK_KEYS", "SUMMARY_FIELDS", "CheckpointWriteError", "settings_for_run", "output_dir",
            "resume_path", "prepare_output", "write_summary", "write_checkpoints"]
 
-# settings a resumed run may not change: they define the network or which samples train and evaluate
-NETWORK_KEYS = ("dataset", "model", "model_kwargs", "num_classes", "time_step", "batch_coupled_ssa", "seed",
-                "dim", "num_heads", "mlp_ratio")
 SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb"]
 _NOT_SETTINGS = ("resume", "output")  # how to find the run, not how it trains
 log = logging.getLogger("msvit")

@@ -1,0 +1,180 @@
+"""Every training and evaluation setting: its default, --help group and description (`SETTINGS`), its accepted
+types where the default does not say (`TYPES`), choices, minimums, and the key lists that other modules share.
+
+`msvit.validation` checks values against this table; `msvit.config` reads recipes and command lines with it.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .neurons import BACKENDS
+
+__all__ = ["SETTINGS", "DEFAULTS", "GROUPS", "TYPES", "CHOICES", "MINIMUM", "COMPILE_MODES", "MODEL_KEYS",
+           "NETWORK_KEYS", "NO_EFFECT", "Setting"]
+
+# Keys that define the network: test.py and msvit.energy take them from a checkpoint's saved config.
+# num_classes is not among them: it belongs to the dataset evaluated, so a checkpoint trained on
+# another dataset fails to load with its head keys listed instead of being scored nonsensically.
+MODEL_KEYS = ("model", "model_kwargs", "time_step", "dim", "num_heads", "mlp_ratio", "batch_coupled_ssa")
+
+# settings a resumed run may not change: they define the network or which samples train and evaluate
+NETWORK_KEYS = ("dataset", "model", "model_kwargs", "num_classes", "time_step", "batch_coupled_ssa", "seed",
+                "dim", "num_heads", "mlp_ratio")
+
+class Setting(NamedTuple):
+    default: Any
+    group: str   # one of GROUPS: where --help lists it
+    help: str    # one line for --help
+
+
+GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "run", "evaluation")
+NO_EFFECT = "(legacy: accepted, no effect)"  # keys of the authors' recipes that nothing reads
+
+# Every setting: its default, its --help group and its description, in --help order.
+SETTINGS: dict[str, Setting] = {
+    "model": Setting(None, "model", "registered model; the folder's model.py lists those that suit its dataset"),
+    "model_kwargs": Setting({}, "model", "more model arguments, a YAML mapping checked against the model, e.g. "
+                            "{embed_dim: 192, num_heads: 4, depths: [1, 1, 1]}; wins over dim/num_heads/mlp_ratio"),
+    "num_classes": Setting(None, "model", "classifier outputs; null: the dataset's class count"),
+    "time_step": Setting(4, "model", "T: time steps the network runs each input for (DVS: frames per sample)"),
+    "batch_coupled_ssa": Setting(True, "model", "SSA's output neuron integrates along T*B as in the authors' "
+                                 "release (true) or per sample (false)"),
+    "neuron_backend": Setting("auto", "model", "LIF kernels; auto: CuPy for CUDA inputs when it works, else torch"),
+    "dim": Setting(None, "model", "legacy spelling of model_kwargs.embed_dim: feeds the model"),
+    "num_heads": Setting(None, "model", "legacy spelling of model_kwargs.num_heads: feeds the model"),
+    "mlp_ratio": Setting(None, "model", "legacy spelling of model_kwargs.mlp_ratio: feeds the model"),
+    "layer": Setting(None, "model", f"the authors' block count {NO_EFFECT}; blocks come from model_kwargs.depths"),
+    "depths": Setting(None, "model", f"the authors' depth {NO_EFFECT}; use model_kwargs.depths"),
+    "patch_size": Setting(None, "model", f"the authors' patch size {NO_EFFECT}; the model's stem fixes it"),
+
+    "dataset": Setting(None, "data", "which dataset, split and input pipeline"),
+    "data_dir": Setting("", "data", "the dataset's folder"),
+    "download": Setting(False, "data", "fetch a missing dataset into data_dir (CIFAR, CIFAR10-DVS)"),
+    "verify_data": Setting(True, "data", "check downloaded archives and files against their published MD5 sums"),
+    "img_size": Setting(None, "data", "image datasets: input height and width in pixels; null: 224 (digits: 32)"),
+    "mean": Setting(None, "data", "per-channel normalisation mean; null: ImageNet's"),
+    "std": Setting(None, "data", "per-channel normalisation standard deviation; null: ImageNet's"),
+    "crop_pct": Setting(None, "data", "evaluation: centre crop of img_size / crop_pct; null: timm's default"),
+    "interpolation": Setting("bicubic", "data", "evaluation: resize interpolation"),
+    "workers": Setting(4, "data", "DataLoader worker processes per process; 0: load in the main process"),
+    "pin_mem": Setting(True, "data", "page-locked host memory for faster copies to CUDA"),
+
+    "opt": Setting("adamw", "optimisation", "optimizer, any name timm.optim.create_optimizer_v2 takes"),
+    "lr": Setting(None, "optimisation", "peak learning rate; null: blr x effective batch / 256"),
+    "blr": Setting(None, "optimisation", "base learning rate when lr is null: lr = blr x batch_size x accum_iter "
+                   "x processes / 256"),
+    "weight_decay": Setting(0.05, "optimisation", "weight decay (not applied to biases and norm parameters)"),
+    "opt_eps": Setting(1e-8, "optimisation", "optimizer epsilon (Adam family)"),
+    "opt_betas": Setting([0.9, 0.999], "optimisation", "optimizer betas (Adam family)"),
+    "momentum": Setting(0.9, "optimisation", "momentum of the optimizers that have one (SGD family)"),
+    "clip_grad": Setting(None, "optimisation", "clip the gradient norm to this; null: no clipping"),
+    "batch_size": Setting(64, "optimisation", "training batch per process (with the batch-coupled SSA, part of "
+                          "the network)"),
+    "accum_iter": Setting(1, "optimisation", "batches whose gradients add up to one optimizer update"),
+    "smoothing": Setting(0.1, "optimisation", "label smoothing"),
+    "amp": Setting(True, "optimisation", "mixed precision on CUDA (CPU runs in float32)"),
+    "amp_dtype": Setting("float16", "optimisation", "the mixed-precision type"),
+    "model_ema": Setting(False, "optimisation", "also keep and evaluate an exponential moving average of the weights"),
+    "model_ema_decay": Setting(0.9998, "optimisation", "decay of that average per update"),
+    "sync_bn": Setting(False, "optimisation", "synchronise BatchNorm statistics across CUDA processes"),
+
+    "sched": Setting("cosine", "schedule", "learning-rate schedule: timm's cosine with warmup"),
+    "epochs": Setting(300, "schedule", "length of the cosine in epochs; cooldown_epochs follow"),
+    "cooldown_epochs": Setting(0, "schedule", "epochs at min_lr after the cosine"),
+    "warmup_epochs": Setting(5, "schedule", "epochs of linear warmup from warmup_lr"),
+    "warmup_lr": Setting(1e-5, "schedule", "learning rate the warmup starts from"),
+    "warmup_prefix": Setting(False, "schedule", "warm up before the cosine starts (true) or over its first "
+                             "epochs (false)"),
+    "min_lr": Setting(1e-5, "schedule", "learning rate at the end of the cosine and during the cooldown"),
+    "sched_on_updates": Setting(False, "schedule", "step the schedule at every optimizer update, not every epoch"),
+
+    "scale": Setting([0.08, 1.0], "augmentation", "random-resized-crop area range"),
+    "ratio": Setting([0.75, 1.3333333333], "augmentation", "random-resized-crop aspect-ratio range"),
+    "hflip": Setting(0.5, "augmentation", "horizontal flip probability"),
+    "color_jitter": Setting(0.0, "augmentation", "colour jitter strength (ignored with aa)"),
+    "train_interpolation": Setting("bicubic", "augmentation", "training resize interpolation"),
+    "aa": Setting(None, "augmentation", "timm auto-augment policy, e.g. rand-m9-n1-mstd0.4-inc1; null: none"),
+    "reprob": Setting(0.0, "augmentation", "random-erasing probability"),
+    "remode": Setting("pixel", "augmentation", "random-erasing fill"),
+    "recount": Setting(1, "augmentation", "random-erasing regions per image"),
+    "dvs_aug": Setting(False, "augmentation", "DVS: event-frame augmentation of the training split"),
+    "mixup": Setting(0.0, "augmentation", "mixup alpha; 0: off (mixup and cutmix need an even batch_size)"),
+    "cutmix": Setting(0.0, "augmentation", "cutmix alpha; 0: off"),
+    "cutmix_minmax": Setting(None, "augmentation", "cutmix box size range as image fractions (overrides cutmix)"),
+    "mixup_prob": Setting(1.0, "augmentation", "probability that a batch is mixed"),
+    "mixup_switch_prob": Setting(0.5, "augmentation", "probability of cutmix instead of mixup when both are on"),
+    "mixup_mode": Setting("batch", "augmentation", "mix parameters drawn per batch, pair or element"),
+    "mixup_off_epoch": Setting(0, "augmentation", "epoch from which mixup and cutmix stop; 0: never"),
+
+    "experiment": Setting("", "run", "run folder name under output/<dataset>/ when output is empty "
+                          "(default: the model's name and the time)"),
+    "output": Setting("", "run", "run folder (config.yaml, log.txt, summary.csv, last.pth, best.pth)"),
+    "resume": Setting("", "run", "checkpoint to continue, or auto: output's last.pth (a new run when it has none)"),
+    "seed": Setting(42, "run", "random seed of initialisation, shuffling and augmentation"),
+    "log_interval": Setting(50, "run", "optimizer updates between progress lines (when no progress bar shows)"),
+    "checkpoint_interval": Setting(0, "run", "optimizer updates between mid-epoch checkpoints (last.pth); "
+                                   "0: at epoch ends only"),
+    "channels_last": Setting(False, "run", "channels-last memory format (see docs/benchmarks.md)"),
+    "compile": Setting(False, "run", "torch.compile the training forward (test.py: the evaluation forward)"),
+    "compile_mode": Setting("default", "run", "torch.compile mode; reduce-overhead adds CUDA graphs on GPU"),
+    "grad_checkpointing": Setting(False, "run", "recompute each block's activations in backward instead of storing "
+                                                "them: far less memory, about one more forward per step"),
+    "pack_saved_spikes": Setting(True, "run", "keep the spikes that layers save for backward as bits: the same "
+                                              "step in less memory (docs/benchmarks.md)"),
+
+    "checkpoint": Setting("", "evaluation", "test.py, msvit.energy: the weights to evaluate"),
+    "val_batch_size": Setting(None, "evaluation", "evaluation batch per process; null: batch_size"),
+    "json": Setting(False, "evaluation", "test.py, msvit.energy: print one JSON object on stdout"),
+    "energy": Setting(False, "evaluation", "test.py: also estimate the energy per image"),
+    "compare_ssa_coupling": Setting(False, "evaluation", "test.py: evaluate again with the other SSA setting and "
+                                    "report both"),
+}
+DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
+
+# The accepted types of the keys whose default is None or that accept several types; every other
+# key takes the type of its default (a list default: a list of its first element's type).
+# `object` accepts anything, `None` accepts null.
+TYPES: dict[str, tuple[Any, ...]] = {
+    "dataset": (str, None),
+    "model": (str, None),
+    "num_classes": (int, None),
+    "img_size": (int, None),
+    "layer": (object,),
+    "depths": (object,),
+    "patch_size": (object,),
+    "dim": (int, None),
+    "num_heads": (int, None),
+    "mlp_ratio": (float, None),
+    "mean": (list[float], None),
+    "std": (list[float], None),
+    "crop_pct": (float, None),
+    "aa": (str, None),
+    "lr": (float, None),
+    "blr": (float, None),
+    "clip_grad": (float, None),
+    "val_batch_size": (int, None),
+    "cutmix_minmax": (list[float], None),
+}
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": ("cifar10", "cifar100", "imagenet", "dvs128_gesture", "cifar10_dvs", "digits"),
+    "neuron_backend": BACKENDS,
+    "amp_dtype": ("float16", "bfloat16"),
+    "mixup_mode": ("batch", "pair", "elem"),
+    "remode": ("pixel", "const", "rand"),
+    "sched": ("cosine",),
+    "compile_mode": COMPILE_MODES,
+}
+
+# The lowest value of integer settings (null, where allowed, means unset and passes).
+MINIMUM: dict[str, int] = {
+    "batch_size": 1, "val_batch_size": 1, "accum_iter": 1, "time_step": 1, "num_classes": 1, "img_size": 1,
+    "workers": 0, "epochs": 1, "cooldown_epochs": 0, "warmup_epochs": 0, "mixup_off_epoch": 0, "log_interval": 1,
+    "checkpoint_interval": 0,
+}
+
+# Values of the authors' recipes that mean one of our choices (their timm-style dataset names).
+_ALIASES: dict[str, dict[str, str]] = {
+    "dataset": {"torch/cifar10": "cifar10", "torch/cifar100": "cifar100"},
+}
