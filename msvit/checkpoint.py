@@ -11,12 +11,13 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "save_checkpoint",
+__all__ = ["EMA_KEYS", "CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "save_checkpoint",
            "extract_state_dict", "to_native_keys"]
 
 # Where a state_dict sits inside a checkpoint dict, in order of preference.
 _MODEL_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema")
-_EMA_KEYS = ("model_ema", "state_dict_ema")
+# Where EMA weights sit: timm's key (ours since 2026-12; timm's --use-ema finds it), the authors', ours before.
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 # The authors' attribute names -> ours (applied to dotted key segments).
 _RENAMES = ((re.compile(r"\.(tssa|ssa)\."), ".attn."),
             (re.compile(r"\.mlp\.mlp([12])_"), r".mlp.fc\1_"))
@@ -74,12 +75,19 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> N
 
 
 def extract_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Unwrap `model` / `state_dict` / `state_dict_ema` (or EMA first with `use_ema`), strip `module.`."""
+    """Unwrap `model` / `state_dict` / `state_dict_ema` (with `use_ema`, the EMA weights, or a CheckpointError
+    when there are none), strip `module.`."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
     state = checkpoint
-    if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        keys = (_EMA_KEYS + _MODEL_KEYS) if use_ema else _MODEL_KEYS
+    bare = all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+    if use_ema and (bare or not any(isinstance(checkpoint.get(k), Mapping) for k in EMA_KEYS)):
+        held = ("bare weights" if bare else "its run trained without model_ema" if "config" in checkpoint
+                else f"keys {', '.join(map(str, list(checkpoint)[:8]))}; EMA sits under {' or '.join(EMA_KEYS)}")
+        raise CheckpointError(f"the checkpoint holds no EMA weights ({held}): drop --use-ema / --finetune-ema, "
+                              f"or train with --model-ema true")
+    if not bare:
+        keys = EMA_KEYS if use_ema else _MODEL_KEYS
         found = next((k for k in keys if isinstance(checkpoint.get(k), Mapping)), None)
         if found is None:
             raise CheckpointError(f"no state_dict in checkpoint: expected one of {', '.join(keys)} "

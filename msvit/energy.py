@@ -522,7 +522,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     try:
         model = create_dataset_model(cfg, MODEL_NAMES)
         if checkpoint is not None:
-            load_checkpoint(model, checkpoint)
+            load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
         model.to(env.device).eval()
         with main_process_first(env):
             _, val_set = build_datasets(cfg, train=False)

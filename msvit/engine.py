@@ -17,6 +17,7 @@ from torch import nn
 from .console import EpochDisplay, progress_bar
 from .distributed import DistEnv, all_reduce_sum
 from .errors import UserError
+from .schedule import current_lr
 
 __all__ = ["NonFiniteLossError", "AmpSettings", "amp_settings", "EpochProgress", "EpochStats", "StepSettings",
            "train_one_epoch", "epoch_stats", "evaluate", "peak_memory_mb"]
@@ -52,7 +53,7 @@ class EpochProgress:
     updates: int = 0
     loss_sum: float = 0.0   # sum of per-batch mean loss x batch size
     images: int = 0
-    lr_sum: float = 0.0
+    lr_sum: float = 0.0     # sum of each batch's learning rate: the epoch's mean, as the releases log it
     seconds: float = 0.0
     data_seconds: float = 0.0
 
@@ -145,17 +146,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             scaled = loss / step.accum_iter
             (step.scaler.scale(scaled) if step.scaler is not None else scaled).backward()
         progress.batches = index + 1
+        progress.lr_sum += current_lr(optimizer)  # the rate of the update this batch belongs to
         progress.loss_sum += loss_value * inputs.shape[0]
         progress.images += inputs.shape[0]
         progress.data_seconds += data_seconds
         stop = False
         if last_micro_step:
             _optimizer_step(model, optimizer, step)
-            progress.lr_sum += optimizer.param_groups[0]["lr"]
             progress.updates += 1
             progress.seconds = base_seconds + time.perf_counter() - start
             stop = on_update(progress)
-        display.step(index, inputs.shape[0], data_seconds, loss_value, optimizer.param_groups[0]["lr"],
+        display.step(index, inputs.shape[0], data_seconds, loss_value, current_lr(optimizer),
                      progress.updates, last_micro_step)
         if stop:
             break
@@ -179,7 +180,7 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, step: St
 def epoch_stats(progress: EpochProgress, env: DistEnv) -> EpochStats:
     """`progress` summed over all processes (the time: the slowest process's)."""
     loss_sum, images = all_reduce_sum([progress.loss_sum, float(progress.images)], env.device)
-    return EpochStats(loss=loss_sum / max(images, 1), lr=progress.lr_sum / max(progress.updates, 1),
+    return EpochStats(loss=loss_sum / max(images, 1), lr=progress.lr_sum / max(progress.batches, 1),
                       images=int(images), seconds=progress.seconds, updates=progress.updates,
                       data_share=progress.data_seconds / max(progress.seconds, 1e-9))
 

@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings
-from .data import build_datasets
+from .data import build_datasets, eval_transform_line
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first
 from .energy import EnergyMeter, format_totals
 from .errors import ConfigError, cli_entry
 from .models import compile_model, set_batch_coupled_ssa
-from .console import print_json, setup_logging, stdout_to_stderr
+from .console import log, print_json, setup_logging, stdout_to_stderr
 from .engine import amp_settings, evaluate
 from .loaders import build_eval_loader
 from .zoo import create_dataset_model, reference_batch_sizes
@@ -47,11 +47,14 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
         restore_run_settings(cfg, checkpoint, given)
         try:
             model = create_dataset_model(cfg, variants)
-            load_checkpoint(model, checkpoint)
+            load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
             model.to(env.device)
             with main_process_first(env):
                 _, val_set = build_datasets(cfg, train=False)
             loader = build_eval_loader(val_set, cfg, env)
+            transform = eval_transform_line(cfg)  # which resize and crop: crop_pct null depends on img_size
+            if transform is not None:
+                log.info("%s", transform)
             amp = amp_settings(cfg, env.device)
             coupled = model.config["batch_coupled_ssa"]
             meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
@@ -69,7 +72,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
                 set_batch_coupled_ssa(model, coupled)
         finally:
             cleanup()
-    result = {**metrics, "time_step": model.T, "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
+    result = {**metrics, "weights": "ema" if cfg["use_ema"] else "raw", "time_step": model.T, "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
               **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:
         if cfg["json"]:
@@ -94,7 +97,8 @@ def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv) -> str:
         at = f"; {reference[2]} evaluates at {reference[1]} per process" if reference else ""
         lines.append(f"note: with the batch-coupled SSA, predictions depend on the evaluation batch size and on "
                      f"which images share a batch{at}")
-    lines.append(f"{cfg['model']} on {cfg['dataset']} (T {result['time_step']}, batch {batch}): {_accuracy(result)}  "
+    weights = ", EMA weights" if result["weights"] == "ema" else ""
+    lines.append(f"{cfg['model']} on {cfg['dataset']} (T {result['time_step']}, batch {batch}{weights}): {_accuracy(result)}  "
                  f"images {result['n']}")
     if "ssa_settings" in result:
         for key, name in ((True, "batch-coupled SSA"), (False, "per-sample SSA")):

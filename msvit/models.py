@@ -16,10 +16,13 @@ from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .data.transforms import eval_crop_pct
 from .errors import ConfigError
 from .layers import STEMS, AttentionBase, Block, PatchEmbed, SpikingSelfAttention, TokenAttention
 from .neurons import LIF, reset_neurons, validate_backend
 from .spike_bits import packed_saved_spikes
+from .timm_contract import (check_timm_arguments, classifier_head, override_batch_norms, pool_features,
+                            square_size, stage_group_matcher)
 
 __all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "compile_model", "count_parameters",
            "use_reference_implementation", "set_batch_coupled_ssa"]
@@ -38,14 +41,18 @@ def _embed_dim_step(ratios: Sequence[float], heads: int) -> int | None:
 
 def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> None:
     """Check a complete set of SpikingTransformer arguments (choices, ranges, stage widths divisible by
-    num_heads, the neuron backend); raise ConfigError. `labels` name the arguments the user set, as they
-    spelt them ('model_kwargs.embed_dim'); the others are reported as the model's defaults. Without `labels`
-    every argument goes by its own name."""
+    num_heads, the neuron backend, timm's extra arguments); raise ConfigError. `labels` name the arguments the
+    user set, as they spelt them ('model_kwargs.embed_dim'); the others are reported as the model's defaults.
+    Without `labels` every argument goes by its own name. timm's arguments may be None or absent (not set)."""
     def named(key: str) -> str:
         value = list(args[key]) if isinstance(args[key], tuple) else args[key]
+        value = repr(value) if isinstance(value, str) and key == "global_pool" else value
         if labels is None or key in labels:
             return f"{(labels or {}).get(key, key)} {value}"
         return f"{key} {value} (the model's default)"
+
+    args = {**args, "img_size": square_size(args["img_size"], named("img_size"))}
+    check_timm_arguments(args, named)
 
     if args["stem"] not in STEMS:
         raise ConfigError(f"{named('stem')} is not a stem; choose one of {', '.join(STEMS)}")
@@ -58,7 +65,7 @@ def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = 
     for key in ("mlp_ratio", "attn_threshold"):
         if args[key] <= 0:
             raise ConfigError(f"{named(key)} must be positive")
-    if not 0 <= args["drop_path_rate"] < 1:
+    if not 0 <= (args["drop_path_rate"] or 0.0) < 1:
         raise ConfigError(f"{named('drop_path_rate')} must be at least 0 and below 1")
     depths, ratios, heads = args["depths"], args["width_ratios"], args["num_heads"]
     if len(depths) != len(ratios) or len(depths) < 2:
@@ -84,31 +91,43 @@ class SpikingTransformer(nn.Module):
     Input: `[B, C, H, W]` images (repeated over `T` time steps) or `[B, T, C, H, W]` event frames.
     Every forward starts and ends with all neurons at rest, so calls are independent.
 
+    timm's contract (`msvit.timm_contract`): `drop_rate` (dropout before the head), `global_pool`, `bn_momentum`
+    and `bn_eps`, `drop_block_rate` (None or 0 only) as arguments, None meaning "not set"; `forward_features`.
+
     `batch_coupled_ssa=True` (the default) reproduces the authors' release, whose SSA output neuron
     integrates along the flattened T*B sequence, so a sample's output depends on the other samples of its
     batch (QKFormer issue #14); `False` runs that neuron per sample, like every other neuron.
     """
 
-    def __init__(self, *, stem: str, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
-                 T: int = 4, embed_dim: int = 384, depths: Sequence[int] = (1, 2, 7),
+    def __init__(self, *, stem: str, img_size: int | Sequence[int] = 224, in_chans: int = 3,
+                 num_classes: int = 1000, T: int = 4, embed_dim: int = 384, depths: Sequence[int] = (1, 2, 7),
                  num_heads: int = 6, mlp_ratio: float = 4.0,
                  width_ratios: Sequence[float] = (0.5, 0.5, 1.0), token_attention: str = "mssa",
                  attn_threshold: float = 1.0, drop_path_rate: float = 0.0,
-                 neuron_backend: str = "auto", batch_coupled_ssa: bool = True) -> None:
+                 neuron_backend: str = "auto", batch_coupled_ssa: bool = True,
+                 drop_rate: float = 0.0, global_pool: str = "avg", drop_block_rate: float | None = None,
+                 bn_momentum: float | None = None, bn_eps: float | None = None) -> None:
         super().__init__()
+        drop_path_rate = 0.0 if drop_path_rate is None else drop_path_rate
+        drop_rate = 0.0 if drop_rate is None else drop_rate
+        global_pool = "avg" if global_pool is None else global_pool
         self.config = dict(stem=stem, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
                            T=T, embed_dim=embed_dim, depths=tuple(depths), num_heads=num_heads,
                            mlp_ratio=mlp_ratio, width_ratios=tuple(width_ratios),
                            token_attention=token_attention, attn_threshold=attn_threshold,
                            drop_path_rate=drop_path_rate, neuron_backend=neuron_backend,
-                           batch_coupled_ssa=bool(batch_coupled_ssa))
+                           batch_coupled_ssa=bool(batch_coupled_ssa), drop_rate=drop_rate,
+                           global_pool=global_pool, drop_block_rate=drop_block_rate, bn_momentum=bn_momentum,
+                           bn_eps=bn_eps)
         check_arguments(self.config)
+        self.config["img_size"] = img_size = square_size(img_size)
         self.T, self.num_classes, self.img_size, self.in_chans = T, num_classes, img_size, in_chans
+        self.drop_rate, self.global_pool = drop_rate, global_pool
         self.dims = [int(embed_dim * r) for r in width_ratios]
         self.num_features = self.dims[-1]
 
         make_stem, make_downsample = STEMS[stem]
-        drop_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        drop_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         for i, (dim, depth) in enumerate(zip(self.dims, depths)):
             embed = (make_stem(in_chans, dim, neuron_backend) if i == 0
                      else make_downsample(self.dims[i - 1], dim, neuron_backend))
@@ -126,10 +145,9 @@ class SpikingTransformer(nn.Module):
             self.add_module(f"patch_embed{i + 1}", embed)
             self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
         self.num_stages = len(depths)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head_drop = nn.Dropout(drop_rate)  # no parameters: state_dicts are the release's
+        self.head = classifier_head(self.num_features, num_classes)
+        override_batch_norms(self, bn_momentum, bn_eps)
 
     def time_major(self, x: torch.Tensor) -> torch.Tensor:
         """Images `[B, C, H, W]` -> `[T, B, C, H, W]` (direct encoding); frames `[B, T, ...]` -> `[T, B, ...]`."""
@@ -150,32 +168,52 @@ class SpikingTransformer(nn.Module):
     pack_saved_spikes = True
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """`[T, B, C, H, W]` input -> last stage output `[T, B, C', H', W']`."""
-        packing = self.pack_saved_spikes and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        with packed_saved_spikes(packing):
-            for i in range(1, self.num_stages + 1):
-                units = [getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")]
-                for unit in units:
-                    x = _checkpointed(unit, x) if self.grad_checkpointing and torch.is_grad_enabled() else unit(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(3).mean(3).mean(0)  # average over tokens, then over time
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward`'s input (`[B, C, H, W]` images or `[B, T, C, H, W]` frames) -> the last stage's output
+        `[B, T, C', H', W']` (a batch-first view). Starts and ends with every neuron at rest."""
         reset_neurons(self)
         try:
-            return self.forward_head(self.forward_features(self.time_major(x)))
+            x = self.time_major(x)
+            packing = self.pack_saved_spikes and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            with packed_saved_spikes(packing):
+                checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+                for i in range(1, self.num_stages + 1):
+                    for unit in [getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")]:
+                        x = _checkpointed(unit, x) if checkpointed else unit(x)
+            return x.transpose(0, 1)
         finally:
             reset_neurons(self)  # no membrane state (or graph) outlives the call
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """`[B, T, C, H, W]` features -> `[B, num_classes]`: `global_pool` ('avg': the mean over tokens, then
+        over time), dropout, head. With global_pool '' the features stay unpooled, and a head maps the
+        channels at every position and time step: `[B, T, H, W, num_classes]`."""
+        x = self.head_drop(pool_features(x, self.global_pool))
+        if pre_logits:
+            return x
+        return self.head(x.movedim(2, -1) if not self.global_pool and self.num_classes > 0 else x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for `num_classes` (0: nn.Identity, the pooled features come out); None keeps the pooling."""
+        if global_pool is not None:
+            check_timm_arguments({"global_pool": global_pool}, lambda key: f"global_pool {global_pool!r}")
+            self.global_pool = self.config["global_pool"] = global_pool
         self.num_classes = self.config["num_classes"] = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(self.num_features, num_classes)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm (layer-wise lr decay): the stem, then per stage its downsampling
+        embedding and blocks (coarse: one group per stage); the head last."""
+        return stage_group_matcher(coarse)
+
+    def no_weight_decay(self) -> set[str]:
+        """Empty: only biases and batch-norm affines go without, all 1-D, which timm's optimizers exclude."""
+        return set()
 
 
 def _run_from_rest(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -303,6 +341,8 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> SpikingTransformer
     # keep the config in step with what was actually built (e.g. num_classes=100, img_size=64)
     model.pretrained_cfg.update(num_classes=model.num_classes,
                                 input_size=(model.in_chans, model.img_size, model.img_size))
+    if ARCHS[variant]["stem"] == "imagenet":  # the releases' evaluation crop: the whole short side above 224
+        model.pretrained_cfg["crop_pct"] = eval_crop_pct(model.img_size)
     return model
 
 

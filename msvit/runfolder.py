@@ -26,7 +26,9 @@ from .errors import ConfigError, UserError
 __all__ = ["NETWORK_KEYS", "SUMMARY_FIELDS", "CheckpointWriteError", "settings_for_run", "output_dir",
            "resume_path", "prepare_output", "write_summary", "write_checkpoints"]
 
-SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb"]
+# the EMA columns stay empty without model_ema
+SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb",
+                  "eval_loss_ema", "eval_top1_ema", "eval_top5_ema"]
 _NOT_SETTINGS = ("resume", "output")  # how to find the run, not how it trains
 log = logging.getLogger("msvit")
 
@@ -50,6 +52,9 @@ def settings_for_run(argv: list[str], recipe: str | Path | None) -> dict[str, An
     if cfg["resume"] == "auto" and not cfg["output"]:
         raise ConfigError("--resume auto continues the run folder named by --output: add --output RUN_FOLDER "
                           "(the same folder every time the job starts)")
+    if cfg["finetune"] and cfg["resume"] not in ("", "auto"):
+        raise ConfigError(f"--finetune starts a new run from {cfg['finetune']} and --resume continues "
+                          f"{cfg['resume']}: give one (--resume auto --output RUN also continues a fine-tuning run)")
     folder = _resumed_folder(cfg)
     if folder is None or not (folder / "config.yaml").is_file():
         return cfg
@@ -120,7 +125,7 @@ def write_summary(path: Path, row: dict[str, Any] | None, keep_before_epoch: int
     if keep_before_epoch is not None:
         rows = [r for r in rows if int(r["epoch"]) < keep_before_epoch]
     if row is not None:
-        rows.append({k: row[k] for k in SUMMARY_FIELDS})
+        rows.append({k: row.get(k, "") for k in SUMMARY_FIELDS})
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)

@@ -17,9 +17,10 @@ __all__ = ["SETTINGS", "DEFAULTS", "GROUPS", "TYPES", "CHOICES", "MINIMUM", "COM
 # another dataset fails to load with its head keys listed instead of being scored nonsensically.
 MODEL_KEYS = ("model", "model_kwargs", "time_step", "dim", "num_heads", "mlp_ratio", "batch_coupled_ssa")
 
-# settings a resumed run may not change: they define the network or which samples train and evaluate
+# settings a resumed run may not change: they define the network, which samples train and evaluate, or (layer_decay)
+# the optimizer's parameter groups that the checkpoint holds
 NETWORK_KEYS = ("dataset", "model", "model_kwargs", "num_classes", "time_step", "batch_coupled_ssa", "seed",
-                "dim", "num_heads", "mlp_ratio")
+                "dim", "num_heads", "mlp_ratio", "layer_decay")
 
 class Setting(NamedTuple):
     default: Any
@@ -27,7 +28,7 @@ class Setting(NamedTuple):
     help: str    # one line for --help
 
 
-GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "run", "evaluation")
+GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "run", "fine-tuning", "evaluation")
 NO_EFFECT = "(legacy: accepted, no effect)"  # keys of the authors' recipes that nothing reads
 
 # Every setting: its default, its --help group and its description, in --help order.
@@ -54,7 +55,8 @@ SETTINGS: dict[str, Setting] = {
     "img_size": Setting(None, "data", "image datasets: input height and width in pixels; null: 224 (digits: 32)"),
     "mean": Setting(None, "data", "per-channel normalisation mean; null: ImageNet's"),
     "std": Setting(None, "data", "per-channel normalisation standard deviation; null: ImageNet's"),
-    "crop_pct": Setting(None, "data", "evaluation: centre crop of img_size / crop_pct; null: timm's default"),
+    "crop_pct": Setting(None, "data", "evaluation: centre crop of img_size / crop_pct; null: the release's rule, "
+                     "0.875 up to 224 px, 1.0 above"),
     "interpolation": Setting("bicubic", "data", "evaluation: resize interpolation"),
     "workers": Setting(4, "data", "DataLoader worker processes per process; 0: load in the main process"),
     "pin_mem": Setting(True, "data", "page-locked host memory for faster copies to CUDA"),
@@ -76,6 +78,11 @@ SETTINGS: dict[str, Setting] = {
     "amp_dtype": Setting("float16", "optimisation", "the mixed-precision type"),
     "model_ema": Setting(False, "optimisation", "also keep and evaluate an exponential moving average of the weights"),
     "model_ema_decay": Setting(0.9998, "optimisation", "decay of that average per update"),
+    "best_weights": Setting("ema", "optimisation", "with model_ema: the weights whose top-1 chooses best.pth (ema, "
+                            "as timm's train.py, or raw)"),
+    "layer_decay": Setting(None, "optimisation", "layer-wise learning-rate decay: each parameter group's lr x "
+                           "layer_decay^(its depth below the head), groups by the model's group_matcher; null: none "
+                           "(the release's 1.0)"),
     "sync_bn": Setting(False, "optimisation", "synchronise BatchNorm statistics across CUDA processes"),
 
     "sched": Setting("cosine", "schedule", "learning-rate schedule: timm's cosine with warmup"),
@@ -87,6 +94,8 @@ SETTINGS: dict[str, Setting] = {
                              "epochs (false)"),
     "min_lr": Setting(1e-5, "schedule", "learning rate at the end of the cosine and during the cooldown"),
     "sched_on_updates": Setting(False, "schedule", "step the schedule at every optimizer update, not every epoch"),
+    "start_epoch": Setting(0, "schedule", "epoch of the schedule a new run starts at: N trains the tail of the "
+                           "schedule, epochs N to the end (the 384 fine-tune: 200 of 210)"),
 
     "scale": Setting([0.08, 1.0], "augmentation", "random-resized-crop area range"),
     "ratio": Setting([0.75, 1.3333333333], "augmentation", "random-resized-crop aspect-ratio range"),
@@ -122,8 +131,16 @@ SETTINGS: dict[str, Setting] = {
     "pack_saved_spikes": Setting(True, "run", "keep the spikes that layers save for backward as bits: the same "
                                               "step in less memory (docs/benchmarks.md)"),
 
+    "finetune": Setting("", "fine-tuning", "start a new run from the weights of this checkpoint (ours or the "
+                        "authors'): fresh optimizer and schedule; img_size, time_step, num_classes and more may differ"),
+    "finetune_ema": Setting(False, "fine-tuning", "take the checkpoint's EMA weights instead of its raw weights"),
+    "finetune_head": Setting("keep", "fine-tuning", "keep: load a head of the same shape; reinit: a fresh head weight "
+                             "(trunc. normal, std 2e-5) even then, as the release does; another class count always "
+                             "gets a new head"),
+
     "checkpoint": Setting("", "evaluation", "test.py, msvit.energy: the weights to evaluate"),
     "val_batch_size": Setting(None, "evaluation", "evaluation batch per process; null: batch_size"),
+    "use_ema": Setting(False, "evaluation", "test.py, msvit.energy: evaluate the checkpoint's EMA weights"),
     "json": Setting(False, "evaluation", "test.py, msvit.energy: print one JSON object on stdout"),
     "energy": Setting(False, "evaluation", "test.py: also estimate the energy per image"),
     "compare_ssa_coupling": Setting(False, "evaluation", "test.py: evaluate again with the other SSA setting and "
@@ -148,6 +165,7 @@ TYPES: dict[str, tuple[Any, ...]] = {
     "mean": (list[float], None),
     "std": (list[float], None),
     "crop_pct": (float, None),
+    "layer_decay": (float, None),
     "aa": (str, None),
     "lr": (float, None),
     "blr": (float, None),
@@ -165,13 +183,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "remode": ("pixel", "const", "rand"),
     "sched": ("cosine",),
     "compile_mode": COMPILE_MODES,
+    "finetune_head": ("keep", "reinit"),
+    "best_weights": ("ema", "raw"),
 }
 
 # The lowest value of integer settings (null, where allowed, means unset and passes).
 MINIMUM: dict[str, int] = {
     "batch_size": 1, "val_batch_size": 1, "accum_iter": 1, "time_step": 1, "num_classes": 1, "img_size": 1,
     "workers": 0, "epochs": 1, "cooldown_epochs": 0, "warmup_epochs": 0, "mixup_off_epoch": 0, "log_interval": 1,
-    "checkpoint_interval": 0,
+    "checkpoint_interval": 0, "start_epoch": 0,
 }
 
 # Values of the authors' recipes that mean one of our choices (their timm-style dataset names).

@@ -17,10 +17,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -31,17 +30,19 @@ from torch import nn
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import restore_model_settings, save_config
 from .console import EpochDisplay, add_log_file, setup_logging
-from .data import build_datasets, dataset_num_classes
+from .data import build_datasets, dataset_num_classes, eval_transform_line
 from .distributed import DistEnv, barrier, broadcast_buffers, cleanup, init_distributed, main_process_first
-from .engine import (AmpSettings, EpochProgress, StepSettings, amp_settings, epoch_stats, evaluate, peak_memory_mb,
+from .engine import (EpochProgress, StepSettings, amp_settings, epoch_stats, evaluate, peak_memory_mb,
                      train_one_epoch)
 from .errors import ConfigError, UserError, cli_entry
+from .finetune import finetune_variants, load_source, read_source
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
-from .models import compile_model, count_parameters
-from .neurons import implementation
+from .models import compile_model
 from .preemption import EXIT_PREEMPTED, Preempted, StopRequest
+from .run_log import inductor_cache, log_epoch, log_header
 from .runfolder import (SUMMARY_FIELDS, output_dir, prepare_output, resume_path, settings_for_run, write_checkpoints,
                         write_summary)
+from .schedule import build_scheduler, set_learning_rate
 from .zoo import create_dataset_model, reference_batch_sizes
 
 __all__ = ["main", "run", "SUMMARY_FIELDS"]
@@ -74,17 +75,6 @@ def _learning_rate(cfg: dict[str, Any], env: DistEnv) -> float:
     return cfg["blr"] * effective / 256
 
 
-def _scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, updates_per_epoch: int,
-               ) -> CosineLRScheduler:
-    """timm's cosine with warmup, counted in epochs or (sched_on_updates) in optimizer updates."""
-    unit = updates_per_epoch if cfg["sched_on_updates"] else 1
-    length = cfg["epochs"] - (cfg["warmup_epochs"] if cfg["warmup_prefix"] else 0)
-    return CosineLRScheduler(optimizer, t_initial=max(length, 1) * unit, lr_min=cfg["min_lr"],
-                             warmup_t=cfg["warmup_epochs"] * unit, warmup_lr_init=cfg["warmup_lr"],
-                             warmup_prefix=cfg["warmup_prefix"], cycle_limit=1,
-                             t_in_epochs=not cfg["sched_on_updates"])
-
-
 def _mixup(cfg: dict[str, Any]) -> Mixup | None:
     if not (cfg["mixup"] > 0 or cfg["cutmix"] > 0 or cfg["cutmix_minmax"] is not None):
         return None
@@ -110,73 +100,6 @@ def _quiet_other_processes(env: DistEnv) -> None:
     if not env.is_main:
         warnings.simplefilter("ignore")
         logging.getLogger("timm").setLevel(logging.ERROR)
-
-
-def _devices_and_neurons(model: nn.Module, env: DistEnv, amp: AmpSettings) -> str:
-    """'<n> x <device type>: <LIF implementation>' over all processes."""
-    mine = f"{env.device.type}: {implementation(model, env.device, amp.dtype if amp.enabled else torch.float32)}"
-    everyone = [mine] * env.world_size
-    if env.distributed:
-        dist.all_gather_object(everyone, mine)
-    return ", ".join(f"{everyone.count(entry)} x {entry}" for entry in dict.fromkeys(everyone))
-
-
-def _compile_words(cfg: Mapping[str, Any]) -> str:
-    if not cfg["compile"]:
-        return "off"
-    return "on (training forward" + ("" if cfg["compile_mode"] == "default" else f", mode {cfg['compile_mode']}") + ")"
-
-
-def _inductor_cache() -> str:
-    """Where inductor keeps compiled kernels (its default: /tmp/torchinductor_<user>)."""
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir  # a private module: it may move
-        return cache_dir()
-    except ImportError:
-        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_<user>")
-
-
-def _schedule_line(cfg: dict[str, Any], lr: float) -> str:
-    total = cfg["epochs"] + cfg["cooldown_epochs"]
-    parts = [f"{total} epochs" + (f" ({cfg['epochs']} + {cfg['cooldown_epochs']} cooldown at {cfg['min_lr']:g})"
-                                   if cfg["cooldown_epochs"] else ""),
-             (f"warmup {cfg['warmup_epochs']} epochs from {cfg['warmup_lr']:g}"
-              + (" before the cosine" if cfg["warmup_prefix"] else " inside the cosine"))
-             if cfg["warmup_epochs"] else "no warmup",
-             f"cosine from peak lr {lr:g} to {cfg['min_lr']:g}",
-             f"stepped per {'update' if cfg['sched_on_updates'] else 'epoch'}",
-             f"{cfg['opt']}, weight decay {cfg['weight_decay']:g}"]
-    return "schedule: " + "; ".join(parts)
-
-
-def _log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple[int, int], lr: float,
-                updates_per_epoch: int, amp: AmpSettings, output: Path) -> None:
-    """One block at the start: what trains on what, with which batch, schedule, precision and neurons."""
-    neurons = _devices_and_neurons(model, env, amp)  # a collective: every process takes part
-    if not env.is_main:
-        return
-    batch, accum = cfg["batch_size"], cfg["accum_iter"]
-    precision = (f"AMP {str(amp.dtype).removeprefix('torch.')}" if amp.enabled
-                 else "float32" + (" (amp applies to CUDA only)" if cfg["amp"] else ""))
-    interval = f" and every {cfg['checkpoint_interval']} updates" if cfg["checkpoint_interval"] else ""
-    for line in (
-            f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, T {cfg['time_step']}, "
-            f"SSA {'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}",
-            f"data: {sizes[0]:,} train / {sizes[1]:,} val samples; global batch "
-            f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} "
-            f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates "
-            f"per epoch; {cfg['workers']} loader workers per process",
-            _schedule_line(cfg, lr),
-            f"devices: {neurons}; {precision}; compile {_compile_words(cfg)}; "
-            f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}; saved spikes "
-            f"{'as bits' if cfg['pack_saved_spikes'] else 'dense'}",
-            f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "
-            f"update (exit {EXIT_PREEMPTED})"):
-        log.info("%s", line)
-    if cfg["warmup_epochs"] + cfg["cooldown_epochs"] > cfg["epochs"]:
-        log.warning("warning: warmup_epochs %d + cooldown_epochs %d exceed epochs %d: the learning rate never "
-                    "reaches its cosine; lower --warmup-epochs / --cooldown-epochs with a short --epochs",
-                    cfg["warmup_epochs"], cfg["cooldown_epochs"], cfg["epochs"])
 
 
 @dataclass
@@ -207,7 +130,7 @@ class _Training:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(),
                     scaler=self.scaler.state_dict() if self.scaler is not None else None,
-                    ema=self.ema.module.state_dict() if self.ema is not None else None,
+                    state_dict_ema=self.ema.module.state_dict() if self.ema is not None else None,
                     epoch=s.epoch - 1 if mid_epoch else s.epoch, num_updates=s.num_updates, best_top1=s.best_top1,
                     best_epoch=s.best_epoch, metrics=s.metrics, config=self.cfg,
                     position=dict(epoch=s.epoch, progress=progress.state_dict()) if mid_epoch else None)
@@ -222,8 +145,9 @@ class _Training:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None and ckpt.get("ema"):
-            self.ema.module.load_state_dict(ckpt["ema"])
+        ema_weights = ckpt.get("state_dict_ema") or ckpt.get("ema")  # "ema": checkpoints before 2026-12
+        if self.ema is not None and ema_weights:
+            self.ema.module.load_state_dict(ema_weights)
         s = self.state
         s.num_updates = ckpt.get("num_updates", 0)
         s.best_top1, s.best_epoch = ckpt.get("best_top1", -1.0), ckpt.get("best_epoch", -1)
@@ -251,6 +175,15 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     cfg["num_classes"] = cfg["num_classes"] or dataset_num_classes(cfg["dataset"])
     output = output_dir(cfg)
     checkpoint_path = resume_path(cfg, output)
+    source = None
+    if cfg["finetune"]:
+        variants = finetune_variants(variants)
+        if checkpoint_path is None:  # checked before any data is read
+            source = read_source(cfg, variants)
+            cfg["finetune"] = source.path  # config.yaml records where the weights came from
+        else:
+            log.info("resuming %s: the weights come from it; finetune %s is not read again", checkpoint_path,
+                     cfg["finetune"])
     prepare_output(output, env.rank)
     if env.is_main:
         add_log_file(output / "log.txt")
@@ -260,6 +193,8 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     with main_process_first(env):  # the first use of a DVS dataset converts it on disk
         train_set, val_set = build_datasets(cfg)
     train_set = SeededSamples(train_set, cfg["seed"])
+    if (transform := eval_transform_line(cfg)) is not None:  # what each epoch's evaluation resizes and crops
+        log.info("%s", transform)
     train_loader = build_train_loader(train_set, cfg, env)
     batches_per_epoch = len(train_loader)
     if batches_per_epoch == 0:
@@ -270,7 +205,11 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     ckpt = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     if ckpt is not None:  # the SSA setting is part of the network being trained
         restore_model_settings(cfg, ckpt, keys=("batch_coupled_ssa",))
-    model = create_dataset_model(cfg, variants).to(env.device)
+    model = create_dataset_model(cfg, variants)
+    if source is not None:
+        load_source(model, source, cfg)
+        del source
+    model = model.to(env.device)
     cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
     _check_coupled_batch(cfg)
     if cfg["grad_checkpointing"]:
@@ -285,9 +224,10 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
             log.warning("sync_bn needs CUDA devices; it is ignored on CPU")
     lr = _learning_rate(cfg, env)
     optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
-                                    eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]), momentum=cfg["momentum"])
+                                    eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]), momentum=cfg["momentum"],
+                                    layer_decay=cfg["layer_decay"])
     updates_per_epoch = -(-batches_per_epoch // cfg["accum_iter"])
-    scheduler = _scheduler(cfg, optimizer, updates_per_epoch)
+    scheduler = build_scheduler(cfg, optimizer, batches_per_epoch)
     amp = amp_settings(cfg, env.device)
     scaler = torch.amp.GradScaler("cuda") if amp.enabled and amp.dtype == torch.float16 else None
     ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
@@ -298,6 +238,8 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     training = _Training(cfg, env, model, optimizer, scheduler, scaler, ema, output)
     if ckpt is not None:
         training.restore(ckpt, checkpoint_path)
+    else:
+        training.state.epoch = cfg["start_epoch"]
     del ckpt
     state = training.state
     updates_at_start = state.num_updates
@@ -309,7 +251,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     if cfg["compile"]:  # opt-in: the training forward is compiled, evaluation runs eagerly
         train_model = compile_model(train_model, cfg["compile_mode"])
         log.info("compile: the first training step compiles the model (minutes on a CPU; cached in %s, "
-                 "TORCHINDUCTOR_CACHE_DIR moves it)", _inductor_cache())
+                 "TORCHINDUCTOR_CACHE_DIR moves it)", inductor_cache())
 
     writer = None
     if env.is_main:
@@ -317,7 +259,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         write_summary(output / "summary.csv", None, keep_before_epoch=state.epoch)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(output), purge_step=state.epoch if state.epoch else None)
-    _log_header(cfg, env, model, (len(train_set), len(val_set)), lr, updates_per_epoch, amp, output)
+    log_header(cfg, env, model, (len(train_set), len(val_set)), lr, updates_per_epoch, amp, output)
     total_epochs = cfg["epochs"] + cfg["cooldown_epochs"]
     step = StepSettings(amp, scaler, mixup_fn, cfg["accum_iter"], cfg["clip_grad"])
 
@@ -331,7 +273,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
             if ema is not None:
                 ema.update(model, step=state.num_updates)
             if cfg["sched_on_updates"]:
-                scheduler.step_update(state.num_updates)
+                set_learning_rate(scheduler, cfg, state.epoch, progress.batches, batches_per_epoch)
             state.stopping = stop.agreed(env.device)
             interval = cfg["checkpoint_interval"]
             if state.stopping or (interval and state.num_updates % interval == 0):
@@ -349,8 +291,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                 epoch = state.epoch
                 train_loader.sampler.set_epoch(epoch, start_batch=state.progress.batches)
                 train_set.set_epoch(epoch)
-                if not cfg["sched_on_updates"]:
-                    scheduler.step(epoch)
+                set_learning_rate(scheduler, cfg, epoch, state.progress.batches, batches_per_epoch)
                 if mixup_fn is not None and cfg["mixup_off_epoch"] and epoch >= cfg["mixup_off_epoch"]:
                     mixup_fn.mixup_enabled = False  # smoothed one-hot targets from here on
                 display = EpochDisplay(epoch, total_epochs, batches_per_epoch, state.progress.batches,
@@ -373,12 +314,17 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                            eval_loss=f"{metrics['loss']:.6f}", eval_top1=f"{metrics['top1']:.4f}",
                            eval_top5=f"{metrics['top5']:.4f}", img_per_s=f"{stats.images_per_s:.1f}",
                            peak_mem_mb=f"{peak_memory_mb(env.device):.0f}")
-                is_best = metrics["top1"] > state.best_top1
+                if ema_metrics is not None:
+                    row.update(eval_loss_ema=f"{ema_metrics['loss']:.6f}", eval_top1_ema=f"{ema_metrics['top1']:.4f}",
+                               eval_top5_ema=f"{ema_metrics['top5']:.4f}")
+                # best.pth: the EMA's top-1 when there is one (best_weights ema, as timm), else the raw weights'
+                deciding = ema_metrics if ema_metrics is not None and cfg["best_weights"] == "ema" else metrics
+                is_best = deciding["top1"] > state.best_top1
                 if is_best:
-                    state.best_top1, state.best_epoch = metrics["top1"], epoch
+                    state.best_top1, state.best_epoch = deciding["top1"], epoch
                 state.metrics = metrics
                 if env.is_main:
-                    _log_epoch(writer, row, metrics, ema_metrics, total_epochs, state.best_top1, stats.data_share)
+                    log_epoch(writer, row, metrics, ema_metrics, total_epochs, state.best_top1, stats.data_share)
                     write_summary(output / "summary.csv", row)
                 training.save(mid_epoch=False, best=is_best)
                 state.epoch, state.progress = epoch + 1, EpochProgress()
@@ -389,25 +335,9 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
             if writer is not None:
                 writer.close()
             cleanup()
-    log.info("done: best top-1 %.2f%% at epoch %d; run folder %s", state.best_top1, state.best_epoch, output)
+    weights = " (EMA weights)" if ema is not None and cfg["best_weights"] == "ema" else ""
+    log.info("done: best top-1 %.2f%%%s at epoch %d; run folder %s", state.best_top1, weights, state.best_epoch, output)
     return {**row, "best_top1": state.best_top1, "output": str(output)}
-def _log_epoch(writer, row: dict[str, Any], metrics: dict[str, float], ema_metrics: dict[str, float] | None,
-               total_epochs: int, best_top1: float, data_share: float) -> None:
-    epoch = row["epoch"]
-    for tag, value in (("train/loss", row["train_loss"]), ("train/lr", row["lr"]),
-                       ("train/img_per_s", row["img_per_s"]), ("eval/loss", metrics["loss"]),
-                       ("eval/top1", metrics["top1"]), ("eval/top5", metrics["top5"])):
-        writer.add_scalar(tag, float(value), epoch)
-    if ema_metrics is not None:
-        writer.add_scalar("eval_ema/top1", ema_metrics["top1"], epoch)
-    writer.flush()
-    extra = f" (EMA {ema_metrics['top1']:.2f}%)" if ema_metrics is not None else ""
-    log.info("epoch %d/%d  lr %s  train loss %s  eval loss %.4f  top-1 %.2f%%%s  top-5 %.2f%%  best %.2f%%  "
-             "%s img/s  data %.0f%%  peak %s MB", epoch, total_epochs - 1, row["lr"], row["train_loss"],
-             metrics["loss"], metrics["top1"], extra, metrics["top5"], best_top1, row["img_per_s"], 100 * data_share,
-             row["peak_mem_mb"])
-
-
 @cli_entry
 def main(config: str | Path, variants: Sequence[str], argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of `<dataset>/train.py`: the folder's YAML (`config`), overridden by the command line; a

@@ -113,6 +113,14 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
         if cfg[key] is not None and cfg[key] < low:
             raise ConfigError(f"{where(key)}: {key} must be {low} or more, got {cfg[key]}")
     _check_optimizer(cfg["opt"], where("opt"))
+    decay = cfg["layer_decay"]
+    if decay is not None and not 0 < decay <= 1:
+        raise ConfigError(f"{where('layer_decay')}: layer_decay must be in (0, 1], got {decay:g}: each group's lr "
+                          f"is lr x layer_decay^depth; null (or 1) means no decay")
+    total = cfg["epochs"] + cfg["cooldown_epochs"]
+    if cfg["start_epoch"] >= total:
+        raise ConfigError(f"{where('start_epoch')}: start_epoch {cfg['start_epoch']} leaves nothing to train: the "
+                          f"schedule has {total} epochs (epochs + cooldown_epochs); lower --start-epoch")
     # a config without a dataset (no recipe) only builds models; one with a dataset is meant to train
     if cfg["dataset"] is not None and cfg["lr"] is None and cfg["blr"] is None:
         raise ConfigError("lr and blr are both null: set --lr (the learning rate) or --blr (scaled by the "

@@ -21,15 +21,26 @@ __all__ = ["ZooEntry", "ZOO", "create_dataset_model", "describe_dataset_model", 
 class ZooEntry:
     model: str
     dataset: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # img_size here: a row at another input size
     published_params: str = ""
     published_top1: float | None = None  # %, from the papers (MSViT's non-ImageNet rows via an aggregator)
     # per-GPU (train, eval) batch of the release: with the batch-coupled SSA it is part of the network
     release_batch: tuple[int, int] | None = None
+    published_top5: float | None = None
+    note: str = ""     # how the figure was obtained, where that is not a 224² (or native-size) run from scratch
+    recipe: str = ""   # the repository's recipe for it, relative to the repository root
+    batch_source: str = "the release"  # where release_batch comes from, as the logs name it
 
 
 _CIFAR_BATCH, _IMAGENET_BATCH, _DVS_BATCH = (64, 64), (32, 32), (16, 16)
 _IMAGENET_768_BATCH = (24, 32)  # the 768 models trained at 24 per GPU (x 8 GPUs x 3 accumulation steps)
+# QKFormer's higher-resolution rows of HST-10-768 (its README and Table 2: 85.25 at 288², 85.65 / 97.74 at 384²)
+_QKFORMER_384_NOTE = ("about ten epochs at 384² from the 224² weights: the release's log of epochs 201-209 "
+                      "(best 85.65 / 97.74 at epoch 203, its checkpoint-203), the tail of a 210-epoch cosine at "
+                      "effective batch 512; imagenet/finetune_384.yml")
+_QKFORMER_288_NOTE = ("288² 'input size for inference' (the paper's Table 2 caption, which says the same of the "
+                      "384 row, yet that one was fine-tuned); no log or recipe survives, the download link is gone")
+_QKFORMER_384_BATCH = (8, 8)    # inferred from the 384 log's lr (effective 512 with accum 8 on 8 GPUs) and memory
 
 ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("msvit_cifar_4_384", "cifar10", dict(num_classes=10), "", 96.53, _CIFAR_BATCH),
@@ -44,6 +55,10 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("qkformer_10_384", "imagenet", {}, "16.47M", 78.80, _IMAGENET_BATCH),
     ZooEntry("qkformer_10_512", "imagenet", {}, "29.08M", 82.04, _IMAGENET_BATCH),
     ZooEntry("qkformer_10_768", "imagenet", {}, "64.96M", 84.22, _IMAGENET_768_BATCH),
+    ZooEntry("qkformer_10_768", "imagenet", dict(img_size=288), "64.96M", 85.25, None, note=_QKFORMER_288_NOTE),
+    ZooEntry("qkformer_10_768", "imagenet", dict(img_size=384), "64.96M", 85.65, _QKFORMER_384_BATCH, 97.74,
+             note=_QKFORMER_384_NOTE, recipe="imagenet/finetune_384.yml",
+             batch_source="the release's 384 fine-tune (its per-GPU batch inferred from the logged lr)"),
     ZooEntry("qkformer_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "1.50M", 84.0, _DVS_BATCH),
     ZooEntry("qkformer_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "1.50M", 98.6, _DVS_BATCH),
 )
@@ -54,9 +69,12 @@ def reference_batch_sizes(cfg: dict[str, Any]) -> tuple[int, int, str] | None:
     it comes from: the authors' release for a published model, else the YAML recipe (None without one)."""
     from .config import load_config
 
-    entry = next((e for e in ZOO if e.model == cfg.get("model") and e.dataset == cfg.get("dataset")), None)
+    rows = [e for e in ZOO if e.model == cfg.get("model") and e.dataset == cfg.get("dataset")]
+    # a row at the run's input size with a known batch (the 384 fine-tune), else the model's first row
+    sized = [e for e in rows if e.release_batch is not None and e.kwargs.get("img_size") == cfg.get("img_size")]
+    entry = (sized or rows or [None])[0]
     if entry is not None and entry.release_batch is not None:
-        return (*entry.release_batch, "the release")
+        return (*entry.release_batch, entry.batch_source)
     if not cfg.get("config"):
         return None
     recipe = load_config(cfg["config"])
@@ -108,8 +126,8 @@ def parameter_table(entries: Sequence[ZooEntry] = ZOO) -> list[dict[str, Any]]:
         rows.append(dict(model=entry.model, dataset=entry.dataset, classes=model.num_classes,
                          input="x".join(map(str, cfg["input_size"])), T=model.T,
                          params=count_parameters(model), published_params=entry.published_params,
-                         published_top1=entry.published_top1,
-                         build_s=time.perf_counter() - start))
+                         published_top1=entry.published_top1, published_top5=entry.published_top5,
+                         note=entry.note, recipe=entry.recipe, build_s=time.perf_counter() - start))
     return rows
 
 
@@ -122,13 +140,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     entries = [e for e in ZOO if not args.model or e.model in args.model]
     header = f"{'model':22} {'dataset':15} {'classes':>7} {'input':>10} {'T':>3} {'params':>12} " \
-             f"{'paper':>7} {'top-1 (paper)':>13}"
+             f"{'paper':>7} {'top-1 (paper)':>13} {'top-5':>6}"
     print(header)
     print("-" * len(header))
+    notes = []
     for row in parameter_table(entries):
         top1 = f"{row['published_top1']:.2f}" if row["published_top1"] is not None else "-"
+        top5 = f"{row['published_top5']:.2f}" if row["published_top5"] is not None else "-"
+        mark = ""
+        if row["note"]:
+            notes.append(f"[{len(notes) + 1}] {row['model']} at {row['input']}: {row['note']}")
+            mark = f" [{len(notes)}]"
         print(f"{row['model']:22} {row['dataset']:15} {row['classes']:>7} {row['input']:>10} {row['T']:>3} "
-              f"{row['params']:>12,} {row['published_params'] or '-':>7} {top1:>13}")
+              f"{row['params']:>12,} {row['published_params'] or '-':>7} {top1:>13} {top5:>6}{mark}")
+    if notes:
+        print()
+        print("\n".join(notes))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,18 @@ def test_ema_weights_are_chosen_on_request():
     assert torch.equal(model.head.bias, ema["head.bias"])
 
 
+@pytest.mark.parametrize("key", ["state_dict_ema", "model_ema", "ema"])  # ours and timm's, the authors', ours before
+def test_ema_weights_are_found_under_each_layout_and_their_absence_is_an_error(key):
+    model = timm.create_model("qkformer_dvs_2_256", num_classes=10, mlp_ratio=1)
+    regular, ema = synthesize("upstream_qkformer_cifar10dvs"), synthesize("upstream_qkformer_cifar10dvs")
+    ema["head.bias"] = torch.full((10,), 3.0)
+    load_checkpoint(model, {"model": regular, key: ema}, use_ema=True)
+    assert torch.equal(model.head.bias, ema["head.bias"])
+    for without in ({"model": regular, key: None}, {"model": regular}, regular):
+        with pytest.raises(CheckpointError, match="holds no EMA weights"):
+            load_checkpoint(model, without, use_ema=True)
+
+
 def test_wrong_checkpoint_lists_missing_unexpected_and_mismatched_keys():
     model = timm.create_model("msvit_cifar_4_384")  # MSViT needs p_conv; QKFormer's file has none
     with pytest.raises(CheckpointError) as info:

@@ -30,7 +30,8 @@ from fakedata import C10DVS_CLASSES, make_cifar, make_cifar10_dvs_events_np, mak
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds per subprocess: generous, a loaded 2-core machine is slow
 PARALLEL = 2   # subprocesses at once
-SUMMARY_HEADER = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb"]
+SUMMARY_HEADER = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb",
+                  "eval_loss_ema", "eval_top1_ema", "eval_top5_ema"]
 
 # One short epoch: even batch sizes (the recipes' mixup needs them), CPU fp32, no workers; --verify-data false
 # because the tiny files cannot match the published MD5 sums.
@@ -225,6 +226,29 @@ def _truncated_checkpoint(tmp: Path) -> Case:
     return "cifar10/test.py", ["--checkpoint", tmp / "last.pth"], [str(tmp / "last.pth"), "damaged or incomplete"]
 
 
+def _finetune_from_a_damaged_file(tmp: Path) -> Case:
+    _truncated_checkpoint(tmp)
+    return "cifar10/train.py", ["--finetune", tmp / "last.pth"], ["--finetune", "damaged or incomplete"]
+
+
+def _finetune_from_another_family(tmp: Path) -> Case:
+    import timm
+    import torch
+
+    import msvit  # noqa: F401  (registers the models)
+
+    torch.save({"model": timm.create_model("qkformer_cifar_4_384").state_dict()}, tmp / "qkformer.pth")
+    return ("cifar10/train.py", ["--finetune", tmp / "qkformer.pth", "--output", tmp / "run"],
+            ["does not fit msvit_cifar_4_384", "missing", "Models whose tensors fit it: qkformer_cifar_4_384"])
+
+
+def _use_ema_without_ema(tmp: Path) -> Case:
+    import torch
+
+    torch.save({"model": {"w": torch.zeros(2)}, "state_dict_ema": None, "config": {}}, tmp / "last.pth")
+    return "cifar10/test.py", ["--checkpoint", tmp / "last.pth", "--use-ema"], ["no EMA weights", "--use-ema"]
+
+
 def _download_without_network(tmp: Path) -> Case:
     return ("cifar10/train.py", ["--data-dir", tmp, "--download", "true"],
             ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", str(tmp / "cifar-10-batches-py"),
@@ -298,6 +322,11 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
     "bench-model-kwargs-without-space": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384", "--model-kwargs",
                                                  "{embed_dim:48}", expect=["space after the colon"]),
     "energy-not-a-number": _refused("-m msvit.energy", "--batches", "x", expect=["argument --batches", "'x'"]),
+    "layer-decay-0": _refused("cifar10/train.py", "--layer-decay", "0", expect=["layer_decay must be in (0, 1]",
+                                                                             "got 0"]),
+    "layer-decay-above-1": _refused("imagenet/train.py", "--layer-decay", "1.2", expect=["layer_decay", "got 1.2"]),
+    "start-epoch-past-the-schedule": _refused("cifar10/train.py", "--start-epoch", "500",
+                                              expect=["start_epoch 500", "--start-epoch"]),
     "compile-mode-unknown": _refused("cifar10/train.py", "--compile-mode", "fast",
                                      expect=["compile_mode", "reduce-overhead", "'fast'"]),
     "bench-compile-mode-without-compile": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384",
@@ -338,6 +367,14 @@ BAD_INPUT: dict[str, Callable[[Path], Case]] = {
     "batch-larger-than-the-training-set": _batch_larger_than_the_training_set,
     "directory-as-checkpoint": _directory_as_checkpoint,
     "truncated-checkpoint": _truncated_checkpoint,
+    "finetune-from-a-missing-file": lambda tmp: ("cifar10/train.py", ["--finetune", tmp / "gone.pth"],
+                                                 ["--finetune", "not found", str(tmp / "gone.pth")]),
+    "finetune-from-a-folder": lambda tmp: ("cifar10/train.py", ["--finetune", tmp], ["--finetune", "is a folder"]),
+    "finetune-from-a-damaged-file": _finetune_from_a_damaged_file,
+    "finetune-from-another-family": _finetune_from_another_family,
+    "finetune-with-resume": lambda tmp: ("cifar10/train.py", ["--finetune", tmp / "a.pth", "--resume", tmp / "b.pth"],
+                                         ["--finetune starts a new run", "--resume continues", "give one"]),
+    "use-ema-without-ema": _use_ema_without_ema,
     **SETTINGS_REFUSED,
 }
 # ------------------------------------------------------------------------------- background subprocesses
@@ -408,7 +445,8 @@ def test_train_one_epoch_then_evaluate(started, folder):
     summary = dict(zip(rows[0], rows[1]))
 
     metrics = json.loads(ok(run.test).stdout)  # stdout holds the JSON object alone
-    assert set(metrics) == {"top1", "top5", "loss", "n", "time_step", "batch_coupled_ssa", "val_batch_size"}
+    assert set(metrics) == {"top1", "top5", "loss", "n", "weights", "time_step", "batch_coupled_ssa", "val_batch_size"}
+    assert metrics["weights"] == "raw"
     assert metrics["time_step"] == 2
     assert metrics["n"] == run.n_val
     recipe = yaml.safe_load((ROOT / folder / f"{folder}.yml").read_text())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import msvit.checkpoint
+import msvit.run_log
 import msvit.runfolder
 import msvit.train
 from msvit.config import parse_args
@@ -135,8 +136,8 @@ def test_the_header_says_what_runs_and_warns_of_a_schedule_longer_than_the_run(c
     msvit.train.setup_logging(True)
     msvit.train._clamp_workers(cfg)
     model = msvit.train.create_dataset_model({**cfg, "model_kwargs": {"embed_dim": 32, "num_heads": 2}}, VARIANTS)
-    msvit.train._log_header(cfg, env, model, (50000, 10000), 1e-3, 781,
-                            msvit.train.amp_settings(cfg, env.device), Path("run"))
+    msvit.run_log.log_header(cfg, env, model, (50000, 10000), 1e-3, 781,
+                             msvit.train.amp_settings(cfg, env.device), Path("run"))
     out = capsys.readouterr().out
     assert f"workers 100000 is more than the {len(os.sched_getaffinity(0))} CPUs" in out
     assert "50,000 train / 10,000 val samples; global batch 64 = 64 per process x 1 process" in out

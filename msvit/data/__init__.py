@@ -16,9 +16,9 @@ from .digits import DigitsDataset
 from .dvs128_gesture import read_dvs128_aedat
 from .dvs_augment import DVSAugment
 from .events import FramesToTensor
-from .registry import build_datasets, dataset_num_classes
+from .registry import build_datasets, dataset_num_classes, eval_transform_line
 from .transforms import image_transforms
 
-__all__ = ["build_datasets", "dataset_num_classes", "image_transforms", "DVSAugment", "FramesToTensor",
-           "DigitsDataset", "cifar10_dvs_split", "CIFAR10_DVS_SPLIT_FILE", "read_dvs128_aedat",
+__all__ = ["build_datasets", "dataset_num_classes", "eval_transform_line", "image_transforms", "DVSAugment",
+           "FramesToTensor", "DigitsDataset", "cifar10_dvs_split", "CIFAR10_DVS_SPLIT_FILE", "read_dvs128_aedat",
            "read_cifar10_dvs_aedat"]

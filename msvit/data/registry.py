@@ -12,8 +12,9 @@ from .common import Built
 from .digits import build_digits
 from .dvs128_gesture import build_dvs128_gesture
 from .imagenet import build_imagenet
+from .transforms import describe_eval_transform
 
-__all__ = ["build_datasets", "dataset_num_classes"]
+__all__ = ["build_datasets", "dataset_num_classes", "eval_transform_line"]
 
 # name -> (number of classes, builder(cfg, want_train) -> (train or None, val, classes found))
 _DATASETS: dict[str, tuple[int, Callable[[Mapping[str, Any], bool], Built]]] = {
@@ -24,6 +25,7 @@ _DATASETS: dict[str, tuple[int, Callable[[Mapping[str, Any], bool], Built]]] = {
     "cifar10_dvs": (10, build_cifar10_dvs),
     "digits": (10, build_digits),
 }
+_IMAGE_TRANSFORMS = frozenset({"cifar10", "cifar100", "imagenet"})  # the sets that use transforms.image_transforms
 
 
 def _canonical(name: Any) -> str:
@@ -38,6 +40,14 @@ def _canonical(name: Any) -> str:
 def dataset_num_classes(name: str) -> int:
     """Number of classes of a supported dataset (`cifar10` -> 10, `imagenet` -> 1000, ...)."""
     return _DATASETS[_canonical(name)][0]
+
+
+def eval_transform_line(cfg: Mapping[str, Any]) -> str | None:
+    """The log line naming the evaluation transform of `cfg['dataset']` (`transforms.describe_eval_transform`),
+    or None for the sets without one (DVS frames, digits)."""
+    if _canonical(cfg.get("dataset")) not in _IMAGE_TRANSFORMS:
+        return None
+    return describe_eval_transform(cfg)
 
 
 def build_datasets(cfg: Mapping[str, Any], train: bool = True) -> tuple[Dataset | None, Dataset]:

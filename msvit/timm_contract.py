@@ -1,0 +1,109 @@
+"""What timm's `create_model`, its scripts (train.py, validate.py, benchmark.py) and its optimizer factory
+expect of a model, for `msvit.models.SpikingTransformer`: the extra constructor arguments (classifier
+dropout, global pooling, batch-norm overrides, the image size as timm records it), the pooling of
+`forward_head`, and the parameter grouping that `timm.optim.create_optimizer_v2(layer_decay=...)` reads.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["GLOBAL_POOLS", "square_size", "check_timm_arguments", "classifier_head", "pool_features",
+           "override_batch_norms", "stage_group_matcher"]
+
+# '' keeps the features unpooled; 'fast' is timm's name for its cheaper average pool (benchmark.py's default)
+GLOBAL_POOLS = ("avg", "fast", "max", "avgmax", "")
+
+
+def square_size(value: int | Sequence[int], name: str = "img_size") -> int:
+    """`img_size` as one int. timm records it as [H, W] (save_for_hf's config.json, resolve_model_input_args);
+    these models take square inputs, so a pair must hold two equal sizes. `name` labels the value in errors."""
+    size = value[0] if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1] else value
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer, or two equal integers [H, W] (the models take square inputs)")
+    return int(size)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_timm_arguments(args: dict[str, Any], named: Callable[[str], str]) -> None:
+    """Check the arguments timm's scripts pass (None, or absent, is "not set"); raise ConfigError.
+    `named(key)` is how a message names the argument and its value."""
+    def given(key: str) -> Any:
+        return args.get(key)
+
+    rate = given("drop_rate")
+    if rate is not None and not (_number(rate) and 0 <= rate < 1):
+        raise ConfigError(f"{named('drop_rate')} must be at least 0 and below 1")
+    pool = given("global_pool")
+    if pool is not None and pool not in GLOBAL_POOLS:
+        raise ConfigError(f"{named('global_pool')} is not a pooling of these models; choose one of "
+                          f"{', '.join(repr(p) for p in GLOBAL_POOLS)}")
+    block = given("drop_block_rate")
+    if block is not None and not (_number(block) and block == 0):
+        raise ConfigError(f"{named('drop_block_rate')}: these models have no DropBlock; leave it unset or 0 "
+                          f"(drop_path_rate is their stochastic depth)")
+    momentum = given("bn_momentum")
+    if momentum is not None and not (_number(momentum) and 0 <= momentum <= 1):
+        raise ConfigError(f"{named('bn_momentum')} must be between 0 and 1 (PyTorch's BatchNorm momentum)")
+    eps = given("bn_eps")
+    if eps is not None and not (_number(eps) and eps > 0):
+        raise ConfigError(f"{named('bn_eps')} must be positive")
+
+
+def classifier_head(num_features: int, num_classes: int) -> nn.Module:
+    """The linear head (truncated-normal weights, std 0.02, zero bias), or nn.Identity for 0 classes."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(num_features, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def pool_features(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """`[B, T, C, H, W]` -> `[B, C]`: pooled over the tokens (mean, max, or their average), then averaged
+    over time; `kind` '' returns `x` unchanged."""
+    if not kind:
+        return x
+    tokens = x.flatten(3)
+    if kind in ("avg", "fast"):
+        pooled = tokens.mean(3)
+    elif kind == "max":
+        pooled = tokens.amax(3)
+    elif kind == "avgmax":
+        pooled = 0.5 * (tokens.mean(3) + tokens.amax(3))
+    else:
+        raise ConfigError(f"global_pool {kind!r} is not a pooling of these models; choose one of "
+                          f"{', '.join(repr(p) for p in GLOBAL_POOLS)}")
+    return pooled.mean(1)
+
+
+def override_batch_norms(model: nn.Module, momentum: float | None, eps: float | None) -> None:
+    """timm's bn_momentum / bn_eps: set them on every batch norm of `model` (None leaves PyTorch's default)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if momentum is not None:
+                m.momentum = float(momentum)
+            if eps is not None:
+                m.eps = float(eps)
+
+
+def stage_group_matcher(coarse: bool = False) -> dict[str, Any]:
+    """timm's `group_matcher` for `patch_embed1` (the stem), then per stage i a downsampling `patch_embed{i}`
+    and the blocks `stage{i}.{j}`; what no pattern matches (the head) goes last.
+
+    Coarse: one group per stage, its downsampling embedding included. Fine: one group per block, and each
+    downsampling embedding its own group just before its stage's first block (the -1 suffix sorts it there).
+    A group never splits a block, so all its parameters get one lr scale under layer decay."""
+    stem = r"^patch_embed1\."  # matched first, so the patterns below see only the downsamplers
+    if coarse:
+        return dict(stem=stem, blocks=r"^(?:patch_embed|stage)(\d+)\.")
+    return dict(stem=stem, blocks=[(r"^patch_embed(\d+)\.", (-1,)), (r"^stage(\d+)\.(\d+)\.", None)])
