@@ -87,10 +87,11 @@ def load_source(model: nn.Module, source: FinetuneSource, cfg: Mapping[str, Any]
     if source.head:
         log.info("finetune: %s initialised anew (they do not fit %d classes)", ", ".join(source.head),
                  model.num_classes)
-    elif cfg["finetune_head"] == "reinit":
-        trunc_normal_(model.get_classifier().weight, std=HEAD_STD)
+    classifier = model.get_classifier()
+    if cfg["finetune_head"] == "reinit" and hasattr(classifier, "weight"):  # the release's, loaded or not
+        trunc_normal_(classifier.weight, std=HEAD_STD)
         log.info("finetune: head.weight re-initialised (trunc. normal, std %g; finetune_head reinit, as the "
-                 "release); head.bias kept", HEAD_STD)
+                 "release)%s", HEAD_STD, "" if source.head else "; head.bias kept")
 
 
 def _head_keys(state: Mapping[str, Any]) -> list[str]:
