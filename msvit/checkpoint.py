@@ -40,7 +40,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder: give a file in it, such as {os.path.join(path, 'best.pth')}")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path} (check the path, e.g. of --checkpoint)")
+        raise CheckpointError(f"checkpoint file not found: {path}: check the path")
     allow = getattr(torch.serialization, "safe_globals", None)
     try:
         if allow is None:  # torch < 2.4 has no allow-list context
