@@ -56,6 +56,11 @@ def test_a_new_class_count_gets_a_new_head_and_every_difference_is_logged(source
     assert "head.weight, head.bias initialised anew" in text and "raw weights of" in text
 
 
+def test_reinit_gives_a_new_head_the_release_init_too(source, caplog):
+    state, text = finetuned(source[0], caplog, "--finetune-head", "reinit")
+    assert "initialised anew" in text and 0 < state["head.weight"].std() < 4 * HEAD_STD  # not the std 0.02 init
+
+
 def test_the_ema_weights_when_asked(source, caplog):
     path, raw, ema = source
     state, text = finetuned(path, caplog, "--finetune-ema", "true")
