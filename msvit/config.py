@@ -23,8 +23,8 @@ import yaml
 from .errors import ConfigError, UserError
 from .settings import (CHOICES, COMPILE_MODES, DEFAULTS, GROUPS, MODEL_KEYS, NETWORK_KEYS, NO_EFFECT, SETTINGS,
                        TYPES)
-from .validation import (_check, _flag, _flow, _suggestion, _types, check_config, check_model_kwargs,
-                         model_arguments, model_kwargs)
+from .validation import (accepted_types, check_config, check_model_kwargs, check_value, key_suggestion,
+                         model_arguments, model_kwargs, option_flag, yaml_flow)
 
 # the names other modules and the tests import from here
 __all__ = ["DEFAULTS", "SETTINGS", "GROUPS", "TYPES", "CHOICES", "MODEL_KEYS", "NETWORK_KEYS", "NO_EFFECT",
@@ -76,8 +76,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     config = {}
     for key, value in data.items():
         if key not in DEFAULTS:
-            raise ConfigError(f"unknown key {str(key)!r} in {path}{_suggestion(str(key))}")
-        config[key] = _check(key, value, str(path))
+            raise ConfigError(f"unknown key {str(key)!r} in {path}{key_suggestion(str(key))}")
+        config[key] = check_value(key, value, str(path))
     return config
 
 
@@ -108,7 +108,7 @@ def _parse_value(text: str) -> Any:
 def _option_value(flag: str, key: str, tokens: list[str]) -> Any:
     """The validated value of `--key tokens...`."""
     source = f"command line {flag}"
-    types = _types(key)
+    types = accepted_types(key)
     if not tokens:
         if bool in types:               # a bare boolean flag switches it on
             return True
@@ -124,10 +124,10 @@ def _option_value(flag: str, key: str, tokens: list[str]) -> Any:
         raise ConfigError(f"{source}: option takes one value, got {len(tokens)}: {' '.join(tokens)} "
                           f"(quote a value that holds spaces)")
     try:
-        return _check(key, value, source)
+        return check_value(key, value, source)
     except ConfigError:
         if str in types and len(tokens) == 1:   # --experiment 2024, --data-dir ~ : plain text
-            return _check(key, tokens[0], source)
+            return check_value(key, tokens[0], source)
         raise
 
 
@@ -156,7 +156,7 @@ def _print_help(config_path: str | None) -> None:
         "underscores are equivalent, values are read as YAML, a bare boolean flag means true). The values shown "
         f"are the defaults {recipe}. A resumed run keeps {', '.join(NETWORK_KEYS)}: they define the network and "
         "the data split.", width=110))
-    shown = {key: _flow(value) for key, value in values.items()}
+    shown = {key: yaml_flow(value) for key, value in values.items()}
     key_width = max(map(len, DEFAULTS)) + 2
     value_width = min(max(map(len, shown.values())), 24)
     for group in GROUPS:
@@ -164,7 +164,7 @@ def _print_help(config_path: str | None) -> None:
         for key, setting in SETTINGS.items():
             if setting.group == group:
                 choices = f" ({'/'.join(CHOICES[key])})" if key in CHOICES else ""
-                print(f"  {_flag(key):<{key_width}}  {shown[key]:<{value_width}}  {setting.help}{choices}")
+                print(f"  {option_flag(key):<{key_width}}  {shown[key]:<{value_width}}  {setting.help}{choices}")
 
 
 def command_line_keys(argv: list[str] | None = None) -> list[str]:
@@ -205,7 +205,7 @@ def parse_args(argv: list[str] | None = None,
             overrides[key] = _option_value(flag, key, tokens)
             sources[key] = f"command line {flag}"
         else:
-            raise ConfigError(f"unknown option {flag!r}{_suggestion(key, prefix='--')}")
+            raise ConfigError(f"unknown option {flag!r}{key_suggestion(key, prefix='--')}")
     cfg = copy.deepcopy(DEFAULTS)
     if config_path is not None:
         recipe = load_config(config_path)

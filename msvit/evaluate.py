@@ -72,7 +72,8 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
                 set_batch_coupled_ssa(model, coupled)
         finally:
             cleanup()
-    result = {**metrics, "weights": "ema" if cfg["use_ema"] else "raw", "time_step": model.T, "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
+    result = {**metrics, "weights": "ema" if cfg["use_ema"] else "raw", "time_step": model.T,
+              "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
               **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:
         if cfg["json"]:

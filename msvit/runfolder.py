@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 from .checkpoint import save_checkpoint
 from .config import command_line_keys, parse_args
-from .settings import NETWORK_KEYS
 from .errors import ConfigError, UserError
+from .settings import NETWORK_KEYS
 
 __all__ = ["NETWORK_KEYS", "SUMMARY_FIELDS", "CheckpointWriteError", "settings_for_run", "output_dir",
            "resume_path", "prepare_output", "write_summary", "write_checkpoints"]

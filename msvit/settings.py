@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from .neurons import BACKENDS
 
 __all__ = ["SETTINGS", "DEFAULTS", "GROUPS", "TYPES", "CHOICES", "MINIMUM", "COMPILE_MODES", "MODEL_KEYS",
-           "NETWORK_KEYS", "NO_EFFECT", "Setting"]
+           "NETWORK_KEYS", "NO_EFFECT", "ALIASES", "Setting"]
 
 # Keys that define the network: test.py and msvit.energy take them from a checkpoint's saved config.
 # num_classes is not among them: it belongs to the dataset evaluated, so a checkpoint trained on
@@ -195,6 +195,6 @@ MINIMUM: dict[str, int] = {
 }
 
 # Values of the authors' recipes that mean one of our choices (their timm-style dataset names).
-_ALIASES: dict[str, dict[str, str]] = {
+ALIASES: dict[str, dict[str, str]] = {
     "dataset": {"torch/cifar10": "cifar10", "torch/cifar100": "cifar100"},
 }

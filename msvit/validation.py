@@ -12,9 +12,10 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
-from .settings import _ALIASES, CHOICES, DEFAULTS, MINIMUM, TYPES
+from .settings import ALIASES, CHOICES, DEFAULTS, MINIMUM, TYPES
 
-__all__ = ["check_config", "check_model_kwargs", "model_arguments", "model_kwargs"]
+__all__ = ["check_config", "check_model_kwargs", "model_arguments", "model_kwargs", "check_value", "accepted_types",
+           "key_suggestion", "yaml_flow", "option_flag"]
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
                dict: "a mapping", None: "null"}
@@ -22,7 +23,7 @@ _PLURAL_NAMES = {int: "integers", float: "floats", str: "strings"}
 _INVALID = object()                 # what _coerce returns for a value of the wrong type
 
 
-def _types(key: str) -> tuple[Any, ...]:
+def accepted_types(key: str) -> tuple[Any, ...]:
     """The types that `key` accepts."""
     if key in TYPES:
         return TYPES[key]
@@ -68,9 +69,9 @@ def _type_name(kind: Any) -> str:
     return _TYPE_NAMES[kind]
 
 
-def _check(key: str, value: Any, source: str) -> Any:
+def check_value(key: str, value: Any, source: str) -> Any:
     """`value` validated and converted for `key`; a ConfigError naming `source` when it does not fit."""
-    types = _types(key)
+    types = accepted_types(key)
     for kind in types:
         coerced = _coerce(value, kind)
         if coerced is not _INVALID:
@@ -80,25 +81,25 @@ def _check(key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: key {key!r} expects {expected}, got {value!r} "
                           f"({type(value).__name__})")
     if key in CHOICES and coerced is not None:
-        coerced = _ALIASES.get(key, {}).get(coerced, coerced)
+        coerced = ALIASES.get(key, {}).get(coerced, coerced)
         if coerced not in CHOICES[key]:
             raise ConfigError(f"{source}: key {key!r} must be one of {', '.join(CHOICES[key])}; "
                               f"got {value!r}")
     return coerced
 
 
-def _suggestion(name: str, prefix: str = "") -> str:
+def key_suggestion(name: str, prefix: str = "") -> str:
     """'; did you mean ...?' for the known key closest to `name`, or a pointer to --help."""
     close = difflib.get_close_matches(name, DEFAULTS, n=1)
     return f"; did you mean '{prefix}{close[0]}'?" if close else "; see --help for the list of keys"
 
 
-def _flow(value: Any) -> str:
+def yaml_flow(value: Any) -> str:
     """`value` as one line of YAML flow style."""
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
 
 
-def _flag(key: str) -> str:
+def option_flag(key: str) -> str:
     return f"--{key.replace('_', '-')}"
 
 
@@ -128,8 +129,8 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
     mixing = [key for key in ("mixup", "cutmix") if cfg[key] > 0]
     mixing += ["cutmix_minmax"] if cfg["cutmix_minmax"] is not None else []
     if mixing and cfg["batch_size"] % 2:
-        on = ", ".join(f"{key} {_flow(cfg[key])} from {where(key)}" for key in mixing)
-        off = " ".join(f"{_flag(key)} {'null' if key == 'cutmix_minmax' else 0}" for key in mixing)
+        on = ", ".join(f"{key} {yaml_flow(cfg[key])} from {where(key)}" for key in mixing)
+        off = " ".join(f"{option_flag(key)} {'null' if key == 'cutmix_minmax' else 0}" for key in mixing)
         raise ConfigError(f"{where('batch_size')}: batch_size {cfg['batch_size']} is odd, but mixup pairs the "
                           f"samples of a batch ({on}): use an even --batch-size, or {off}")
     from .models import ARCHS
@@ -185,7 +186,7 @@ def check_model_kwargs(model: str, kwargs: Mapping[str, Any],
             hint = f"did you mean {close[0]!r}?" if close else f"its arguments: {', '.join(params)}"
             raise ConfigError(f"{name} is not an argument of {model}; {hint}")
         if value is None:
-            example = _flow(defaults[key]) if key in defaults else "VALUE"
+            example = yaml_flow(defaults[key]) if key in defaults else "VALUE"
             raise ConfigError(f"{name} is null: give it a value, as in {{{key}: {example}}} "
                               f"(YAML needs a space after the colon)")
         kind = _argument_type(hints[key])
