@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint, read_checkpoint
 from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings
 from .data import build_datasets, eval_transform_line
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first
-from .energy import EnergyMeter, format_totals
+from .energy import EnergyMeter, format_firing, format_totals
 from .errors import ConfigError, cli_entry
 from .models import compile_model, set_batch_coupled_ssa
 from .console import log, print_json, setup_logging, stdout_to_stderr
@@ -63,7 +63,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
                 runner = compile_model(model, cfg["compile_mode"])
             with meter:
                 metrics = evaluate(runner, loader, env, amp)
-            energy = meter.totals() if cfg["energy"] else {}  # per image, summed over all processes
+            energy = _energy(meter.report()) if cfg["energy"] else {}  # per image, summed over all processes
             by_setting = {}
             if cfg["compare_ssa_coupling"]:
                 by_setting[SSA_SETTINGS[coupled]] = {k: metrics[k] for k in _METRICS}
@@ -81,6 +81,12 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
         else:
             print(_report(cfg, result, env))
     return result
+
+
+def _energy(report: dict[str, Any]) -> dict[str, Any]:
+    """What test.py --energy reports: the totals per image and every neuron's firing rate, also per step."""
+    return {key: report[key] for key in ("energy_mj", "mac_flops", "sops", "firing_rate", "stage_firing_rates",
+                                         "neurons", "neurons_per_step")}
 
 
 def _accuracy(metrics: dict[str, Any]) -> str:
@@ -107,7 +113,7 @@ def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv) -> str:
         gap = result["ssa_settings"]["batch_coupled"]["top1"] - result["ssa_settings"]["per_sample"]["top1"]
         lines.append(f"  the coupling is worth {gap:+.2f} top-1 points on these weights at this batch")
     if "energy_mj" in result:
-        lines.append(format_totals(result))
+        lines += [format_totals(result), "", format_firing(result)]
     return "\n".join(lines)
 
 

@@ -104,7 +104,8 @@ def log_epoch(writer, row: dict[str, Any], metrics: dict[str, float], ema_metric
             writer.add_scalar(f"eval_ema/{key}", value, epoch)
     writer.flush()
     extra = f" (EMA {ema_metrics['top1']:.2f}%)" if ema_metrics is not None else ""
-    log.info("epoch %d/%d  lr %s  train loss %s  eval loss %.4f  top-1 %.2f%%%s  top-5 %.2f%%  best %.2f%%  "
+    firing = f"  firing {row['firing_rate']}" if row.get("firing_rate") else ""
+    log.info("epoch %d/%d  lr %s  train loss %s  eval loss %.4f  top-1 %.2f%%%s  top-5 %.2f%%  best %.2f%%%s  "
              "%s img/s  data %.0f%%  peak %s MB", epoch, total_epochs - 1, row["lr"], row["train_loss"],
-             metrics["loss"], metrics["top1"], extra, metrics["top5"], best_top1, row["img_per_s"], 100 * data_share,
-             row["peak_mem_mb"])
+             metrics["loss"], metrics["top1"], extra, metrics["top5"], best_top1, firing, row["img_per_s"],
+             100 * data_share, row["peak_mem_mb"])

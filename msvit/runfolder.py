@@ -26,9 +26,9 @@ from .settings import NETWORK_KEYS
 __all__ = ["NETWORK_KEYS", "SUMMARY_FIELDS", "CheckpointWriteError", "settings_for_run", "output_dir",
            "resume_path", "prepare_output", "write_summary", "write_checkpoints"]
 
-# the EMA columns stay empty without model_ema
+# the EMA columns stay empty without model_ema, firing_rate (the network's, in the evaluation) with watch_firing off
 SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb",
-                  "eval_loss_ema", "eval_top1_ema", "eval_top5_ema"]
+                  "eval_loss_ema", "eval_top1_ema", "eval_top5_ema", "firing_rate"]
 _NOT_SETTINGS = ("resume", "output")  # how to find the run, not how it trains
 log = logging.getLogger("msvit")
 

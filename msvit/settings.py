@@ -128,6 +128,8 @@ SETTINGS: dict[str, Setting] = {
     "compile_mode": Setting("default", "run", "torch.compile mode; reduce-overhead adds CUDA graphs on GPU"),
     "grad_checkpointing": Setting(False, "run", "recompute each block's activations in backward instead of storing "
                                                 "them: far less memory, about one more forward per step"),
+    "watch_firing": Setting(True, "run", "measure the firing rates in each evaluation: TensorBoard firing/, "
+                            "summary.csv firing_rate, a warning when layers go silent or saturate"),
     "pack_saved_spikes": Setting(True, "run", "keep the spikes that layers save for backward as bits: the same "
                                               "step in less memory (docs/benchmarks.md)"),
 

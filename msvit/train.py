@@ -36,6 +36,7 @@ from .engine import (EpochProgress, StepSettings, amp_settings, epoch_stats, eva
                      train_one_epoch)
 from .errors import ConfigError, UserError, cli_entry
 from .finetune import finetune_variants, load_source, read_source
+from .firing_watch import FiringWatch
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
 from .models import compile_model
 from .preemption import EXIT_PREEMPTED, Preempted, StopRequest
@@ -264,6 +265,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     step = StepSettings(amp, scaler, mixup_fn, cfg["accum_iter"], cfg["clip_grad"])
 
     row: dict[str, Any] = {}
+    watch = FiringWatch(model, cfg["watch_firing"])
     started = time.perf_counter()
     with StopRequest() as stop:
         def on_update(progress: EpochProgress) -> bool:
@@ -308,12 +310,16 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                                   f"(update {state.num_updates})")
                 stats = epoch_stats(state.progress, env)
                 broadcast_buffers(model)
-                metrics = evaluate(model, val_loader, env, amp)
+                with watch.measuring():
+                    metrics = evaluate(model, val_loader, env, amp)
+                firing = watch.read()  # every process takes part
                 ema_metrics = evaluate(ema.module, val_loader, env, amp) if ema is not None else None
                 row = dict(epoch=epoch, lr=f"{stats.lr:.6g}", train_loss=f"{stats.loss:.6f}",
                            eval_loss=f"{metrics['loss']:.6f}", eval_top1=f"{metrics['top1']:.4f}",
                            eval_top5=f"{metrics['top5']:.4f}", img_per_s=f"{stats.images_per_s:.1f}",
                            peak_mem_mb=f"{peak_memory_mb(env.device):.0f}")
+                if firing is not None and firing["firing_rate"] is not None:
+                    row["firing_rate"] = f"{firing['firing_rate']:.4f}"
                 if ema_metrics is not None:
                     row.update(eval_loss_ema=f"{ema_metrics['loss']:.6f}", eval_top1_ema=f"{ema_metrics['top1']:.4f}",
                                eval_top5_ema=f"{ema_metrics['top5']:.4f}")
@@ -325,6 +331,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
                 state.metrics = metrics
                 if env.is_main:
                     log_epoch(writer, row, metrics, ema_metrics, total_epochs, state.best_top1, stats.data_share)
+                    watch.log(writer, epoch, firing)
                     write_summary(output / "summary.csv", row)
                 training.save(mid_epoch=False, best=is_best)
                 state.epoch, state.progress = epoch + 1, EpochProgress()

@@ -111,7 +111,7 @@ def test_json_is_one_rounded_object_on_stdout(monkeypatch, capsys):
     def fake_benchmark(*args, **kwargs):
         print("a library's chatter")
         return dict(step_ms=1 / 3, profile=None)
-    monkeypatch.setattr(bench, "benchmark", fake_benchmark)
+    monkeypatch.setattr(bench.cli, "benchmark", fake_benchmark)  # where main looks it up
     bench.main(["--model", "msvit_cifar_4_384", "--json"])
     out, err = capsys.readouterr()
     assert json.loads(out) == {"step_ms": 0.333333, "profile": None} and len(out.splitlines()) == 1
@@ -127,7 +127,7 @@ def test_all_runs_each_model_through_a_child(monkeypatch, capsys):
     assert back.model == "msvit_cifar_4_384" and back.json
 
     children = []
-    monkeypatch.setattr(bench, "run_child", lambda argv: children.append(argv) or dict(
+    monkeypatch.setattr(bench.cli, "run_child", lambda argv: children.append(argv) or dict(
         tiny_run(), model=argv[argv.index("--model") + 1]))
     bench.main(["--models", "msvit_cifar_4_384,qkformer_cifar_4_384", "--json"])
     results = json.loads(capsys.readouterr().out)["results"]
@@ -140,7 +140,7 @@ def test_all_runs_each_model_through_a_child(monkeypatch, capsys):
 def test_a_childs_warnings_reach_stderr(monkeypatch, capsys):
     done = subprocess.CompletedProcess([], 0, stdout='{"model": "m", "compile": false}\n',
                                        stderr="warning: torch.compile failed (X); benchmarking the eager model\n")
-    monkeypatch.setattr(bench.subprocess, "run", lambda *args, **kwargs: done)
+    monkeypatch.setattr(bench.cli.subprocess, "run", lambda *args, **kwargs: done)
     assert bench.run_child(["--model", "m"]) == {"model": "m", "compile": False}
     assert "warning: torch.compile failed (X)" in capsys.readouterr().err
 
@@ -253,8 +253,8 @@ def test_a_failed_compile_is_reported_and_the_reference_still_alternates(monkeyp
 
 def test_alternate_ssa_times_both_settings_on_one_model(monkeypatch):
     settings = []
-    real_set = bench.set_batch_coupled_ssa
-    monkeypatch.setattr(bench, "set_batch_coupled_ssa",
+    real_set = bench.step.set_batch_coupled_ssa
+    monkeypatch.setattr(bench.step, "set_batch_coupled_ssa",
                         lambda model, coupled: settings.append(coupled) or real_set(model, coupled))
     r = tiny_run(alternate_ssa=True, warmup=1, repeats=2)
     assert settings == [False, True] * 4  # per-sample then coupled each round and for the held memory
@@ -281,3 +281,23 @@ def test_grad_checkpointing_switch_reaches_the_model(monkeypatch):
     assert switched == [True, False]
     assert "grad_checkpointing" in bench.child_argv(bench.build_parser().parse_args(
         ["--all", "--grad-checkpointing"]), "msvit_cifar_4_384")[-1].replace("-", "_")
+
+
+def test_firing_watch_cost_times_both_forwards_in_turns(monkeypatch, capsys):
+    """--firing-watch: both medians, the overhead between them, the neurons hooked, and the one-line report."""
+    import msvit.bench.watch
+
+    rounds = []
+    real = msvit.bench.watch.FiringWatch.measuring
+    monkeypatch.setattr(msvit.bench.watch.FiringWatch, "measuring",
+                        lambda self: rounds.append(len(rounds)) or real(self))
+    bench.main(["--model", "msvit_cifar_4_384", "--model-kwargs", "{embed_dim: 32, num_heads: 2, depths: [1, 1, 1]}",
+                "--img-size", "8", "--batch-size", "2", "--time-step", "2", "--warmup", "1", "--repeats", "3",
+                "--threads", "1", "--firing-watch", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert len(rounds) == 4  # one watched forward per round, warm-up included
+    assert result["plain_ms"] > 0 and result["watched_ms"] > 0 and result["read_ms"] >= 0
+    assert result["overhead"] == pytest.approx(result["watched_ms"] / result["plain_ms"] - 1, rel=1e-3, abs=1e-5)
+    assert result["neurons"] == 30 and result["T"] == 2 and result["batch_size"] == 2
+    line = msvit.bench.watch.format_watch_cost(result)
+    assert "with the firing watch" in line and "30 neurons hooked" in line

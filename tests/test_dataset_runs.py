@@ -275,6 +275,12 @@ def _dvs_frames_of_another_time_step(tmp: Path) -> Case:
             ["holds 3 frames", "time_step is 2", f"delete {frames}"])
 
 
+def _maps_of_an_unreadable_file(tmp: Path) -> Case:
+    (tmp / "notes.png").write_text("not an image")
+    return ("-m msvit.maps", ["--config", "digits/digits.yml", "--files", tmp / "notes.png"],
+            ["cannot read image file", "notes.png", "give a PNG or JPEG image"])
+
+
 def _refused(script: str, *args: str, expect: list[str]) -> Callable[[Path], Case]:
     """A case that needs no files."""
     return lambda tmp: (script, list(args), expect)
@@ -331,6 +337,12 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
                                      expect=["compile_mode", "reduce-overhead", "'fast'"]),
     "bench-compile-mode-without-compile": _refused("-m msvit.bench", "--model", "msvit_cifar_4_384",
                                                    "--compile-mode", "reduce-overhead", expect=["needs --compile"]),
+    "maps-images-0": _refused("-m msvit.maps", "--config", "digits/digits.yml", "--images", "0",
+                              expect=["--images must be 1 or more", "got 0"]),
+    "maps-block-out-of-range": _refused("-m msvit.maps", "--config", "digits/digits.yml", "--block", "1",
+                                        expect=["--block 1 is out of range", "1, 1, 1 blocks", "from -1 to 0"]),
+    "maps-files-of-dvs-data": _refused("-m msvit.maps", "--config", "dvs128-gesture/dvs128-gesture.yml", "--files",
+                                       "a.png", expect=["--files takes image files", "event data", "--images N"]),
 }
 if importlib.util.find_spec("cupy") is None:  # where CuPy is installed the backend may well work
     SETTINGS_REFUSED["cupy-not-installed"] = _refused("cifar10/train.py", "--neuron-backend", "cupy",
@@ -375,6 +387,10 @@ BAD_INPUT: dict[str, Callable[[Path], Case]] = {
     "finetune-with-resume": lambda tmp: ("cifar10/train.py", ["--finetune", tmp / "a.pth", "--resume", tmp / "b.pth"],
                                          ["--finetune starts a new run", "--resume continues", "give one"]),
     "use-ema-without-ema": _use_ema_without_ema,
+    "maps-missing-checkpoint": lambda tmp: ("-m msvit.maps", ["--config", "digits/digits.yml",
+                                                              "--checkpoint", tmp / "gone.pth"],
+                                            ["checkpoint file not found", str(tmp / "gone.pth")]),
+    "maps-unreadable-file": _maps_of_an_unreadable_file,
     **SETTINGS_REFUSED,
 }
 # ------------------------------------------------------------------------------- background subprocesses

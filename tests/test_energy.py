@@ -17,6 +17,7 @@ import msvit.evaluate
 import msvit.models
 from msvit import layers as msvit_layers
 from msvit.config import parse_args
+from msvit.console import rounded
 from msvit.energy import EnergyMeter, format_report, format_totals
 from msvit.models import SpikingTransformer
 from msvit.zoo import create_dataset_model
@@ -213,7 +214,7 @@ def test_counts_and_energy_match_the_hand_computation(token_attention):
     table = report["firing_rates"]
     assert list(table) == ["stage1", "stage2", "stage3"]
     for stage, rows in hand_table4(mssa).items():
-        assert set(table[stage]) == set(rows), stage
+        assert set(table[stage]) - {"per_step"} == set(rows), stage
         for key, value in rows.items():
             assert table[stage][key] == pytest.approx(value, rel=1e-12) if isinstance(value, float) \
                 else table[stage][key] == value, (stage, key)
@@ -274,6 +275,74 @@ def test_meter_leaves_the_model_unchanged_and_only_the_first_conv_is_mac(name, k
     with pytest.raises(RuntimeError, match="boom"), EnergyMeter(model):
         raise RuntimeError("boom")
     assert _hooks(model) == 0
+
+
+
+def _hand_rates(out: torch.Tensor, T: int, B: int) -> tuple[float, list[float]]:
+    """(the mean as the meter has always computed it, the rate at each step from a per-sample, per-step loop)
+    of a neuron output `[T, B, ...]`, or `[T*B, ...]` (sample b of step t at row t*B + b) when coupled."""
+    out = out.double()
+    rows = out.reshape(T, B, -1)
+    per_step = [sum(rows[t, b].sum().item() for b in range(B)) / (B * rows.shape[2]) for t in range(T)]
+    return out.sum().item() / out.numel(), per_step
+
+
+@pytest.mark.parametrize("coupled", [True, False], ids=["batch-coupled", "per-sample"])
+def test_rates_per_time_step_match_a_loop_and_the_mean_is_unchanged(coupled):
+    """Every neuron's rate per step equals a per-sample, per-step loop over its outputs (two batches, T 3), the
+    mean over T is exactly today's sum / count, and the layers' input rates per step likewise."""
+    model = _busy(timm.create_model("msvit_cifar_4_384", embed_dim=16, num_heads=2, depths=(1, 1, 1), T=3,
+                                    num_classes=3, neuron_backend="torch"))
+    msvit.set_batch_coupled_ssa(model, coupled)
+    outputs: dict[str, list] = {}
+    handles = [m.register_forward_hook(lambda m, i, o, name=name: outputs.setdefault(name, []).append(o))
+               for name, m in model.named_modules() if isinstance(m, msvit.neurons.LIF)]
+    handles.append(model.stage1[0].mlp.fc1_conv.register_forward_pre_hook(
+        lambda m, i: outputs.setdefault("fc1 input", []).append(i[0])))
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(torch.randn(2, 3, 8, 8))
+        model(torch.randn(3, 3, 8, 8))
+    for handle in handles:
+        handle.remove()
+    report = meter.report()
+    assert report["T"] == 3 and report["images"] == 5
+    varying = 0
+    for name, (first, second) in ((n, o) for n, o in outputs.items() if n != "fc1 input"):
+        (mean1, steps1), (mean2, steps2) = _hand_rates(first, 3, 2), _hand_rates(second, 3, 3)
+        n1, n2 = first.numel(), second.numel()
+        total = first.double().sum().item() + second.double().sum().item()
+        assert report["neurons"][name] == total / (n1 + n2), name  # exactly the mean of before
+        expected = [(a * n1 + b * n2) / (n1 + n2) for a, b in zip(steps1, steps2)]
+        assert report["neurons_per_step"][name] == pytest.approx(expected, rel=1e-12, abs=1e-15), name
+        assert sum(report["neurons_per_step"][name]) / 3 == pytest.approx(report["neurons"][name], rel=1e-12)
+        varying += len({round(r, 12) for r in expected}) > 1
+    assert varying >= 5  # rates differ between steps: the test can see a step mixed up
+    fc1 = next(layer for layer in report["layers"] if layer["name"] == "stage1.0.mlp.fc1_conv")
+    (_, a), (_, b) = (_hand_rates(x, 3, x.shape[0] // 3) for x in outputs["fc1 input"])
+    assert fc1["firing_rate_per_step"] == pytest.approx([(2 * u + 3 * v) / 5 for u, v in zip(a, b)], rel=1e-12)
+    assert report["layers"][0]["firing_rate_per_step"] is None  # the dense image layer has no rate
+    # the stage and network rates weigh every neuron update equally
+    spikes = {s: sum(o.double().sum().item() for n, os_ in outputs.items() if n.startswith(s + ".") for o in os_)
+              for s in report["stage_firing_rates"]}
+    updates = {s: sum(o.numel() for n, os_ in outputs.items() if n.startswith(s + ".") for o in os_)
+               for s in report["stage_firing_rates"]}
+    for stage, rate in report["stage_firing_rates"].items():
+        assert rate == pytest.approx(spikes[stage] / updates[stage], rel=1e-12), stage
+    assert report["firing_rate"] == pytest.approx(sum(spikes.values()) / sum(updates.values()), rel=1e-12)
+    # the training watch's neuron-only meter reads the same rates
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad(), EnergyMeter(model, neurons_only=True) as light:
+        model(x)
+    with torch.no_grad(), EnergyMeter(model) as full:
+        model(x)
+    firing, again = light.firing(), full.report()
+    assert firing == {key: again[key] for key in ("firing_rate", "stage_firing_rates", "neurons", "neurons_per_step")}
+    assert not light.layers and list(firing["neurons"]) == list(report["neurons"])
+    with pytest.raises(RuntimeError, match="neurons_only"):
+        light.report()
+    text = format_report(report)
+    first_q = " ".join(f"{r:.3f}" for r in report["neurons_per_step"]["stage1.0.attn.q_lif"])
+    assert "per step t=1..3" in text and first_q in text
 
 
 class _UnhookedConv1d(torch.nn.Conv1d):
@@ -377,6 +446,21 @@ def test_energy_cli_json_on_digits():
     assert report["layers"][0]["name"] == "patch_embed1.proj_conv" and report["energy_mj"] > 0
 
 
+def test_energy_compare_plots_both_models(tmp_path, capsys):
+    """--compare with model names (random weights) and --plot, in-process: one JSON object with both reports
+    in order and the figures' paths."""
+    argv = ["--config", str(DIGITS), "--compare", *VARIANTS, "--labels", "MSViT", "QKFormer", "--plot",
+            str(tmp_path / "figures"), "--batches", "1", "--workers", "0", "--img-size", "8", "--json"]
+    result = msvit.energy.main(argv)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(rounded(result))) and printed["labels"] == ["MSViT", "QKFormer"]
+    assert [r["model"] for r in printed["reports"]] == list(VARIANTS)
+    assert [r["firing_rates"]["stage1"]["attention"] for r in printed["reports"]] == ["MSSA", "QKTA"]
+    assert all(r["images"] == 120 and r["T"] == 2 for r in printed["reports"])
+    assert [Path(p).name for p in printed["figures"]] == ["firing_rates.png", "energy.png", "firing_table.png"]
+    assert all(Path(p).stat().st_size > 10_000 for p in printed["figures"])
+
+
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised digits model in our checkpoint format, at 8x8."""
@@ -392,7 +476,8 @@ def test_test_py_energy_json(digits_checkpoint):
     proc = _run("digits/test.py", "--checkpoint", str(digits_checkpoint), "--energy", "--json",
                 "--workers", "0", "--img-size", "8")
     line = json.loads(proc.stdout)
-    assert {"top1", "top5", "loss", "n", "energy_mj", "mac_flops", "sops"} <= set(line)
+    assert {"top1", "top5", "loss", "n", "energy_mj", "mac_flops", "sops", "neurons_per_step"} <= set(line)
+    assert all(len(steps) == 2 for steps in line["neurons_per_step"].values())  # digits: T 2
     assert line["mac_flops"] == 16 * 3 * 9 * 8 * 8 and line["energy_mj"] > 0
 
 
@@ -406,6 +491,72 @@ def test_test_py_energy_text(digits_checkpoint, capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out.strip().splitlines()
-    assert "top-1" in out[-2] and "mJ/image" in out[-1]
-    assert {"top1", "n", "energy_mj", "mac_flops", "sops"} <= set(metrics) and metrics["n"] == 360
+    at = next(i for i, line in enumerate(out) if "mJ/image" in line)
+    assert "top-1" in out[at - 1] and "per step t=1..2" in out[at + 3]
+    q = "stage1.0.attn.q_lif"
+    steps = " ".join(f"{r:.3f}" for r in metrics["neurons_per_step"][q])
+    assert any(line.startswith(q) and line.endswith(steps) for line in out) and out[-1].startswith("network")
+    assert {"top1", "n", "energy_mj", "mac_flops", "sops", "firing_rate", "neurons"} <= set(metrics)
+    assert metrics["n"] == 360 and len(metrics["neurons_per_step"][q]) == 2
     assert metrics["mac_flops"] == 16 * 3 * 9 * 8 * 8  # once per image
+
+
+@pytest.fixture(scope="module")
+def two_reports() -> list[tuple[str, dict]]:
+    """Reports of a tiny MSViT and a tiny QKFormer (T 3, two images), neurons firing."""
+    runs = []
+    for name in VARIANTS:
+        model = _busy(timm.create_model(name, embed_dim=16, num_heads=2, depths=(1, 1, 1), T=3, num_classes=3,
+                                        neuron_backend="torch"))
+        with torch.no_grad(), EnergyMeter(model) as meter:
+            model(torch.randn(2, 3, 8, 8))
+        runs.append((name, meter.report()))
+    return runs
+
+
+def test_figure_data_is_the_report(two_reports):
+    """What each figure draws is read from the report, number for number."""
+    _, report = two_reports[0]
+    data = msvit.energy.figure_data(report)
+    firing = data["firing"]
+    assert firing["names"] == list(report["neurons"]) and len(firing["names"]) == 30
+    assert firing["rates"] == [report["neurons"][n] for n in firing["names"]]
+    assert firing["per_step"] == [report["neurons_per_step"][n] for n in firing["names"]]
+    assert firing["network"] == report["firing_rate"] and firing["stages"][0] == "patch_embed1"
+    assert any(len(set(steps)) > 1 for steps in firing["per_step"])
+    energy = data["energy"]
+    assert energy["stages"] == list(report["stages"]) and energy["energy_mj"] == report["energy_mj"]
+    for kind in ("MAC", "AC", "attention"):
+        assert energy["by_kind"][kind] == [report["stages"][s]["by_kind"][kind] for s in energy["stages"]]
+    for i, stage in enumerate(energy["stages"]):  # the split covers each stage's energy
+        assert sum(energy["by_kind"][k][i] for k in ("MAC", "AC", "attention")) == \
+            pytest.approx(report["stages"][stage]["energy_mj"], rel=1e-12)
+    assert energy["by_kind"]["MAC"][0] > 0 and energy["by_kind"]["attention"][1] > 0
+    table = data["firing_table"]
+    assert table["stages"] == ["stage1", "stage2", "stage3"] and table["attention"] == ["MSSA", "MSSA", "SSA"]
+    assert table["keys"] == ["q", "k", "p", "v", "attn_mask", "masked_k", "attn_out", "projection", "mlp1", "mlp2"]
+    for key, row in zip(table["keys"], table["rates"]):
+        assert row == [report["firing_rates"][s].get(key) for s in table["stages"]]
+    assert table["rates"][table["keys"].index("v")][:2] == [None, None]  # token attention has no V
+
+
+def test_figures_are_pngs_of_the_expected_size(two_reports, tmp_path):
+    from PIL import Image
+
+    from msvit.energy.figures import figure_size
+    from msvit.plotting import DPI
+
+    for runs, folder in ((two_reports[:1], tmp_path / "one"), (two_reports, tmp_path / "two")):
+        paths = msvit.energy.write_figures(runs, folder)
+        assert [p.name for p in paths] == ["firing_rates.png", "energy.png", "firing_table.png"]
+        data = [msvit.energy.figure_data(report) for _, report in runs]
+        for path in paths:
+            with Image.open(path) as image:
+                assert image.format == "PNG"
+                width, height = figure_size(path.stem, data)
+                assert image.size == (round(width * DPI), round(height * DPI)), path.name
+                assert len(image.getcolors(1 << 16) or range(1 << 16)) > 8  # something is drawn
+    # the documented sizes: 30 (MSViT) / 28 (QKFormer) spiking layers, 7 stages, 10 Table 4 rows
+    assert [Image.open(tmp_path / "one" / f"{n}.png").size for n in ("firing_rates", "energy", "firing_table")] \
+        == [(800, 440), (760, 450), (590, 520)]
+    assert Image.open(tmp_path / "two" / "firing_rates.png").size == (800, 820)

@@ -31,6 +31,15 @@ def summary_rows(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def tensorboard_events(run: Path):
+    """The run's TensorBoard events, read with tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
 def test_digits_run_learns(tmp_path):
     umask = os.umask(0o022)  # the usual one, whatever this machine's is
     try:
@@ -48,7 +57,14 @@ def test_digits_run_learns(tmp_path):
     saved = parse_args(["--config", str(tmp_path / "run" / "config.yaml")], None)
     assert saved["model_kwargs"] == {"embed_dim": 64, "num_heads": 2, "depths": [1, 1, 1]}
     assert saved["img_size"] == 8
-    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+    # the firing watch: the network's rate per epoch in summary.csv and TensorBoard, each stage's, one histogram
+    events = tensorboard_events(tmp_path / "run")
+    network = [(e.step, e.value) for e in events.Scalars("firing/network")]
+    assert [step for step, _ in network] == [0, 1, 2, 3]
+    assert [f"{value:.4f}" for _, value in network] == [r["firing_rate"] for r in rows]
+    assert all(0.0 < value < 1.0 for _, value in network)
+    assert {"firing/stage1", "firing/stage3", "firing/patch_embed1"} <= set(events.Tags()["scalars"])
+    assert [h.step for h in events.Histograms("firing/layers")] == [0, 1, 2, 3]
     for path in (tmp_path / "run").iterdir():  # a group shares a run folder
         assert path.stat().st_mode & 0o040, f"{path.name} is not readable by the group"
 
@@ -146,3 +162,51 @@ def test_the_header_says_what_runs_and_warns_of_a_schedule_longer_than_the_run(c
     assert "float32 (amp applies to CUDA only); compile off" in out  # the recipe's amp: true, on a CPU
     assert "warmup_epochs 20 + cooldown_epochs 10 exceed epochs 1" in out
 
+
+
+def test_firing_watch_logs_rates_and_warns_once_of_dead_layers(tmp_path, caplog):
+    """A tiny model with one neuron silenced and one saturated (batch-norm biases -100 / +100): the watch's
+    TensorBoard scalars and histogram hold the measured rates, and one warning line names both layers, once
+    while they stay so."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from msvit.firing_watch import FiringWatch
+    from msvit.models import SpikingTransformer
+
+    torch.manual_seed(0)
+    model = SpikingTransformer(stem="cifar", img_size=8, in_chans=3, num_classes=5, T=2, embed_dim=16,
+                               depths=(1, 1, 1), num_heads=2, neuron_backend="torch").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.weight.fill_(4.0)
+        model.stage2[0].mlp.fc1_bn.bias.fill_(-100.0)
+        model.patch_embed2.proj4_bn.bias.fill_(100.0)
+    watch = FiringWatch(model)
+    writer = SummaryWriter(str(tmp_path))
+    caplog.set_level("WARNING", logger="msvit")
+    x = torch.randn(3, 3, 8, 8)
+    for epoch in range(2):
+        with torch.no_grad(), watch.measuring():
+            model(x)
+        firing = watch.read()
+        watch.log(writer, epoch, firing)
+    writer.close()
+    rates = firing["neurons"]
+    assert rates["stage2.0.mlp.fc1_lif"] == 0.0 and rates["patch_embed2.proj4_lif"] == 1.0
+    assert sum(0.0 < r < 1.0 for r in rates.values()) >= 20  # the others fire sometimes
+    warnings = [r.getMessage() for r in caplog.records if "spiking layers" in r.getMessage()]
+    assert len(warnings) == 1 and "epoch 0" in warnings[0]
+    assert "never fired over the evaluation set (stage2.0.mlp.fc1_lif, " in warnings[0]  # and what it feeds
+    assert "; 1 layer fired at 99% or more of the steps (patch_embed2.proj4_lif)" in warnings[0]
+    events = tensorboard_events(tmp_path)
+    assert [e.value for e in events.Scalars("firing/network")] == pytest.approx([firing["firing_rate"]] * 2)
+    for stage, rate in firing["stage_firing_rates"].items():
+        assert events.Scalars(f"firing/{stage}")[-1].value == pytest.approx(rate)
+    histogram = events.Histograms("firing/layers")[-1].histogram_value
+    assert (histogram.min, histogram.max, histogram.num) == (0.0, 1.0, len(rates))
+    assert histogram.sum == pytest.approx(sum(rates.values()))
+    off = FiringWatch(model, enabled=False)
+    with off.measuring():
+        assert not any(m._forward_hooks for m in model.modules())
+    assert off.read() is None

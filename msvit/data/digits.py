@@ -1,7 +1,7 @@
 """scikit-learn's 8x8 digits (bundled with scikit-learn, nothing to download): a fixed 80/20 split."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,16 +57,27 @@ class DigitsDataset(Dataset):
         return out
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = nnf.interpolate(self.images[index:index + 1], size=(self.img_size, self.img_size), mode="bilinear",
-                            align_corners=False)[0]
-        if self.augment:
-            x = self._shift(x)
-        x = (x.expand(3, -1, -1) - self.mean) / self.std
-        return x.contiguous(), self.targets[index]
+        x = digits_input(self.images[index], self.img_size, self.mean, self.std, self._shift if self.augment else None)
+        return x, self.targets[index]
+
+
+def digits_input(grey: torch.Tensor, img_size: int, mean: torch.Tensor, std: torch.Tensor,
+                 shift: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Grey levels `[1, h, w]` in [0, 1] -> the network's input `[3, img_size, img_size]`: bilinear resize, the
+    augmentation's `shift` if any, three channels, normalised by `mean` and `std` (`[3, 1, 1]`)."""
+    x = nnf.interpolate(grey[None], size=(img_size, img_size), mode="bilinear", align_corners=False)[0]
+    if shift is not None:
+        x = shift(x)
+    return ((x.expand(3, -1, -1) - mean) / std).contiguous()
+
+
+def digits_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """img_size, mean and std of the digits pipeline: the recipe's, else 32 px and 0.5 / 0.5."""
+    return dict(img_size=int(cfg.get("img_size") or 32), mean=tuple(cfg.get("mean") or (0.5,) * 3),
+                std=tuple(cfg.get("std") or (0.5,) * 3))
 
 
 def build_digits(cfg: Mapping[str, Any], want_train: bool) -> Built:
-    kwargs = dict(img_size=int(cfg.get("img_size") or 32), mean=tuple(cfg.get("mean") or (0.5,) * 3),
-                  std=tuple(cfg.get("std") or (0.5,) * 3))
+    kwargs = digits_settings(cfg)
     train = DigitsDataset(True, augment=True, **kwargs) if want_train else None
     return train, DigitsDataset(False, **kwargs), 10

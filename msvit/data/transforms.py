@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-__all__ = ["image_transforms", "eval_transform", "eval_crop_pct", "describe_eval_transform",
+__all__ = ["image_transforms", "eval_transform", "eval_crop_pct", "describe_eval_transform", "mean_std",
            "RELEASE_CROP_PCT", "RELEASE_CROP_SWITCH"]
 
 RELEASE_CROP_PCT = 224 / 256    # the releases' crop at and below 224 px
@@ -35,7 +35,8 @@ def eval_crop_pct(img_size: int, crop_pct: float | None = None) -> float:
     return RELEASE_CROP_PCT if img_size <= RELEASE_CROP_SWITCH else 1.0
 
 
-def _mean_std(cfg: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def mean_std(cfg: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation of static images: the recipe's mean and std, else ImageNet's."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     mean = tuple(float(m) for m in (cfg.get("mean") or IMAGENET_DEFAULT_MEAN))
@@ -49,7 +50,7 @@ def eval_transform(cfg: Mapping[str, Any]) -> Callable:
     from timm.data import create_transform
 
     img_size = _img_size(cfg)
-    mean, std = _mean_std(cfg)
+    mean, std = mean_std(cfg)
     return create_transform(
         img_size, is_training=False, interpolation=cfg.get("interpolation") or "bicubic",
         mean=mean, std=std, crop_pct=eval_crop_pct(img_size, cfg.get("crop_pct")))
@@ -60,7 +61,7 @@ def image_transforms(cfg: Mapping[str, Any]) -> tuple[Callable, Callable]:
     from timm.data import create_transform
 
     img_size = _img_size(cfg)
-    mean, std = _mean_std(cfg)
+    mean, std = mean_std(cfg)
     aa = cfg.get("aa")
     if isinstance(aa, str) and aa.strip().lower() in ("", "none"):
         aa = None

@@ -1,0 +1,373 @@
+"""The counting half of `msvit.energy`: `EnergyMeter` hooks a model's layers and neurons and accumulates, on the
+device, the sums that the report (`msvit.energy.report`) turns into operations, energy and firing rates."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..layers import MLP, PatchEmbed, SpikingSelfAttention, TokenAttention
+from ..neurons import LIF
+
+__all__ = ["EnergyMeter", "Readings", "conv_flops", "stage_of", "E_MAC_PJ", "E_AC_PJ"]
+
+E_MAC_PJ = 4.6  # pJ per multiply-accumulate (45 nm)
+E_AC_PJ = 0.9   # pJ per accumulate
+
+_STAGE = re.compile(r"^(patch_embed\d+|stage\d+|head)(\.|$)")
+
+
+def conv_flops(conv: nn.Module, in_size: Sequence[int]) -> int:
+    """MACs of a dense `Conv1d`/`Conv2d` for one sample whose spatial size is `in_size`:
+    C_out x C_in/groups x prod(kernel) x prod(output size)."""
+    out = 1
+    padding = conv.padding
+    for i, size in enumerate(in_size):
+        k, s, d = conv.kernel_size[i], conv.stride[i], conv.dilation[i]
+        if padding == "same":
+            out *= size
+            continue
+        p = 0 if padding == "valid" else padding[i]
+        out *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+    return conv.out_channels * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size) * out
+
+
+def _dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor as a 0-d tensor on its device."""
+    return t.detach().sum(dtype=_dtype(t.device))
+
+
+def _step_sums(t: torch.Tensor, T: int, B: int) -> torch.Tensor | None:
+    """Sums per time step `[T]` of a time-major tensor (`[T, B, ...]`, or `[T*B, ...]` with step t first); None
+    when its leading dimension is not T x B. Each sample's step is summed in float32 (a float64 sum is an order
+    of magnitude slower on CPUs), which is exact while a sample's step sums to under 2^24: the values are 0/1
+    spikes or small counts, so every order of summation gives the same exact total."""
+    if T < 1 or B < 1 or t.shape[0] not in (T, T * B) or t.numel() % (T * B):
+        return None
+    per_sample = t.detach().reshape(T, B, -1).sum(2, dtype=torch.float32)
+    return per_sample.sum(1, dtype=_dtype(t.device))
+
+
+class _Acc:
+    """Running totals over every metered call (all images): the sum of the observed tensor's elements
+    (a device tensor), their count, the operations derived from them, the FLOPs per image and step, and
+    the sums per time step (`[T]`, where the tensor has a time axis)."""
+
+    __slots__ = ("total", "numel", "ops", "flops", "steps")
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | float = 0.0
+        self.numel = 0
+        self.ops: torch.Tensor | float = 0.0
+        self.flops = 0
+        self.steps: torch.Tensor | None = None
+
+    def add(self, total: torch.Tensor | float, numel: int, ops: torch.Tensor | float, flops: int,
+            steps: torch.Tensor | None = None) -> None:
+        self.total = self.total + total
+        self.numel += numel
+        self.ops = self.ops + ops
+        self.flops = flops
+        if steps is not None:
+            self.steps = steps if self.steps is None else self.steps + steps
+
+
+@dataclass
+class _Layer:
+    name: str
+    stage: str
+    kind: str  # MAC, AC or attention
+    acc: _Acc = field(default_factory=_Acc)
+
+
+@dataclass
+class Readings:
+    """What a meter accumulated, on the host: per layer (total, numel, ops, steps) and per neuron (total,
+    numel, steps), `steps` being the sums per time step (None where there are none)."""
+    images: int
+    T: int
+    layers: dict[str, tuple[float, int, float, list[float] | None]]
+    neurons: dict[str, tuple[float, int, list[float] | None]]
+
+
+def stage_of(name: str) -> str:
+    """The stage a module belongs to, from its name: patch_embed<i>, stage<i>, head, or model."""
+    m = _STAGE.match(name)
+    return m.group(1) if m else "model"
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+class EnergyMeter:
+    """Opt-in energy and firing accounting for a spiking transformer (or any of its blocks).
+
+        with EnergyMeter(model) as meter:
+            for images, _ in loader:
+                model(images)
+        report = meter.report()      # the dict `python -m msvit.energy --json` prints
+        print(format_report(report))
+
+    Hooks are registered on entering the block and removed on leaving it; the model's outputs are
+    unchanged. Counts accumulate over every forward inside the block (and over repeated blocks) until
+    `reset()`. `model` is a `SpikingTransformer` (input `[B, C, H, W]` or `[B, T, C, H, W]`) or a module
+    taking time-major `[T, B, ...]` input (a block, an attention). The first convolution of the first
+    patch embedding is the one dense-input (MAC) layer. `neurons_only` hooks the neurons alone: `firing()`
+    then works and `report()` does not (what training's firing watch uses: the least work per batch).
+    """
+
+    def __init__(self, model: nn.Module, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_PJ,
+                 neurons_only: bool = False) -> None:
+        self.model = model
+        self.e_mac_pj, self.e_ac_pj = float(e_mac_pj), float(e_ac_pj)
+        self.neurons_only = neurons_only
+        self._handles: list[Any] = []
+        self._hooks: list[tuple[nn.Module, str, Callable]] = []  # (module, 'pre' | 'post', hook)
+        self.layers: dict[str, _Layer] = {}
+        self.neurons: dict[str, _Acc] = {}
+        self.attention: list[tuple[str, nn.Module]] = []  # (name, TokenAttention or SpikingSelfAttention)
+        self.unmetered: list[str] = []
+        self._T = self._B = 0
+        self._static_images = False  # the model's input is [B, C, H, W] images, the same at every step
+        self._images = 0
+        self._device: torch.device | None = None
+        self._plan()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _layer(self, name: str, kind: str) -> _Acc:
+        layer = self.layers[name] = _Layer(name, stage_of(name), kind)
+        return layer.acc
+
+    def _plan(self) -> None:
+        """Decide the layers and hooks, in forward order, from the module tree."""
+        model = self.model
+        self._hooks.append((model, "pre", self._on_input))
+        lif_deps: dict[int, list[tuple[_Acc, Callable[[int], int]]]] = {}
+        self.attention = [(name, m) for name, m in model.named_modules()
+                          if isinstance(m, (TokenAttention, SpikingSelfAttention))]
+        if not self.neurons_only:
+            lif_deps = self._plan_layers()
+        for name, m in model.named_modules():
+            if isinstance(m, LIF):
+                acc = self.neurons[name] = _Acc()
+                self._hooks.append((m, "post", self._lif_hook(acc, lif_deps.get(id(m), []))))
+
+    def _plan_layers(self) -> dict[int, list[tuple[_Acc, Callable[[int], int]]]]:
+        """The layers that cost energy and their hooks; returns the counts that neurons' hooks add
+        (attention products), by id of the neuron."""
+        model = self.model
+        first_dense = True
+        planned: set[int] = set()
+        lif_deps: dict[int, list[tuple[_Acc, Callable[[int], int]]]] = {}
+        for name, m in model.named_modules():
+            if isinstance(m, PatchEmbed):
+                for conv_name in [f"{n}_conv" for n in m.names] + ["proj_res_conv"]:
+                    conv = getattr(m, conv_name)
+                    planned.add(id(conv))
+                    full = _join(name, conv_name)
+                    if first_dense:
+                        first_dense = False
+                        self._hooks.append((conv, "pre", self._dense_hook(self._layer(full, "MAC"))))
+                    else:
+                        self._hooks.append((conv, "pre", self._conv_hook(self._layer(full, "AC"))))
+            elif isinstance(m, (TokenAttention, SpikingSelfAttention)):
+                branches = [b for b in ("q", "k", "p", "v") if hasattr(m, f"{b}_conv")]
+                convs = [(getattr(m, f"{b}_conv"), self._layer(_join(name, f"{b}_conv"), "AC")) for b in branches]
+                planned.update(id(c) for c, _ in convs)
+                self._hooks.append((m, "pre", self._branches_hook(convs)))
+                dim, heads = m.dim, m.num_heads
+                if isinstance(m, TokenAttention):
+                    # channel sums of Q (and P): one addition per spike, C x N per image and step
+                    for b in ("q", "p"):
+                        if b in branches:
+                            acc = self._layer(_join(name, f"{b}_channel_sum"), "attention")
+                            lif_deps.setdefault(id(getattr(m, f"{b}_lif")), []).append((acc, lambda per: per))
+                    # mask product A * K: the mask [T, B, heads, 1, N] broadcast over the head's channels
+                    acc = self._layer(_join(name, "mask_k"), "attention")
+                    lif_deps.setdefault(id(m.attn_lif), []).append(
+                        (acc, lambda per, dim=dim, heads=heads: dim * (per // heads)))
+                else:
+                    # K^T V and Q (K^T V): N x C x d each, d = C / heads; the spikes of K resp. Q count
+                    d = dim // heads
+                    for b, product in (("k", "k_t_v"), ("q", "q_kv")):
+                        acc = self._layer(_join(name, product), "attention")
+                        lif_deps.setdefault(id(getattr(m, f"{b}_lif")), []).append(
+                            (acc, lambda per, dim=dim, d=d: (per // dim) * dim * d))
+                planned.add(id(m.proj_conv))
+                self._hooks.append((m.proj_conv, "pre", self._conv_hook(self._layer(_join(name, "proj_conv"),
+                                                                                    "AC"))))
+            elif isinstance(m, MLP):
+                for conv_name in ("fc1_conv", "fc2_conv"):
+                    conv = getattr(m, conv_name)
+                    planned.add(id(conv))
+                    self._hooks.append((conv, "pre", self._conv_hook(self._layer(_join(name, conv_name), "AC"))))
+        head = getattr(model, "head", None)
+        if isinstance(head, nn.Linear):
+            planned.add(id(head))
+            self._hooks.append((head, "pre", self._head_hook(self._layer("head", "AC"))))
+        self.unmetered = [name for name, m in model.named_modules()
+                          if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and id(m) not in planned]
+        return lif_deps
+
+    # ------------------------------------------------------------------ hooks (no host synchronisation)
+
+    def _on_input(self, model: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if hasattr(model, "time_major"):  # SpikingTransformer: [B, C, H, W] images or [B, T, C, H, W] frames
+            B, T = x.shape[0], (model.T if x.dim() == 4 else x.shape[1])
+        else:  # a block or attention: [T, B, ...]
+            T, B = x.shape[0], x.shape[1]
+        if self._images and int(T) != self._T:
+            raise RuntimeError(f"EnergyMeter measured T={self._T} and now sees T={int(T)}: reset() it first")
+        self._T, self._B = int(T), int(B)
+        self._static_images = hasattr(model, "time_major") and x.dim() == 4
+        self._images += int(B)
+        if self._device is None:
+            self._device = x.device
+
+    def _per_sample(self, numel: int) -> int:
+        """Elements per image and time step of a tensor holding `numel` for the current batch."""
+        return numel // (self._T * self._B or 1)  # (T, B unknown only outside a metered model call)
+
+    def _dense_hook(self, acc: _Acc) -> Callable:
+        def hook(conv: nn.Module, args: tuple) -> None:
+            x = args[0]
+            flops = conv_flops(conv, x.shape[2:])
+            samples = self._B if self._static_images else x.shape[0]  # once per image, else per image x step
+            acc.add(0.0, 0, float(flops * samples), flops)
+        return hook
+
+    def _sums(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The total of a time-major tensor and its sums per step (one reduction where it has steps)."""
+        steps = _step_sums(x, self._T, self._B)
+        return (_sum(x) if steps is None else steps.sum()), steps
+
+    def _conv_hook(self, acc: _Acc) -> Callable:
+        def hook(conv: nn.Module, args: tuple) -> None:
+            x = args[0]  # [T*B, C_in, *size]
+            (s, steps), n = self._sums(x), x.numel()
+            flops = conv_flops(conv, x.shape[2:])
+            # sum over samples of fr x FLOPs = sum(x) x FLOPs / (elements per sample)
+            acc.add(s, n, s * (flops * x.shape[0] / n), flops, steps)
+        return hook
+
+    def _branches_hook(self, convs: list[tuple[nn.Module, _Acc]]) -> Callable:
+        def hook(attn: nn.Module, args: tuple) -> None:
+            x = args[0]  # [T, B, C, H, W]: the input of every branch convolution
+            (s, steps), n = self._sums(x), x.numel()
+            per = self._per_sample(n)
+            for conv, acc in convs:
+                flops = conv_flops(conv, (per // conv.in_channels,))
+                acc.add(s, n, s * (flops / per), flops, steps)
+        return hook
+
+    def _head_hook(self, acc: _Acc) -> Callable:
+        def hook(head: nn.Linear, args: tuple) -> None:
+            x = args[0]  # [B, in]: the last stage averaged over tokens and time (no steps left)
+            s, n = _sum(x), x.numel()
+            flops = head.in_features * head.out_features
+            # fr x T x in x out per image, fr = s / n, n = B x in
+            acc.add(s, n, s * (self._T * flops * (n // head.in_features) / n), flops)
+        return hook
+
+    def _lif_hook(self, acc: _Acc, deps: list[tuple[_Acc, Callable[[int], int]]]) -> Callable:
+        def hook(lif: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            (s, steps), n = self._sums(out), out.numel()  # [T, B, ...], or [T*B, ...] for a batch-coupled neuron
+            per = self._per_sample(n)
+            acc.add(s, n, 0.0, per, steps)
+            for dep, flops_of in deps:
+                flops = flops_of(per)
+                dep.add(s, n, s * (flops / per), flops, steps)
+        return hook
+
+    # ------------------------------------------------------------------ context
+
+    def __enter__(self) -> "EnergyMeter":
+        if self._handles:
+            raise RuntimeError("this EnergyMeter is already active")
+        try:
+            for module, when, hook in self._hooks:
+                register = module.register_forward_pre_hook if when == "pre" else module.register_forward_hook
+                self._handles.append(register(hook))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook (also done on leaving the `with` block)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def reset(self) -> None:
+        """Forget everything measured so far."""
+        for acc in [layer.acc for layer in self.layers.values()] + list(self.neurons.values()):
+            acc.__init__()
+        self._images = 0
+
+    # ------------------------------------------------------------------ results
+
+    def read(self, sync: bool = True) -> Readings:
+        """Everything accumulated, on the host in one transfer (summed over processes with `sync` in a process
+        group: a collective call)."""
+        accs = [layer.acc for layer in self.layers.values()] + list(self.neurons.values())
+        T = self._T
+        values: list[torch.Tensor | float] = [float(self._images)]
+        for acc in accs:
+            values += [acc.total, float(acc.numel), acc.ops]
+            values += [0.0] * T if acc.steps is None else list(acc.steps.unbind())
+        device = self._device
+        if device is None:
+            device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        dtype = _dtype(device)
+        tensor_idx = [i for i, v in enumerate(values) if torch.is_tensor(v)]
+        vec = torch.tensor([0.0 if torch.is_tensor(v) else float(v) for v in values], dtype=dtype, device=device)
+        if tensor_idx:
+            vec[tensor_idx] = torch.stack([values[i].to(device, dtype) for i in tensor_idx])
+        if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(vec)
+        flat = vec.tolist()
+        entries = []
+        for i, acc in enumerate(accs):
+            at = 1 + i * (3 + T)
+            steps = flat[at + 3:at + 3 + T] if acc.steps is not None else None
+            entries.append((flat[at], int(round(flat[at + 1])), flat[at + 2], steps))
+        layers = dict(zip(self.layers, entries[:len(self.layers)]))
+        neurons = {name: (total, numel, steps) for name, (total, numel, _, steps)
+                   in zip(self.neurons, entries[len(self.layers):])}
+        return Readings(int(round(flat[0])), T, layers, neurons)
+
+    def report(self, sync: bool = True) -> dict[str, Any]:
+        """Energy, operations and firing rates per image: see `msvit.energy.report.build_report`."""
+        from .report import build_report
+
+        if self.neurons_only:
+            raise RuntimeError("this EnergyMeter hooks the neurons only (neurons_only=True): use firing()")
+        return build_report(self, self.read(sync))
+
+    def firing(self, sync: bool = True) -> dict[str, Any]:
+        """Firing rates only: see `msvit.energy.report.neuron_rates`."""
+        from .report import neuron_rates
+
+        return neuron_rates(self.read(sync))
+
+    def totals(self, sync: bool = True) -> dict[str, float]:
+        """Just energy_mj, mac_flops and sops per image."""
+        report = self.report(sync)
+        return {key: report[key] for key in ("energy_mj", "mac_flops", "sops")}
