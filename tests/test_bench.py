@@ -297,7 +297,9 @@ def test_firing_watch_cost_times_both_forwards_in_turns(monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     assert len(rounds) == 4  # one watched forward per round, warm-up included
     assert result["plain_ms"] > 0 and result["watched_ms"] > 0 and result["read_ms"] >= 0
-    assert result["overhead"] == pytest.approx(result["watched_ms"] / result["plain_ms"] - 1, rel=1e-3, abs=1e-5)
+    assert len(result["rounds_ms"]) == 3 and result["plain_ms"] == sorted(p for p, _ in result["rounds_ms"])[1]
+    ratios = sorted(w / p for p, w in result["rounds_ms"])
+    assert result["overhead"] == pytest.approx(ratios[1] - 1, abs=2e-4)  # the JSON rounds to 6 digits
     assert result["neurons"] == 30 and result["T"] == 2 and result["batch_size"] == 2
     line = msvit.bench.watch.format_watch_cost(result)
     assert "with the firing watch" in line and "30 neurons hooked" in line

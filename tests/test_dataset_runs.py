@@ -281,6 +281,11 @@ def _maps_of_an_unreadable_file(tmp: Path) -> Case:
             ["cannot read image file", "notes.png", "give a PNG or JPEG image"])
 
 
+def _file(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
 def _refused(script: str, *args: str, expect: list[str]) -> Callable[[Path], Case]:
     """A case that needs no files."""
     return lambda tmp: (script, list(args), expect)
@@ -341,6 +346,17 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
                               expect=["--images must be 1 or more", "got 0"]),
     "maps-block-out-of-range": _refused("-m msvit.maps", "--config", "digits/digits.yml", "--block", "1",
                                         expect=["--block 1 is out of range", "1, 1, 1 blocks", "from -1 to 0"]),
+    "energy-compare-and-checkpoint": _refused("-m msvit.energy", "--config", "digits/digits.yml", "--checkpoint",
+                                              "a.pth", "--compare", "b.pth", "c.pth",
+                                              expect=["--checkpoint and --compare both name weights"]),
+    "energy-labels-miscounted": _refused("-m msvit.energy", "--config", "digits/digits.yml", "--compare",
+                                         "msvit_cifar_4_384", "qkformer_cifar_4_384", "--labels", "A",
+                                         expect=["--labels gives 1 names for 2 --compare items", "one per item"]),
+    "energy-plot-into-a-file": lambda tmp: ("-m msvit.energy", ["--config", "digits/digits.yml", "--plot",
+                                                                _file(tmp / "figures.png")],
+                                            ["--plot", "figures.png is a file: give a folder"]),
+    "watch-firing-not-a-boolean": _refused("cifar10/train.py", "--watch-firing", "maybe",
+                                           expect=["watch_firing", "expects a boolean", "'maybe'"]),
     "maps-files-of-dvs-data": _refused("-m msvit.maps", "--config", "dvs128-gesture/dvs128-gesture.yml", "--files",
                                        "a.png", expect=["--files takes image files", "event data", "--images N"]),
 }

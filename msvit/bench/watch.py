@@ -23,7 +23,8 @@ def firing_watch_cost(model_name: str, batch_size: int | None = None, T: int | N
                       seed: int = 0) -> dict[str, Any]:
     """Median milliseconds of an evaluation forward (no_grad, eval mode) without (`plain_ms`) and with the
     watch (`watched_ms`), over `repeats` rounds that run both in turns (which goes first alternates), their
-    ratio minus one (`overhead`), and the time of the read that follows each evaluation pass (`read_ms`)."""
+    the median of the rounds' ratios minus one (`overhead`; `rounds_ms` holds each round's pair), and the time
+    of the read that follows each evaluation pass (`read_ms`)."""
     check_model_name(model_name)
     check_device(device, backend)
     check_counts(batch_size, warmup, repeats, threads)
@@ -59,9 +60,12 @@ def firing_watch_cost(model_name: str, batch_size: int | None = None, T: int | N
         if i >= warmup:
             reads.append((time.perf_counter() - start) * 1e3)
     plain, watched = statistics.median(times[False]), statistics.median(times[True])
+    # the median of each round's ratio: the two forwards of a round share the machine's state of the moment
+    overhead = statistics.median(w / p for w, p in zip(times[True], times[False])) - 1.0
     return dict(model=model_name, batch_size=batch_size, T=arch["T"], img_size=arch["img_size"], device=device,
                 cpu=cpu_name() if device == "cpu" else None, threads=torch.get_num_threads(), repeats=repeats,
-                plain_ms=plain, watched_ms=watched, overhead=watched / plain - 1.0,
+                plain_ms=plain, watched_ms=watched, overhead=overhead,
+                rounds_ms=[[p, w] for p, w in zip(times[False], times[True])],
                 read_ms=statistics.median(reads), neurons=len(watch.meter.neurons))
 
 
@@ -69,5 +73,5 @@ def format_watch_cost(result: dict[str, Any]) -> str:
     """One line: the two medians and the overhead."""
     return (f"{result['model']} batch {result['batch_size']} T {result['T']} on {result['device']}: evaluation "
             f"forward {result['plain_ms']:.1f} ms, with the firing watch {result['watched_ms']:.1f} ms "
-            f"({result['overhead']:+.1%}; {result['neurons']} neurons hooked); reading the rates after the pass "
+            f"(median ratio {result['overhead']:+.1%}; {result['neurons']} neurons hooked); reading the rates after the pass "
             f"{result['read_ms']:.2f} ms (median of {result['repeats']} alternating rounds)")

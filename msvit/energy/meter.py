@@ -59,9 +59,9 @@ def _step_sums(t: torch.Tensor, T: int, B: int) -> torch.Tensor | None:
 
 
 class _Acc:
-    """Running totals over every metered call (all images): the sum of the observed tensor's elements
-    (a device tensor), their count, the operations derived from them, the FLOPs per image and step, and
-    the sums per time step (`[T]`, where the tensor has a time axis)."""
+    """Running totals over every metered call (all images): the sum of the observed tensor's elements (device
+    tensors: `steps`, its sums per time step `[T]`, where the tensor has a time axis, else `total`), their
+    count, the operations derived from them, and the FLOPs per image and step."""
 
     __slots__ = ("total", "numel", "ops", "flops", "steps")
 
@@ -72,14 +72,18 @@ class _Acc:
         self.flops = 0
         self.steps: torch.Tensor | None = None
 
-    def add(self, total: torch.Tensor | float, numel: int, ops: torch.Tensor | float, flops: int,
+    def add(self, numel: int, flops: int, ops: torch.Tensor | float = 0.0, total: torch.Tensor | float = 0.0,
             steps: torch.Tensor | None = None) -> None:
-        self.total = self.total + total
+        """One call's count of elements and FLOPs, its operations, and its sum: `steps` where the tensor has
+        them (its total is their sum), else `total`. Zeros launch nothing."""
         self.numel += numel
-        self.ops = self.ops + ops
         self.flops = flops
+        if not isinstance(ops, float) or ops:
+            self.ops = self.ops + ops
         if steps is not None:
             self.steps = steps if self.steps is None else self.steps + steps
+        elif not isinstance(total, float) or total:
+            self.total = self.total + total
 
 
 @dataclass
@@ -246,7 +250,7 @@ class EnergyMeter:
             x = args[0]
             flops = conv_flops(conv, x.shape[2:])
             samples = self._B if self._static_images else x.shape[0]  # once per image, else per image x step
-            acc.add(0.0, 0, float(flops * samples), flops)
+            acc.add(0, flops, ops=float(flops * samples))
         return hook
 
     def _sums(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -260,7 +264,7 @@ class EnergyMeter:
             (s, steps), n = self._sums(x), x.numel()
             flops = conv_flops(conv, x.shape[2:])
             # sum over samples of fr x FLOPs = sum(x) x FLOPs / (elements per sample)
-            acc.add(s, n, s * (flops * x.shape[0] / n), flops, steps)
+            acc.add(n, flops, ops=s * (flops * x.shape[0] / n), total=s, steps=steps)
         return hook
 
     def _branches_hook(self, convs: list[tuple[nn.Module, _Acc]]) -> Callable:
@@ -270,7 +274,7 @@ class EnergyMeter:
             per = self._per_sample(n)
             for conv, acc in convs:
                 flops = conv_flops(conv, (per // conv.in_channels,))
-                acc.add(s, n, s * (flops / per), flops, steps)
+                acc.add(n, flops, ops=s * (flops / per), total=s, steps=steps)
         return hook
 
     def _head_hook(self, acc: _Acc) -> Callable:
@@ -279,17 +283,19 @@ class EnergyMeter:
             s, n = _sum(x), x.numel()
             flops = head.in_features * head.out_features
             # fr x T x in x out per image, fr = s / n, n = B x in
-            acc.add(s, n, s * (self._T * flops * (n // head.in_features) / n), flops)
+            acc.add(n, flops, ops=s * (self._T * flops * (n // head.in_features) / n), total=s)
         return hook
 
     def _lif_hook(self, acc: _Acc, deps: list[tuple[_Acc, Callable[[int], int]]]) -> Callable:
         def hook(lif: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            (s, steps), n = self._sums(out), out.numel()  # [T, B, ...], or [T*B, ...] for a batch-coupled neuron
+            n, steps = out.numel(), _step_sums(out, self._T, self._B)  # [T, B, ...], or [T*B, ...] when coupled
             per = self._per_sample(n)
-            acc.add(s, n, 0.0, per, steps)
-            for dep, flops_of in deps:
-                flops = flops_of(per)
-                dep.add(s, n, s * (flops / per), flops, steps)
+            acc.add(n, per, total=_sum(out) if steps is None else 0.0, steps=steps)
+            if deps:
+                s = _sum(out) if steps is None else steps.sum()
+                for dep, flops_of in deps:
+                    flops = flops_of(per)
+                    dep.add(n, flops, ops=s * (flops / per), total=s if steps is None else 0.0, steps=steps)
         return hook
 
     # ------------------------------------------------------------------ context
@@ -330,7 +336,7 @@ class EnergyMeter:
         T = self._T
         values: list[torch.Tensor | float] = [float(self._images)]
         for acc in accs:
-            values += [acc.total, float(acc.numel), acc.ops]
+            values += [acc.total if acc.steps is None else acc.total + acc.steps.sum(), float(acc.numel), acc.ops]
             values += [0.0] * T if acc.steps is None else list(acc.steps.unbind())
         device = self._device
         if device is None:
