@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds per subprocess: generous, a loaded 2-core machine is slow
 PARALLEL = 2   # subprocesses at once
 SUMMARY_HEADER = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb",
-                  "eval_loss_ema", "eval_top1_ema", "eval_top5_ema"]
+                  "eval_loss_ema", "eval_top1_ema", "eval_top5_ema", "firing_rate"]
 
 # One short epoch: even batch sizes (the recipes' mixup needs them), CPU fp32, no workers; --verify-data false
 # because the tiny files cannot match the published MD5 sums.
@@ -475,6 +475,7 @@ def test_train_one_epoch_then_evaluate(started, folder):
     assert rows[0] == SUMMARY_HEADER
     assert len(rows) == 2 and rows[1][0] == "0", rows
     summary = dict(zip(rows[0], rows[1]))
+    assert 0.0 <= float(summary["firing_rate"]) <= 1.0  # the firing watch measured the evaluation
 
     metrics = json.loads(ok(run.test).stdout)  # stdout holds the JSON object alone
     assert set(metrics) == {"top1", "top5", "loss", "n", "weights", "time_step", "batch_coupled_ssa", "val_batch_size"}

@@ -77,6 +77,7 @@ def straight(tmp_path_factory) -> Path:
 def test_two_processes_train_and_evaluate_every_sample_once(straight):
     rows = summary_rows(straight)
     assert len(rows) == 1  # rank 0 alone writes
+    assert 0.0 < float(rows[0]["firing_rate"]) < 1.0  # the firing watch's collective read over both processes
     # evaluation through the authors' legacy launcher, which passes --local-rank=N to the script
     evaluation = subprocess.run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2",
                                  "--master_port", str(_free_port()), str(ROOT / "digits" / "test.py"),

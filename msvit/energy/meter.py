@@ -333,26 +333,32 @@ class EnergyMeter:
         """Everything accumulated, on the host in one transfer (summed over processes with `sync` in a process
         group: a collective call)."""
         accs = [layer.acc for layer in self.layers.values()] + list(self.neurons.values())
-        T = self._T
-        values: list[torch.Tensor | float] = [float(self._images)]
-        for acc in accs:
-            values += [acc.total if acc.steps is None else acc.total + acc.steps.sum(), float(acc.numel), acc.ops]
-            values += [0.0] * T if acc.steps is None else list(acc.steps.unbind())
         device = self._device
         if device is None:
             device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         dtype = _dtype(device)
+        sync = sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        T = self._T
+        if sync:  # a process that saw no batch knows no T: agree on the layout first
+            agreed = torch.tensor([T], device=device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            T = int(agreed.item())
+        values: list[torch.Tensor | float] = [float(self._images)]
+        for acc in accs:
+            values += [acc.total if acc.steps is None else acc.total + acc.steps.sum(), float(acc.numel), acc.ops,
+                       float(acc.steps is not None)]
+            values += [0.0] * T if acc.steps is None else list(acc.steps.unbind())
         tensor_idx = [i for i, v in enumerate(values) if torch.is_tensor(v)]
         vec = torch.tensor([0.0 if torch.is_tensor(v) else float(v) for v in values], dtype=dtype, device=device)
         if tensor_idx:
             vec[tensor_idx] = torch.stack([values[i].to(device, dtype) for i in tensor_idx])
-        if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if sync:
             dist.all_reduce(vec)
         flat = vec.tolist()
         entries = []
-        for i, acc in enumerate(accs):
-            at = 1 + i * (3 + T)
-            steps = flat[at + 3:at + 3 + T] if acc.steps is not None else None
+        for i in range(len(accs)):
+            at = 1 + i * (4 + T)
+            steps = flat[at + 4:at + 4 + T] if flat[at + 3] else None  # where any process saw steps
             entries.append((flat[at], int(round(flat[at + 1])), flat[at + 2], steps))
         layers = dict(zip(self.layers, entries[:len(self.layers)]))
         neurons = {name: (total, numel, steps) for name, (total, numel, _, steps)
