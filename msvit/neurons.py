@@ -2,7 +2,8 @@
 
 Every neuron in MSViT and QKFormer is the same leaky integrate-and-fire unit
 (tau 2, hard reset to 0, detached reset, sigmoid surrogate with alpha 4); only
-the threshold differs. On the GPU the CuPy backend runs the loop over time as one
+the threshold differs. `tau` is an argument for the releases that change it
+(Spikingformer's DVS models use 1.5); every backend takes it per call. On the GPU the CuPy backend runs the loop over time as one
 CUDA kernel (`msvit.cuda_lif`); the torch backend runs everywhere, on CPU as a C
 kernel (`msvit.cpu_lif`) where a compiler works, else as one autograd node of torch
 operations. `LIF.fused = False` switches to spikingjelly 0.0.0.0.14's own node (its
@@ -124,8 +125,10 @@ class LIF(sj_neuron.MultiStepLIFNode):
     when it cannot work; `'torch'` always uses the torch backend.
     """
 
-    def __init__(self, v_threshold: float = 1.0, backend: str = "auto") -> None:
-        super().__init__(tau=TAU, decay_input=True, v_threshold=v_threshold, v_reset=V_RESET,
+    def __init__(self, v_threshold: float = 1.0, backend: str = "auto", tau: float = TAU) -> None:
+        if not tau > 1.0:  # 1 / tau is the share of the input charged each step; tau <= 1 would not leak
+            raise ConfigError(f"LIF tau must be greater than 1, got {tau}")
+        super().__init__(tau=float(tau), decay_input=True, v_threshold=v_threshold, v_reset=V_RESET,
                          surrogate_function=surrogate.Sigmoid(alpha=SURROGATE_ALPHA, spiking=True),
                          detach_reset=True, backend="torch")
         self.requested_backend = validate_backend(backend)

@@ -100,12 +100,12 @@ def _run_twice(lif, x_seq, split):
     return torch.cat([lif(x_seq[:split]), lif(x_seq[split:])])
 
 
-def _cupy_lif(x_seq, split):
+def _cupy_lif(x_seq, split, tau):
     """The spikes and final membrane of the CuPy kernels, called as `LIF` calls them, and what they save."""
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        spikes, v = cuda_lif.CupyLIF.apply(x_seq[:split], torch.zeros_like(x_seq[0]), 2.0, 1.0, 4.0)
-        more, v = cuda_lif.CupyLIF.apply(x_seq[split:], v, 2.0, 1.0, 4.0)
+        spikes, v = cuda_lif.CupyLIF.apply(x_seq[:split], torch.zeros_like(x_seq[0]), tau, 1.0, 4.0)
+        more, v = cuda_lif.CupyLIF.apply(x_seq[split:], v, tau, 1.0, 4.0)
     return torch.cat([spikes, more]), v, saved
 
 
@@ -116,9 +116,10 @@ CASES = [((5, 2, 333), 0, ("fp16x2", "fp16x2")), ((4, 3, 5, 7), 0, ("fp16", "fp1
          ((5, 2, 333), 1, ("fp16", "fp16x2")), ((4, 2, 3, 37), 0, ("fp16x2", "fp16x2"))]
 
 
+@pytest.mark.parametrize("tau", [2.0, 1.5])  # 1.5: Spikingformer's DVS neurons
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("shape,offset,expected", CASES, ids=["pairs", "odd-count", "misaligned", "pairs-4d"])
-def test_cuda_kernels_match_spikingjelly_node(launched, dtype, shape, offset, expected):
+def test_cuda_kernels_match_spikingjelly_node(launched, dtype, shape, offset, expected, tau):
     torch.manual_seed(0)
     values = torch.randn(shape) * 1.5 + 0.8
     leaf = torch.empty(values.numel() + offset, dtype=dtype)[offset:].view(shape)  # offset 1: a misaligned view
@@ -126,10 +127,10 @@ def test_cuda_kernels_match_spikingjelly_node(launched, dtype, shape, offset, ex
     weights = torch.randn(shape)
     split = shape[0] // 2
 
-    spikes, v, saved = _cupy_lif(leaf, split)
+    spikes, v, saved = _cupy_lif(leaf, split, tau)
     ((spikes.float() * weights).sum() + 0.3 * v.float().sum()).backward()
 
-    reference = LIF(backend="torch")
+    reference = LIF(backend="torch", tau=tau)
     reference.fused = False  # spikingjelly's own per-step node
     ref_leaf = leaf.detach().clone().requires_grad_()
     ref_spikes = _run_twice(reference, ref_leaf, split)

@@ -28,12 +28,12 @@ def implementation(request, monkeypatch):
     return _FusedLIF
 
 
-@pytest.mark.parametrize("threshold", [1.0, 0.5])
+@pytest.mark.parametrize("threshold,tau", [(1.0, 2.0), (0.5, 2.0), (1.0, 1.5)])
 @pytest.mark.parametrize("shape", [(4, 3, 5), (16, 2, 6, 7), (3, 2, 1100)])  # the last spans two kernel blocks
-def test_fused_lif_matches_spikingjelly_loop(threshold, shape, implementation):
+def test_fused_lif_matches_spikingjelly_loop(threshold, tau, shape, implementation):
     torch.manual_seed(0)
     x = torch.randn(shape) * 1.5 + 0.8
-    fused, loop = LIF(threshold, "torch"), LIF(threshold, "torch")
+    fused, loop = LIF(threshold, "torch", tau), LIF(threshold, "torch", tau)
     assert fused._function(x) is implementation
     loop.fused = False
     x_fused, x_loop = x.clone().requires_grad_(), x.clone().requires_grad_()

@@ -23,6 +23,21 @@ def test_lif_sequence_by_hand(fused):
         assert lif.v_seq.flatten().tolist() == pytest.approx([0.25, 0.625, 0.0, 0.0, 0.75])
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "spikingjelly-loop"])
+def test_lif_with_tau_1_5_by_hand(fused):
+    # Spikingformer's DVS neurons: v <- v + (x - v) / 1.5
+    #   x: 0.9 -> 0.6;  0.9 -> 0.8;  1.2 -> 1.0667 spike, v 0;  0.0 -> 0;  1.5 -> 1.0 spike (at the threshold)
+    # at tau 2 the same input never fires: 0.45, 0.675, 0.9375, 0.46875, 0.984375
+    x = torch.tensor([0.9, 0.9, 1.2, 0.0, 1.5]).reshape(5, 1)
+    for tau, expected, v_last in ((1.5, [0.0, 0.0, 1.0, 0.0, 1.0], 0.0), (2.0, [0.0] * 5, 0.984375)):
+        lif = LIF(backend="torch", tau=tau)
+        lif.fused = fused
+        assert lif(x).flatten().tolist() == expected and lif.v.item() == pytest.approx(v_last)
+        assert f"tau={tau}" in repr(lif)
+    with pytest.raises(msvit.errors.ConfigError, match="tau must be greater than 1, got 1.0"):
+        LIF(tau=1.0)
+
+
 def test_lif_fires_exactly_at_threshold_and_leaks_below():
     lif = LIF(v_threshold=0.5, backend="torch")
     # 1.0 charges to exactly 0.5 = threshold -> spike; 0.999 stays below and leaks
