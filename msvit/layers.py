@@ -19,7 +19,7 @@ from .neurons import LIF
 __all__ = ["PatchEmbed", "AttentionBase", "TokenAttention", "SpikingSelfAttention", "MLP", "Block", "DropPath",
            "SSA_SCALE"]
 
-# SSA multiplies Q(K^T V) by this fixed constant in both releases, whatever the head width.
+# SSA multiplies Q(K^T V) by this constant in both releases, whatever the head width (the default `scale`).
 SSA_SCALE = 0.125
 
 
@@ -173,7 +173,7 @@ class AttentionBase(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, branches: dict[str, int], attn_threshold: float,
-                 backend: str, batch_coupled: bool = False) -> None:
+                 backend: str, batch_coupled: bool = False, qkv_bias: bool = False) -> None:
         super().__init__()
         self.batch_coupled = bool(batch_coupled)
         if dim % num_heads:
@@ -181,7 +181,7 @@ class AttentionBase(nn.Module):
         self.dim, self.num_heads = dim, num_heads
         self.branch_names = tuple(branches)
         for name, kernel in branches.items():
-            self.add_module(f"{name}_conv", nn.Conv1d(dim, dim, kernel, padding=kernel // 2, bias=False))
+            self.add_module(f"{name}_conv", nn.Conv1d(dim, dim, kernel, padding=kernel // 2, bias=qkv_bias))
             self.add_module(f"{name}_bn", nn.BatchNorm1d(dim))
             self.add_module(f"{name}_lif", LIF(backend=backend))
         self.attn_lif = LIF(v_threshold=attn_threshold, backend=backend)
@@ -203,8 +203,9 @@ class AttentionBase(nn.Module):
         parameters stay separate, so state_dicts are unchanged."""
         if not self.fuse_projections:
             return [self.branch(name, tokens, T) for name in names]
-        weight = torch.cat([getattr(self, f"{name}_conv").weight for name in names])
-        stacked = nn.functional.conv1d(tokens, weight).split(self.dim, dim=1)
+        convs = [getattr(self, f"{name}_conv") for name in names]
+        bias = torch.cat([conv.bias for conv in convs]) if convs[0].bias is not None else None
+        stacked = nn.functional.conv1d(tokens, torch.cat([conv.weight for conv in convs]), bias).split(self.dim, dim=1)
         return [getattr(self, f"{name}_lif")(_tb(getattr(self, f"{name}_bn")(y), T))
                 for name, y in zip(names, stacked)]
 
@@ -249,15 +250,20 @@ class TokenAttention(AttentionBase):
 
 
 class SpikingSelfAttention(AttentionBase):
-    """Spikformer's SSA: LIF(Q (K^T V) * 0.125) per head, then the output projection.
+    """Spikformer's SSA: LIF(Q (K^T V) * scale) per head, then the output projection.
 
     `batch_coupled=True` is the authors' release: the output neuron runs along the `T*B` sequence (see
-    `AttentionBase`), so a sample's output depends on the samples before it in the batch.
+    `AttentionBase`), so a sample's output depends on the samples before it in the batch. `scale` (0.125 in
+    QKFormer, MSViT and most Spikformer models; 0.25 in Spikformer's CIFAR10-DVS model) and `qkv_bias` (biased
+    q/k/v projections, as in Spikformer's CIFAR model) serve the baselines.
     """
 
     def __init__(self, dim: int, num_heads: int, attn_threshold: float,
-                 neuron_backend: str = "auto", batch_coupled: bool = True) -> None:
-        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neuron_backend, batch_coupled)
+                 neuron_backend: str = "auto", batch_coupled: bool = True, scale: float = SSA_SCALE,
+                 qkv_bias: bool = False) -> None:
+        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neuron_backend, batch_coupled,
+                         qkv_bias)
+        self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
@@ -266,11 +272,13 @@ class SpikingSelfAttention(AttentionBase):
         # [T, B, h, d, N]: K^T V is k @ v^T over tokens, then Q (K^T V) per token
         kv = k @ v.transpose(-1, -2)  # [T, B, h, d, d]
         attn = kv.transpose(-1, -2) @ q  # [T, B, h, d, N]
-        out = self.attn_lif(attn * SSA_SCALE)
+        out = self.attn_lif(attn * self.scale)
         return self.project(out.flatten(2, 3), x.shape)
 
     def extra_repr(self) -> str:
-        return f"SSA, heads={self.num_heads}, output neuron {'batch-coupled' if self.batch_coupled else 'per sample'}"
+        scale = "" if self.scale == SSA_SCALE else f", scale={self.scale:g}"
+        return (f"SSA, heads={self.num_heads}{scale}, output neuron "
+                f"{'batch-coupled' if self.batch_coupled else 'per sample'}")
 
 
 class MLP(nn.Module):

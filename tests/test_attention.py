@@ -162,7 +162,7 @@ def _loop_reference(attn, x: torch.Tensor, coupled: bool) -> dict[str, torch.Ten
                 spikes[name], state[name][b] = _lif_step(state[name][b], pre, 1.0)
             if ssa:
                 q, k, v = (spikes[n].reshape(heads, d, -1).transpose(1, 2) for n in "qkv")  # [h, N, d] each
-                scores = torch.stack([q[i] @ (k[i].T @ v[i]) for i in range(heads)]) * SSA_SCALE  # [h, N, d]
+                scores = torch.stack([q[i] @ (k[i].T @ v[i]) for i in range(heads)]) * attn.scale  # [h, N, d]
                 fired, state["attn"][b] = _lif_step(state["attn"][b], scores.transpose(1, 2), attn.attn_lif.v_threshold)
                 gated = fired.reshape(C, -1)
             else:
@@ -206,3 +206,29 @@ def test_ssa_matches_a_per_sample_per_step_loop(coupled):
     assert 0 < got.sum() < got.numel()
     assert not torch.equal(expected, other)  # this input is one where the coupling changes the output
     assert torch.equal(got, expected)
+
+
+def test_ssa_scale_and_qkv_bias_match_the_loop_and_the_reference_path():
+    """Spikformer's variants: scale 0.25 (its CIFAR10-DVS model) and biased q/k/v (its CIFAR model), per sample.
+    The stacked projection adds the three biases; one convolution per branch gives the same spikes."""
+    torch.manual_seed(3)
+    attn = _busy_eval(SpikingSelfAttention(LOOP_C, LOOP_HEADS, attn_threshold=1.0, batch_coupled=False, scale=0.25,
+                                           qkv_bias=True))
+    with torch.no_grad():
+        for name in ("q", "k", "v"):
+            getattr(attn, f"{name}_conv").bias.uniform_(-0.5, 0.5)
+            getattr(attn, f"{name}_bn").bias.uniform_(1.0, 2.0)  # q, k and v fire often, so Q(K^T V) is large
+    assert attn.q_conv.bias is not None and "scale=0.25" in repr(attn)
+    x = (torch.rand(LOOP_T, LOOP_B, LOOP_C, LOOP_H, LOOP_W) < 0.5).float()
+    fired = []
+    attn.attn_lif.register_forward_hook(lambda m, i, out: fired.append(out.sum().item()))
+    with torch.no_grad():
+        got = _fresh_call(attn, x)
+        expected = _loop_reference(attn, x, coupled=False)["out"]
+        attn.fuse_projections = False
+        separate = _fresh_call(attn, x)
+        attn.scale = SSA_SCALE
+        _fresh_call(attn, x)
+    assert 0 < got.sum() < got.numel()
+    assert torch.equal(got, expected) and torch.equal(separate, got)
+    assert fired[0] == fired[1] > fired[2]  # the scale reaches the attention neuron: at 0.125 it fires less
