@@ -351,7 +351,7 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
                                               expect=["--checkpoint and --compare both name weights"]),
     "energy-labels-miscounted": _refused("-m msvit.energy", "--config", "digits/digits.yml", "--compare",
                                          "msvit_cifar_4_384", "qkformer_cifar_4_384", "--labels", "A",
-                                         expect=["--labels gives 1 names for 2 --compare items", "one per item"]),
+                                         expect=["--labels gives 1 name for 2 --compare items", "one per item"]),
     "energy-plot-into-a-file": lambda tmp: ("-m msvit.energy", ["--config", "digits/digits.yml", "--plot",
                                                                 _file(tmp / "figures.png")],
                                             ["--plot", "figures.png is a file: give a folder"]),

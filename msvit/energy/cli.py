@@ -103,8 +103,9 @@ def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> l
     if cfg["checkpoint"]:
         raise ConfigError("--checkpoint and --compare both name weights: list every checkpoint after --compare")
     if extra.labels is not None and len(extra.labels) != len(extra.compare):
-        raise ConfigError(f"--labels gives {len(extra.labels)} names for {len(extra.compare)} --compare items: "
-                          "give one per item")
+        count = len(extra.labels)
+        raise ConfigError(f"--labels gives {count} name{'' if count == 1 else 's'} for {len(extra.compare)} "
+                          "--compare items: give one per item")
     runs = []
     for i, item in enumerate(extra.compare):
         one = copy.deepcopy(cfg)
