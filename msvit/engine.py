@@ -195,6 +195,8 @@ def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, amp: AmpSettings)
         targets = targets.to(env.device, non_blocking=True)
         with amp.autocast():
             logits = model(inputs)
+        if logits.dim() == 3:  # logits per time step (a model trained with TET): their mean, as the release does
+            logits = logits.mean(1)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices

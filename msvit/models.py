@@ -183,11 +183,15 @@ class SpikingTransformer(nn.Module):
         finally:
             reset_neurons(self)  # no membrane state (or graph) outlives the call
 
+    # True: logits per time step, `[B, T, num_classes]`, whose mean over T is the usual output (TET training)
+    per_step_logits = False
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`[B, T, C, H, W]` features -> `[B, num_classes]`: `global_pool` ('avg': the mean over tokens, then
-        over time), dropout, head. With global_pool '' the features stay unpooled, and a head maps the
-        channels at every position and time step: `[B, T, H, W, num_classes]`."""
-        x = self.head_drop(pool_features(x, self.global_pool))
+        over time), dropout, head; with `per_step_logits`, not averaged over time: `[B, T, num_classes]`. With
+        global_pool '' the features stay unpooled, and a head maps the channels at every position and time
+        step: `[B, T, H, W, num_classes]`."""
+        x = self.head_drop(pool_features(x, self.global_pool, self.per_step_logits))
         if pre_logits:
             return x
         return self.head(x.movedim(2, -1) if not self.global_pool and self.num_classes > 0 else x)

@@ -74,6 +74,10 @@ SETTINGS: dict[str, Setting] = {
                           "the network)"),
     "accum_iter": Setting(1, "optimisation", "batches whose gradients add up to one optimizer update"),
     "smoothing": Setting(0.1, "optimisation", "label smoothing"),
+    "tet": Setting(False, "optimisation", "TET loss: the criterion on every time step's logits (msvit.losses); "
+                   "evaluation averages them"),
+    "tet_means": Setting(1.0, "optimisation", "TET: the constant its MSE term pulls the logits towards"),
+    "tet_lambda": Setting(0.0, "optimisation", "TET: the weight of the MSE term, in [0, 1]"),
     "amp": Setting(True, "optimisation", "mixed precision on CUDA (CPU runs in float32)"),
     "amp_dtype": Setting("float16", "optimisation", "the mixed-precision type"),
     "model_ema": Setting(False, "optimisation", "also keep and evaluate an exponential moving average of the weights"),

@@ -68,9 +68,9 @@ def classifier_head(num_features: int, num_classes: int) -> nn.Module:
     return head
 
 
-def pool_features(x: torch.Tensor, kind: str) -> torch.Tensor:
+def pool_features(x: torch.Tensor, kind: str, per_step: bool = False) -> torch.Tensor:
     """`[B, T, C, H, W]` -> `[B, C]`: pooled over the tokens (mean, max, or their average), then averaged
-    over time; `kind` '' returns `x` unchanged."""
+    over time (`per_step`: not over time, `[B, T, C]`); `kind` '' returns `x` unchanged."""
     if not kind:
         return x
     tokens = x.flatten(3)
@@ -83,7 +83,7 @@ def pool_features(x: torch.Tensor, kind: str) -> torch.Tensor:
     else:
         raise ConfigError(f"global_pool {kind!r} is not a pooling of these models; choose one of "
                           f"{', '.join(repr(p) for p in GLOBAL_POOLS)}")
-    return pooled.mean(1)
+    return pooled if per_step else pooled.mean(1)
 
 
 def override_batch_norms(model: nn.Module, momentum: float | None, eps: float | None) -> None:

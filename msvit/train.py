@@ -38,6 +38,7 @@ from .errors import ConfigError, UserError, cli_entry
 from .finetune import finetune_variants, load_source, read_source
 from .firing_watch import FiringWatch
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
+from .losses import TETLoss
 from .models import compile_model
 from .preemption import EXIT_PREEMPTED, Preempted, StopRequest
 from .run_log import inductor_cache, log_epoch, log_header
@@ -236,6 +237,9 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     train_criterion = (SoftTargetCrossEntropy() if mixup_fn is not None
                        else LabelSmoothingCrossEntropy(cfg["smoothing"]) if cfg["smoothing"] > 0
                        else nn.CrossEntropyLoss())
+    if cfg["tet"]:  # the criterion on every time step's logits, which the model now returns
+        train_criterion = TETLoss(train_criterion, cfg["tet_means"], cfg["tet_lambda"])
+        model.per_step_logits = True
     training = _Training(cfg, env, model, optimizer, scheduler, scaler, ema, output)
     if ckpt is not None:
         training.restore(ckpt, checkpoint_path)

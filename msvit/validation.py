@@ -118,6 +118,9 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
     if decay is not None and not 0 < decay <= 1:
         raise ConfigError(f"{where('layer_decay')}: layer_decay must be in (0, 1], got {decay:g}: each group's lr "
                           f"is lr x layer_decay^depth; null (or 1) means no decay")
+    if not 0 <= cfg["tet_lambda"] <= 1:
+        raise ConfigError(f"{where('tet_lambda')}: tet_lambda must be in [0, 1], got {cfg['tet_lambda']:g}: TET "
+                          f"weighs its MSE term by tet_lambda and the per-step criterion by 1 - tet_lambda")
     total = cfg["epochs"] + cfg["cooldown_epochs"]
     if cfg["start_epoch"] >= total:
         raise ConfigError(f"{where('start_epoch')}: start_epoch {cfg['start_epoch']} leaves nothing to train: the "

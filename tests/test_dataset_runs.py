@@ -355,6 +355,8 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
     "energy-plot-into-a-file": lambda tmp: ("-m msvit.energy", ["--config", "digits/digits.yml", "--plot",
                                                                 _file(tmp / "figures.png")],
                                             ["--plot", "figures.png is a file: give a folder"]),
+    "tet-lambda-above-1": _refused("cifar10/train.py", "--tet", "true", "--tet-lambda", "2",
+                                   expect=["tet_lambda must be in [0, 1], got 2", "1 - tet_lambda"]),
     "watch-firing-not-a-boolean": _refused("cifar10/train.py", "--watch-firing", "maybe",
                                            expect=["watch_firing", "expects a boolean", "'maybe'"]),
     "maps-files-of-dvs-data": _refused("-m msvit.maps", "--config", "dvs128-gesture/dvs128-gesture.yml", "--files",
