@@ -30,14 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.registry import EVENT_DATASETS, dataset_name
 from .errors import ConfigError, DataError, UserError, cli_entry
 from .layers import SpikingSelfAttention, TokenAttention
 from .map_sheet import draw_sheet, input_display, sheet_size
 
 __all__ = ["collect_maps", "check_block", "draw_sheet", "input_display", "sheet_size", "read_image", "file_transform",
            "main"]
-
-DVS_DATASETS = ("dvs128_gesture", "cifar10_dvs")
 
 
 # ---------------------------------------------------------------------- collection
@@ -153,7 +152,7 @@ def collect_maps(model: nn.Module, inputs: torch.Tensor, block: int = -1, querie
 
 def _normalisation(cfg: dict[str, Any], dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The mean and std the dataset's evaluation transform normalises with (None: DVS counts, not normalised)."""
-    if dataset in DVS_DATASETS:
+    if dataset in EVENT_DATASETS:
         return None
     if dataset == "digits":
         from .data.digits import digits_settings
@@ -268,10 +267,10 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
 
     if not cfg.get("dataset") or not cfg.get("model"):
         raise ConfigError("no dataset or model configured: pass --config <dataset>/<dataset>.yml")
-    dataset = str(cfg["dataset"]).strip().lower().replace("-", "_")  # as the dataset registry spells it
+    dataset = dataset_name(cfg["dataset"])
     if opts.files and opts.images is not None:
         raise ConfigError("give either --images N or --files IMAGE ..., not both")
-    if opts.files and dataset in DVS_DATASETS:
+    if opts.files and dataset in EVENT_DATASETS:
         raise ConfigError(f"--files takes image files, but {dataset} is event data (DVS frames): "
                           f"use --images N to map its evaluation samples")
     opts.images = 4 if opts.images is None else opts.images
