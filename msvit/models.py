@@ -5,19 +5,18 @@ Smaller members of a family come from `embed_dim`, `depths`, `num_heads` and `im
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .data.transforms import eval_crop_pct
 from .errors import ConfigError
+from .grad_checkpoint import checkpointed
 from .layers import STEMS, AttentionBase, Block, PatchEmbed, SpikingSelfAttention, TokenAttention
 from .neurons import LIF, reset_neurons, validate_backend
 from .spike_bits import packed_saved_spikes
@@ -175,10 +174,10 @@ class SpikingTransformer(nn.Module):
             x = self.time_major(x)
             packing = self.pack_saved_spikes and torch.is_grad_enabled() and not torch.compiler.is_compiling()
             with packed_saved_spikes(packing):
-                checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+                checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
                 for i in range(1, self.num_stages + 1):
                     for unit in [getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")]:
-                        x = _checkpointed(unit, x) if checkpointed else unit(x)
+                        x = checkpointed(unit, x) if checkpointing else unit(x)
             return x.transpose(0, 1)
         finally:
             reset_neurons(self)  # no membrane state (or graph) outlives the call
@@ -218,41 +217,6 @@ class SpikingTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Empty: only biases and batch-norm affines go without, all 1-D, which timm's optimizers exclude."""
         return set()
-
-
-def _run_from_rest(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`module(x)` from membranes at rest, leaving none behind (its LIFs process all T steps in one call): a
-    recomputation in backward would otherwise keep every LIF's last membrane alive until the next forward."""
-    reset_neurons(module)
-    try:
-        return module(x)
-    finally:
-        reset_neurons(module)
-
-
-@contextlib.contextmanager
-def _running_statistics_frozen(module: nn.Module) -> Iterator[None]:
-    """While `module` is recomputed for backward, its batch norms normalise with the batch's statistics as
-    before but leave their running statistics as the first pass updated them."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-
-
-def _checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`module(x)` keeping only `x` for backward (torch.utils.checkpoint; drop-path masks are redrawn from the
-    saved generator state, so they match)."""
-    return checkpoint(_run_from_rest, module, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _running_statistics_frozen(module)))
 
 
 def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
