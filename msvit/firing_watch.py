@@ -46,7 +46,8 @@ class FiringWatch:
             return
         rates = {name: rate for name, rate in firing["neurons"].items() if rate is not None}
         if writer is not None:
-            writer.add_scalar("firing/network", firing["firing_rate"], epoch)
+            if firing["firing_rate"] is not None:  # None: no neuron saw an update
+                writer.add_scalar("firing/network", firing["firing_rate"], epoch)
             for stage, rate in firing["stage_firing_rates"].items():
                 if rate is not None:
                     writer.add_scalar(f"firing/{stage}", rate, epoch)

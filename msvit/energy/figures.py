@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..plotting import STAGE_COLOURS, pyplot, save_figure
+from .meter import stage_of
 from .report import KINDS, RATE_ROWS
 
 __all__ = ["figure_data", "figure_size", "write_figures", "FIGURES"]
@@ -39,7 +40,7 @@ def figure_data(report: dict[str, Any]) -> dict[str, Any]:
     table = report["firing_rates"]
     rows = [(key, label) for key, label in RATE_ROWS if any(key in entry for entry in table.values())]
     return {
-        "firing": dict(names=names, stages=[_stage(name) for name in names],
+        "firing": dict(names=names, stages=[stage_of(name) for name in names],
                        rates=[report["neurons"][name] for name in names],
                        per_step=[report["neurons_per_step"][name] for name in names], network=report["firing_rate"]),
         "energy": dict(stages=stages, by_kind={kind: [report["stages"][s]["by_kind"][kind] for s in stages]
@@ -49,10 +50,6 @@ def figure_data(report: dict[str, Any]) -> dict[str, Any]:
                              keys=[key for key, _ in rows], labels=[label for _, label in rows],
                              rates=[[entry.get(key) for entry in table.values()] for key, _ in rows]),
     }
-
-
-def _stage(name: str) -> str:
-    return name.split(".", 1)[0] if "." in name else "model"
 
 
 def _stage_colour(stage: str) -> str:

@@ -378,8 +378,3 @@ class EnergyMeter:
         from .report import neuron_rates
 
         return neuron_rates(self.read(sync))
-
-    def totals(self, sync: bool = True) -> dict[str, float]:
-        """Just energy_mj, mac_flops and sops per image."""
-        report = self.report(sync)
-        return {key: report[key] for key in ("energy_mj", "mac_flops", "sops")}
