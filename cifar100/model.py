@@ -1,14 +1,15 @@
-"""CIFAR-100 models: MSViT 4-384 and the QKFormer HST-4-384 baseline, built from `cifar100.yml`.
+"""CIFAR-100 models: MSViT 4-384, QKFormer HST-4-384 and the baselines (Spikformer,
+Spikingformer, Spike-driven Transformer), built from `cifar100.yml` or the recipe `--config NAME` selects.
 
     python model.py                          # the configured model and its size
     python model.py --model qkformer_cifar_4_384   # another suitable model
 """
 from pathlib import Path
 
-from msvit.zoo import create_dataset_model, describe_dataset_model
+from msvit.zoo import create_dataset_model, dataset_models, describe_dataset_model
 
 CONFIG = Path(__file__).with_name("cifar100.yml")
-VARIANTS = ("msvit_cifar_4_384", "qkformer_cifar_4_384")
+VARIANTS = dataset_models("cifar100")  # MSViT, QKFormer and the baselines (msvit.zoo)
 
 
 def create_model(cfg=None, **overrides):

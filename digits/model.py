@@ -5,10 +5,10 @@
 """
 from pathlib import Path
 
-from msvit.zoo import create_dataset_model, describe_dataset_model
+from msvit.zoo import create_dataset_model, dataset_models, describe_dataset_model
 
 CONFIG = Path(__file__).with_name("digits.yml")
-VARIANTS = ("msvit_cifar_4_384", "qkformer_cifar_4_384")
+VARIANTS = dataset_models("cifar10")  # every CIFAR model: MSViT, QKFormer and the baselines
 
 
 def create_model(cfg=None, **overrides):

@@ -1,14 +1,15 @@
-"""DVS128 Gesture models: MSViT 2-256 (MSSA in stage 1) and the QKFormer HST-2-256 baseline, built from `dvs128-gesture.yml`.
+"""DVS128 Gesture models: MSViT 2-256 (MSSA in stage 1), QKFormer HST-2-256 and the baselines (Spikformer,
+Spikingformer, Spike-driven Transformer), built from `dvs128-gesture.yml` or the recipe `--config NAME` selects.
 
     python model.py                          # the configured model and its size
     python model.py --model qkformer_dvs_2_256   # another suitable model
 """
 from pathlib import Path
 
-from msvit.zoo import create_dataset_model, describe_dataset_model
+from msvit.zoo import create_dataset_model, dataset_models, describe_dataset_model
 
 CONFIG = Path(__file__).with_name("dvs128-gesture.yml")
-VARIANTS = ("msvit_dvs_2_256", "qkformer_dvs_2_256")
+VARIANTS = dataset_models("dvs128_gesture")  # MSViT, QKFormer and the baselines (msvit.zoo)
 
 
 def create_model(cfg=None, **overrides):

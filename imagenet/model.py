@@ -1,14 +1,15 @@
-"""ImageNet-1K models: MSViT-10-384/512/768 and the QKFormer HST-10 baselines, built from `imagenet.yml`.
+"""ImageNet-1K models: MSViT-10-384/512/768, QKFormer HST-10 and the baselines (Spikformer,
+Spikingformer, Spike-driven Transformer), built from `imagenet.yml` or the recipe `--config NAME` selects.
 
     python model.py                          # the configured model and its size
     python model.py --model msvit_10_768   # another suitable model
 """
 from pathlib import Path
 
-from msvit.zoo import create_dataset_model, describe_dataset_model
+from msvit.zoo import create_dataset_model, dataset_models, describe_dataset_model
 
 CONFIG = Path(__file__).with_name("imagenet.yml")
-VARIANTS = ("msvit_10_384", "msvit_10_512", "msvit_10_768", "qkformer_10_384", "qkformer_10_512", "qkformer_10_768")
+VARIANTS = dataset_models("imagenet")  # MSViT, QKFormer and the baselines (msvit.zoo)
 
 
 def create_model(cfg=None, **overrides):

@@ -1,4 +1,5 @@
-"""MSViT: spiking vision transformers with multi-scale spiking attention, and the QKFormer baseline.
+"""MSViT: spiking vision transformers with multi-scale spiking attention, QKFormer, and the baselines of
+their comparison tables (Spikformer, Spikingformer, the Spike-driven Transformer).
 
 Importing the package registers every model with timm:
     >>> import timm, msvit
@@ -8,8 +9,9 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .models import (ARCHS, MODEL_NAMES, SpikingTransformer, count_parameters,
                      set_batch_coupled_ssa, use_reference_implementation)
 from .neurons import LIF, reset_neurons, set_neuron_backend
+from .registry import ALL_MODEL_NAMES, BASELINE_NAMES
 
-__all__ = ["ARCHS", "MODEL_NAMES", "SpikingTransformer", "count_parameters", "use_reference_implementation",
+__all__ = ["ARCHS", "MODEL_NAMES", "ALL_MODEL_NAMES", "BASELINE_NAMES", "SpikingTransformer", "count_parameters", "use_reference_implementation",
            "set_batch_coupled_ssa", "LIF", "reset_neurons", "set_neuron_backend",
            "load_checkpoint", "CheckpointError"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Load our checkpoints and the authors' (MSViT / QKFormer releases) into the models of this package."""
+"""Load our checkpoints and the authors' (the MSViT, QKFormer and baseline releases) into the models of this package."""
 from __future__ import annotations
 
 import argparse
@@ -128,6 +128,9 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
     """
     checkpoint = path_or_dict if isinstance(path_or_dict, Mapping) else read_checkpoint(path_or_dict)
     state = to_native_keys(extract_state_dict(checkpoint, use_ema))
+    adapt = getattr(model, "adapt_release_state_dict", None)  # the baselines' renames, reshapes and dead keys
+    if adapt is not None:
+        state = adapt(state)
     target = model.state_dict()
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]

@@ -144,12 +144,39 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _print_help(config_path: str | None) -> None:
-    """The keys by group, each with its value after the recipe `config_path` and its description."""
+def _recipe_path(given: str, default_config: str | Path | None) -> str:
+    """`--config FILE`: the path as given, or else a recipe of that name beside the folder's own
+    (`python cifar10/train.py --config spikformer.yml` from the repository root)."""
+    if default_config is not None and not Path(given).exists():
+        beside = Path(default_config).parent / given
+        if beside.is_file():
+            return str(beside)
+    return given
+
+
+def folder_recipes(default_config: str | Path) -> list[tuple[str, str]]:
+    """The recipes beside `default_config` (the folder's own first), each with its first comment line."""
+    own = Path(default_config)
+    recipes = [own] + sorted(p for p in own.parent.glob("*.yml") if p.name != own.name)
+    described = []
+    for path in recipes:
+        first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+        described.append((path.name, first.lstrip("# ").strip() if first.startswith("#") else ""))
+    return described
+
+
+def _print_help(config_path: str | None, default_config: str | Path | None = None) -> None:
+    """The keys by group, each with its value after the recipe `config_path` and its description; the recipes
+    of the folder of `default_config`."""
     values = {**DEFAULTS, **(load_config(config_path) if config_path is not None else {})}
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train.py"
     print(f"usage: {prog} [--config FILE] [--KEY VALUE ...]")
     print(f"\n  --config FILE  the YAML recipe (default: {config_path or 'none'})")
+    if default_config is not None and Path(default_config).is_file():
+        print("\nrecipes in this folder (--config NAME):")
+        for name, description in folder_recipes(default_config):
+            print(textwrap.fill(description, width=110, initial_indent=f"  {name:<22}  ",
+                                subsequent_indent=" " * 26))
     recipe = f"after the recipe, {Path(config_path).name}" if config_path else "without a recipe"
     print("\n" + textwrap.fill(
         "Every key can be set in the recipe and overridden here as --key value or --key=value (dashes and "
@@ -190,7 +217,7 @@ def parse_args(argv: list[str] | None = None,
             given = [tokens[0] for _, key, tokens in _split_options(argv) if key == "config" and len(tokens) == 1]
         except ConfigError:
             given = []
-        _print_help(given[-1] if given else config_path)
+        _print_help(_recipe_path(given[-1], default_config) if given else config_path, default_config)
         raise SystemExit(0)
     overrides: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -200,7 +227,7 @@ def parse_args(argv: list[str] | None = None,
         if key == "config":
             if len(tokens) != 1:
                 raise ConfigError(f"command line {flag}: option takes one file name")
-            config_path = tokens[0]
+            config_path = _recipe_path(tokens[0], default_config)
         elif key in DEFAULTS:
             overrides[key] = _option_value(flag, key, tokens)
             sources[key] = f"command line {flag}"

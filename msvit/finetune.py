@@ -23,7 +23,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_native_keys
 from .errors import ConfigError
-from .models import ARCHS
+from .registry import ALL_ARCHS
 from .validation import model_kwargs
 from .zoo import create_dataset_model
 
@@ -48,8 +48,8 @@ class FinetuneSource:
 def finetune_variants(variants: Sequence[str]) -> tuple[str, ...]:
     """The models a dataset folder may fine-tune: its own, then every registered model for the same input
     (images or events), so that an ImageNet model can be transferred to CIFAR."""
-    channels = ARCHS[variants[0]]["in_chans"]
-    return tuple(variants) + tuple(n for n, a in ARCHS.items() if a["in_chans"] == channels and n not in variants)
+    channels = ALL_ARCHS[variants[0]]["in_chans"]
+    return tuple(variants) + tuple(n for n, a in ALL_ARCHS.items() if a["in_chans"] == channels and n not in variants)
 
 
 def read_source(cfg: dict[str, Any], variants: Sequence[str]) -> FinetuneSource:
@@ -62,7 +62,9 @@ def read_source(cfg: dict[str, Any], variants: Sequence[str]) -> FinetuneSource:
     except CheckpointError as exc:
         raise CheckpointError(f"--finetune: {exc}") from None
     with torch.device("meta"):
-        target = create_dataset_model(cfg, variants).state_dict()
+        model = create_dataset_model(cfg, variants)
+    state = _adapted(model, state)
+    target = model.state_dict()
     head = _head_keys(target)
     misfits = _misfits(state, target, head)
     if misfits:
@@ -94,6 +96,12 @@ def load_source(model: nn.Module, source: FinetuneSource, cfg: Mapping[str, Any]
                  "release)%s", HEAD_STD, "" if source.head else "; head.bias kept")
 
 
+def _adapted(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` in the names and shapes of `model` (a baseline's release layout adapted, `load_checkpoint`'s way)."""
+    adapt = getattr(model, "adapt_release_state_dict", None)
+    return adapt(state) if adapt is not None else state
+
+
 def _head_keys(state: Mapping[str, Any]) -> list[str]:
     return [k for k in state if k.startswith("head.")]
 
@@ -110,16 +118,18 @@ def _misfits(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tenso
 
 def _fitting_models(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any]) -> list[str]:
     """The registered models that take `state`: as registered, or with the run's widths (model_kwargs)."""
-    widths = {k: v for k, v in model_kwargs(cfg).items() if k in ("embed_dim", "num_heads", "depths", "mlp_ratio")}
+    widths = {k: v for k, v in model_kwargs(cfg).items()
+              if k in ("embed_dim", "num_heads", "depths", "depth", "mlp_ratio")}
     fitting = []
-    for name in ARCHS:
+    for name in ALL_ARCHS:
         for kwargs, note in (({}, ""), (widths, " with this run's model_kwargs")):
             try:
                 with torch.device("meta"):
-                    target = timm.create_model(name, **kwargs).state_dict()
+                    model = timm.create_model(name, **kwargs)
             except (ValueError, TypeError):  # widths that this family cannot take
                 continue
-            if not _misfits(state, target, _head_keys(target)):
+            target = model.state_dict()
+            if not _misfits(_adapted(model, state), target, _head_keys(target)):
                 fitting.append(name + note)
                 break
     return fitting

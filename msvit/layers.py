@@ -14,10 +14,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .neurons import LIF
+from .neurons import LIF, TAU
 
 __all__ = ["PatchEmbed", "AttentionBase", "TokenAttention", "SpikingSelfAttention", "MLP", "Block", "DropPath",
-           "SSA_SCALE"]
+           "SSA_SCALE", "batch_norm_of_copies"]
 
 # SSA multiplies Q(K^T V) by this constant in both releases, whatever the head width (the default `scale`).
 SSA_SCALE = 0.125
@@ -52,7 +52,7 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-def _batch_norm_of_copies(bn: nn.BatchNorm2d, y: torch.Tensor, copies: int) -> torch.Tensor:
+def batch_norm_of_copies(bn: nn.BatchNorm2d, y: torch.Tensor, copies: int) -> torch.Tensor:
     """`bn` of `copies` identical copies of `y`, computed on `y` alone: the copies' batch mean and (biased)
     variance are `y`'s, so the output is the same; the running variance takes the unbiased variance with the
     copies' count n, var * n / (n - 1), as `bn` on the copies would."""
@@ -108,7 +108,7 @@ class PatchEmbed(nn.Module):
             conv, bn = getattr(self, f"{name}_conv"), getattr(self, f"{name}_bn")
             # the same image at every step (SyncBatchNorm, which reduces across processes, takes the copies)
             if i == 0 and self.once_per_image and x.stride(0) == 0 and not isinstance(bn, nn.SyncBatchNorm):
-                y = _batch_norm_of_copies(bn, conv(x[0]), T)
+                y = batch_norm_of_copies(bn, conv(x[0]), T)
                 y = self.pool(y) if pooled else y
                 y = y.expand(T, *y.shape)
             else:
@@ -170,24 +170,36 @@ class AttentionBase(nn.Module):
     `batch_coupled` makes the output neuron `proj_lif` integrate along the flattened `[T*B, C, N]` sequence,
     time-major then sample, as the authors' SSA does (QKFormer issue #14): its membrane carries from each
     sample to the next one of the batch. Otherwise it runs per sample on `[T, B, C, N]`, like every other neuron.
+
+    `membrane=True` is the pre-activation form of Spikingformer and the Spike-driven Transformer, whose
+    residual stream carries real values: a neuron `shortcut_lif` turns the input into spikes first, and the
+    output is the projection's batch norm, with no neuron. `tau` is every neuron's time constant.
     """
 
     def __init__(self, dim: int, num_heads: int, branches: dict[str, int], attn_threshold: float,
-                 backend: str, batch_coupled: bool = False, qkv_bias: bool = False) -> None:
+                 backend: str, batch_coupled: bool = False, qkv_bias: bool = False, membrane: bool = False,
+                 tau: float = TAU) -> None:
         super().__init__()
         self.batch_coupled = bool(batch_coupled)
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
-        self.dim, self.num_heads = dim, num_heads
+        self.dim, self.num_heads, self.membrane = dim, num_heads, membrane
         self.branch_names = tuple(branches)
+        if membrane:
+            self.shortcut_lif = LIF(backend=backend, tau=tau)
         for name, kernel in branches.items():
             self.add_module(f"{name}_conv", nn.Conv1d(dim, dim, kernel, padding=kernel // 2, bias=qkv_bias))
             self.add_module(f"{name}_bn", nn.BatchNorm1d(dim))
-            self.add_module(f"{name}_lif", LIF(backend=backend))
-        self.attn_lif = LIF(v_threshold=attn_threshold, backend=backend)
+            self.add_module(f"{name}_lif", LIF(backend=backend, tau=tau))
+        self.attn_lif = LIF(v_threshold=attn_threshold, backend=backend, tau=tau)
         self.proj_conv = nn.Conv1d(dim, dim, 1)
         self.proj_bn = nn.BatchNorm1d(dim)
-        self.proj_lif = LIF(backend=backend)
+        if not membrane:
+            self.proj_lif = LIF(backend=backend, tau=tau)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The input `[T, B, C, H, W]` as the branches' tokens `[T*B, C, N]` (spikes, in the membrane form)."""
+        return _bt((self.shortcut_lif(x) if self.membrane else x).flatten(3))
 
     # False: one Conv1d call per branch (the straightforward reference path)
     fuse_projections = True
@@ -212,6 +224,8 @@ class AttentionBase(nn.Module):
     def project(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Output projection of `[T, B, C, N]` back to `shape` `[T, B, C, H, W]`."""
         y = self.proj_bn(self.proj_conv(_bt(x)))  # [T*B, C, N], sample b of step t at row t*B + b
+        if self.membrane:
+            return y.reshape(shape)
         return self.proj_lif(y if self.batch_coupled else _tb(y, shape[0])).reshape(shape)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +251,7 @@ class TokenAttention(AttentionBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
-        tokens = _bt(x.flatten(3))  # [T*B, C, N]
+        tokens = self.tokens(x)  # [T*B, C, N]
         q, k = (self.split_heads(spikes) for spikes in self.branches(("q", "k"), tokens, T))
         count = q.sum(3, keepdim=True)
         if self.multi_scale:
@@ -260,14 +274,14 @@ class SpikingSelfAttention(AttentionBase):
 
     def __init__(self, dim: int, num_heads: int, attn_threshold: float,
                  neuron_backend: str = "auto", batch_coupled: bool = True, scale: float = SSA_SCALE,
-                 qkv_bias: bool = False) -> None:
+                 qkv_bias: bool = False, membrane: bool = False, tau: float = TAU) -> None:
         super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neuron_backend, batch_coupled,
-                         qkv_bias)
+                         qkv_bias, membrane, tau)
         self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
-        tokens = _bt(x.flatten(3))
+        tokens = self.tokens(x)
         q, k, v = (self.split_heads(spikes) for spikes in self.branches(("q", "k", "v"), tokens, T))
         # [T, B, h, d, N]: K^T V is k @ v^T over tokens, then Q (K^T V) per token
         kv = k @ v.transpose(-1, -2)  # [T, B, h, d, d]
@@ -277,6 +291,8 @@ class SpikingSelfAttention(AttentionBase):
 
     def extra_repr(self) -> str:
         scale = "" if self.scale == SSA_SCALE else f", scale={self.scale:g}"
+        if self.membrane:
+            return f"SSA, heads={self.num_heads}{scale}, membrane shortcut (no output neuron)"
         return (f"SSA, heads={self.num_heads}{scale}, output neuron "
                 f"{'batch-coupled' if self.batch_coupled else 'per sample'}")
 
@@ -284,14 +300,14 @@ class SpikingSelfAttention(AttentionBase):
 class MLP(nn.Module):
     """1x1 Conv2d (with bias), BN, LIF, twice: C -> ratio*C -> C."""
 
-    def __init__(self, dim: int, hidden: int, neuron_backend: str = "auto") -> None:
+    def __init__(self, dim: int, hidden: int, neuron_backend: str = "auto", tau: float = TAU) -> None:
         super().__init__()
         self.fc1_conv = nn.Conv2d(dim, hidden, 1)
         self.fc1_bn = nn.BatchNorm2d(hidden)
-        self.fc1_lif = LIF(backend=neuron_backend)
+        self.fc1_lif = LIF(backend=neuron_backend, tau=tau)
         self.fc2_conv = nn.Conv2d(hidden, dim, 1)
         self.fc2_bn = nn.BatchNorm2d(dim)
-        self.fc2_lif = LIF(backend=neuron_backend)
+        self.fc2_lif = LIF(backend=neuron_backend, tau=tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
@@ -300,13 +316,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attn(x), then x + mlp(x); both branches end in a neuron, so x carries small counts."""
+    """x + attn(x), then x + mlp(x). With the spiking `MLP` (the default) both branches end in a neuron, so x
+    carries small counts; a given `mlp` (the membrane-shortcut families') may make x real-valued."""
 
     def __init__(self, attn: nn.Module, dim: int, mlp_ratio: float, drop_path: float = 0.0,
-                 neuron_backend: str = "auto") -> None:
+                 neuron_backend: str = "auto", mlp: nn.Module | None = None, tau: float = TAU) -> None:
         super().__init__()
         self.attn = attn
-        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron_backend)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron_backend, tau) if mlp is None else mlp
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

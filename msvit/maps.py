@@ -263,6 +263,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .config import restore_run_settings
     from .console import log, setup_logging
     from .models import MODEL_NAMES
+    from .registry import BASELINE_NAMES
     from .zoo import create_dataset_model
 
     if not cfg.get("dataset") or not cfg.get("model"):
@@ -281,6 +282,9 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     setup_logging(True)
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
     restore_run_settings(cfg, checkpoint, list(given))
+    if cfg["model"] in BASELINE_NAMES:  # one stage, and a real-valued stream in two of the three families
+        raise ConfigError(f"msvit.maps draws the hierarchical models (MSViT, QKFormer), not {cfg['model']}: the "
+                          f"baselines' sheets are not built yet; python -m msvit.energy gives their firing rates")
     model = create_dataset_model(cfg, MODEL_NAMES)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])

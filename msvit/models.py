@@ -16,12 +16,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .data.transforms import eval_crop_pct
 from .errors import ConfigError
-from .grad_checkpoint import checkpointed
-from .layers import STEMS, AttentionBase, Block, PatchEmbed, SpikingSelfAttention, TokenAttention
-from .neurons import LIF, reset_neurons, validate_backend
-from .spike_bits import packed_saved_spikes
-from .timm_contract import (check_timm_arguments, classifier_head, override_batch_norms, pool_features,
-                            square_size, stage_group_matcher)
+from .layers import STEMS, AttentionBase, Block, SpikingSelfAttention, TokenAttention
+from .network import SpikingNetwork
+from .neurons import LIF, validate_backend
+from .timm_contract import check_timm_arguments, classifier_head, override_batch_norms, square_size, stage_group_matcher
 
 __all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "compile_model", "count_parameters",
            "use_reference_implementation", "set_batch_coupled_ssa"]
@@ -82,7 +80,7 @@ def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = 
     validate_backend(args["neuron_backend"])
 
 
-class SpikingTransformer(nn.Module):
+class SpikingTransformer(SpikingNetwork):
     """Stem, then stages of spiking blocks separated by downsampling patch embeddings, then a linear head.
 
     All stages but the last use token attention (`token_attention='mssa'` for MSViT, `'qkta'` for
@@ -148,75 +146,16 @@ class SpikingTransformer(nn.Module):
         self.head = classifier_head(self.num_features, num_classes)
         override_batch_norms(self, bn_momentum, bn_eps)
 
-    def time_major(self, x: torch.Tensor) -> torch.Tensor:
-        """Images `[B, C, H, W]` -> `[T, B, C, H, W]` (direct encoding); frames `[B, T, ...]` -> `[T, B, ...]`."""
-        if x.dim() == 4:
-            return x.unsqueeze(0).expand(self.T, *x.shape)
-        if x.dim() == 5:
-            return x.transpose(0, 1)
-        raise ValueError(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got shape {tuple(x.shape)}")
-
-    grad_checkpointing = False
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """timm's switch: with it, every patch embedding and block keeps only its input for backward and
-        recomputes its activations there (same spikes and gradients, far less memory, one more forward)."""
-        self.grad_checkpointing = enable
-
-    # spikes saved for backward as bits (`msvit.spike_bits`); off on the reference path
-    pack_saved_spikes = True
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward`'s input (`[B, C, H, W]` images or `[B, T, C, H, W]` frames) -> the last stage's output
-        `[B, T, C', H', W']` (a batch-first view). Starts and ends with every neuron at rest."""
-        reset_neurons(self)
-        try:
-            x = self.time_major(x)
-            packing = self.pack_saved_spikes and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            with packed_saved_spikes(packing):
-                checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
-                for i in range(1, self.num_stages + 1):
-                    for unit in [getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")]:
-                        x = checkpointed(unit, x) if checkpointing else unit(x)
-            return x.transpose(0, 1)
-        finally:
-            reset_neurons(self)  # no membrane state (or graph) outlives the call
-
-    # True: logits per time step, `[B, T, num_classes]`, whose mean over T is the usual output (TET training)
-    per_step_logits = False
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """`[B, T, C, H, W]` features -> `[B, num_classes]`: `global_pool` ('avg': the mean over tokens, then
-        over time), dropout, head; with `per_step_logits`, not averaged over time: `[B, T, num_classes]`. With
-        global_pool '' the features stay unpooled, and a head maps the channels at every position and time
-        step: `[B, T, H, W, num_classes]`."""
-        x = self.head_drop(pool_features(x, self.global_pool, self.per_step_logits))
-        if pre_logits:
-            return x
-        return self.head(x.movedim(2, -1) if not self.global_pool and self.num_classes > 0 else x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head for `num_classes` (0: nn.Identity, the pooled features come out); None keeps the pooling."""
-        if global_pool is not None:
-            check_timm_arguments({"global_pool": global_pool}, lambda key: f"global_pool {global_pool!r}")
-            self.global_pool = self.config["global_pool"] = global_pool
-        self.num_classes = self.config["num_classes"] = num_classes
-        self.head = classifier_head(self.num_features, num_classes)
+    def units(self) -> list[nn.Module]:
+        """Per stage, its patch embedding then its blocks."""
+        return [unit for i in range(1, self.num_stages + 1)
+                for unit in (getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}"))]
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for timm (layer-wise lr decay): the stem, then per stage its downsampling
         embedding and blocks (coarse: one group per stage); the head last."""
         return stage_group_matcher(coarse)
 
-    def no_weight_decay(self) -> set[str]:
-        """Empty: only biases and batch-norm affines go without, all 1-D, which timm's optimizers exclude."""
-        return set()
 
 
 def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
@@ -235,16 +174,22 @@ def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.M
             module.fused = not enabled
         elif isinstance(module, AttentionBase):
             module.fuse_projections = not enabled
-        elif isinstance(module, PatchEmbed):
+        elif hasattr(module, "once_per_image"):  # a stem (PatchEmbed, the baselines' LayerStem)
             module.once_per_image = not enabled
-        elif isinstance(module, SpikingTransformer):
+        elif isinstance(module, SpikingNetwork):
             module.pack_saved_spikes = not enabled
     return model
 
 
 def set_batch_coupled_ssa(model: nn.Module, coupled: bool) -> nn.Module:
     """Switch the SSA output neurons of `model` between the release's batch-coupled integration (True)
-    and per-sample integration (False). The weights are the same; only how samples share a membrane changes."""
+    and per-sample integration (False). The weights are the same; only how samples share a membrane changes.
+    The baselines run per sample in every release: coupling them is a ConfigError."""
+    from .baselines.base import OneStageTransformer
+
+    if coupled and any(isinstance(m, OneStageTransformer) for m in model.modules()):
+        raise ConfigError("the baselines (Spikformer, Spikingformer, SDT) run their SSA per sample in every release: "
+                          "batch_coupled_ssa cannot be switched on for them")
     for module in model.modules():
         if isinstance(module, SpikingSelfAttention):
             module.batch_coupled = bool(coupled)

@@ -52,7 +52,7 @@ SETTINGS: dict[str, Setting] = {
     "data_dir": Setting("", "data", "the dataset's folder"),
     "download": Setting(False, "data", "fetch a missing dataset into data_dir (CIFAR, CIFAR10-DVS)"),
     "verify_data": Setting(True, "data", "check downloaded archives and files against their published MD5 sums"),
-    "img_size": Setting(None, "data", "image datasets: input height and width in pixels; null: 224 (digits: 32)"),
+    "img_size": Setting(None, "data", "input height and width in pixels; null: 224 (digits: 32; DVS: the sensor's 128, another size resizes the frames)"),
     "mean": Setting(None, "data", "per-channel normalisation mean; null: ImageNet's"),
     "std": Setting(None, "data", "per-channel normalisation standard deviation; null: ImageNet's"),
     "crop_pct": Setting(None, "data", "evaluation: centre crop of img_size / crop_pct; null: the release's rule, "
@@ -107,6 +107,8 @@ SETTINGS: dict[str, Setting] = {
     "color_jitter": Setting(0.0, "augmentation", "colour jitter strength (ignored with aa)"),
     "train_interpolation": Setting("bicubic", "augmentation", "training resize interpolation"),
     "aa": Setting(None, "augmentation", "timm auto-augment policy, e.g. rand-m9-n1-mstd0.4-inc1; null: none"),
+    "aa_ops": Setting(None, "augmentation", "RandAugment's operations (timm names); null: timm's full list "
+                      "(Spikformer's CIFAR recipe: its five)"),
     "reprob": Setting(0.0, "augmentation", "random-erasing probability"),
     "remode": Setting("pixel", "augmentation", "random-erasing fill"),
     "recount": Setting(1, "augmentation", "random-erasing regions per image"),
@@ -173,6 +175,7 @@ TYPES: dict[str, tuple[Any, ...]] = {
     "crop_pct": (float, None),
     "layer_decay": (float, None),
     "aa": (str, None),
+    "aa_ops": (list[str], None),
     "lr": (float, None),
     "blr": (float, None),
     "clip_grad": (float, None),

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
-import inspect
-from typing import Any, Mapping, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, get_args, get_origin
 
 import yaml
 
@@ -118,6 +117,8 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
     if decay is not None and not 0 < decay <= 1:
         raise ConfigError(f"{where('layer_decay')}: layer_decay must be in (0, 1], got {decay:g}: each group's lr "
                           f"is lr x layer_decay^depth; null (or 1) means no decay")
+    if cfg["aa_ops"] is not None:
+        _check_rand_augment_ops(cfg["aa"], cfg["aa_ops"], where("aa_ops"))
     if not 0 <= cfg["tet_lambda"] <= 1:
         raise ConfigError(f"{where('tet_lambda')}: tet_lambda must be in [0, 1], got {cfg['tet_lambda']:g}: TET "
                           f"weighs its MSE term by tet_lambda and the per-step criterion by 1 - tet_lambda")
@@ -136,10 +137,22 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
         off = " ".join(f"{option_flag(key)} {'null' if key == 'cutmix_minmax' else 0}" for key in mixing)
         raise ConfigError(f"{where('batch_size')}: batch_size {cfg['batch_size']} is odd, but mixup pairs the "
                           f"samples of a batch ({on}): use an even --batch-size, or {off}")
-    from .models import ARCHS
+    from .registry import ALL_ARCHS
 
-    if cfg["model"] in ARCHS:
+    if cfg["model"] in ALL_ARCHS:
         check_model_kwargs(cfg["model"], *model_arguments(cfg))
+
+
+def _check_rand_augment_ops(policy: str | None, ops: list[str], source: str) -> None:
+    from timm.data.auto_augment import NAME_TO_OP
+
+    if not (policy or "").startswith("rand"):
+        raise ConfigError(f"{source}: aa_ops chooses RandAugment's operations, but aa is {policy!r}: set aa to a "
+                          f"rand-... policy, or aa_ops to null")
+    unknown = [op for op in ops if op not in NAME_TO_OP]
+    if unknown or not ops:
+        raise ConfigError(f"{source}: aa_ops {ops!r}: {'unknown operations ' + ', '.join(unknown) if unknown else 'empty'}"
+                          f"; timm's RandAugment knows {', '.join(NAME_TO_OP)}")
 
 
 def _check_optimizer(name: str, source: str) -> None:
@@ -166,18 +179,15 @@ def _argument_type(hint: Any) -> Any:
 def check_model_kwargs(model: str, kwargs: Mapping[str, Any],
                        labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`kwargs` of `timm.create_model(model, **kwargs)` checked against the constructor of the registered
-    `model` (names, non-null values of the annotated types, then `models.check_arguments`) and converted
+    `model` (names, non-null values of the annotated types, then `registry.check_model_arguments`) and converted
     (YAML's 1e-1 is a string; tuples become lists). `labels` say how the user spelt each key, e.g.
     'model_kwargs.embed_dim' or 'time_step'; a ConfigError names them, and arguments the user did not set
     as the model's defaults."""
-    from .models import ARCHS, SpikingTransformer, check_arguments
+    from .registry import ALL_ARCHS, check_model_arguments, model_parameters
 
-    if model not in ARCHS:
-        raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(ARCHS)}")
+    params, hints = model_parameters(model)  # ConfigError for an unknown model
     labels = {key: (labels or {}).get(key, key) for key in kwargs}
-    params = inspect.signature(SpikingTransformer).parameters
-    hints = get_type_hints(SpikingTransformer.__init__)
-    defaults = {**{k: p.default for k, p in params.items() if p.default is not p.empty}, **ARCHS[model]}
+    defaults = {**{k: p.default for k, p in params.items() if p.default is not p.empty}, **ALL_ARCHS[model]}
     checked: dict[str, Any] = {}
     for key, value in kwargs.items():
         name = labels[key]
@@ -197,7 +207,7 @@ def check_model_kwargs(model: str, kwargs: Mapping[str, Any],
         if coerced is _INVALID:
             raise ConfigError(f"{name} expects {_type_name(kind)}, got {value!r} ({type(value).__name__})")
         checked[key] = coerced
-    check_arguments({**defaults, **checked}, labels)
+    check_model_arguments(model, {**defaults, **checked}, labels)
     return checked
 
 

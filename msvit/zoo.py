@@ -1,5 +1,5 @@
-"""The model zoo: which model suits which dataset, the published figures, and `python -m msvit.zoo`,
-which builds every model and prints its parameter table."""
+"""The model zoo: which model suits which dataset (MSViT, QKFormer and the baselines), the published figures, the
+release each follows, and `python -m msvit.zoo`, which builds every model and prints its parameter table."""
 from __future__ import annotations
 
 import sys
@@ -14,7 +14,7 @@ from torch import nn
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
 
-__all__ = ["ZooEntry", "ZOO", "create_dataset_model", "describe_dataset_model", "reference_batch_sizes", "main"]
+__all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "create_dataset_model", "describe_dataset_model", "reference_batch_sizes", "main"]
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,16 @@ class ZooEntry:
     note: str = ""     # how the figure was obtained, where that is not a 224² (or native-size) run from scratch
     recipe: str = ""   # the repository's recipe for it, relative to the repository root
     batch_source: str = "the release"  # where release_batch comes from, as the logs name it
+    follows: str = ""     # the release (repository and folder) whose model this is
+    checkpoint: str = ""  # where the release's weights live ('' : none released)
 
 
+# The baselines (msvit.baselines): no batch coupling, so no release batch; published figures from each paper
+# (ImageNet Spikformer/SDT rows as MSViT's table quotes them), parameter counts from the authors' code.
+_SPK, _SKF, _SDT = "ZK-Zhou/spikformer", "zhouchenlin2096/Spikingformer", "BICLab/Spike-Driven-Transformer"
+_SKF_CKPT = "Baidu pan (password abcd), linked from the Spikingformer README"
+_SDT_CKPT = "Google Drive, linked from the Spike-driven Transformer README"
+_SDT_DVS = dict(num_classes=10, pooling_stat="0011", dvs_mode=True, img_size=64, T=10)
 _CIFAR_BATCH, _IMAGENET_BATCH, _DVS_BATCH = (64, 64), (32, 32), (16, 16)
 _IMAGENET_768_BATCH = (24, 32)  # the 768 models trained at 24 per GPU (x 8 GPUs x 3 accumulation steps)
 # QKFormer's higher-resolution rows of HST-10-768 (its README and Table 2: 85.25 at 288², 85.65 / 97.74 at 384²)
@@ -41,6 +49,61 @@ _QKFORMER_384_NOTE = ("about ten epochs at 384² from the 224² weights: the rel
 _QKFORMER_288_NOTE = ("288² 'input size for inference' (the paper's Table 2 caption, which says the same of the "
                       "384 row, yet that one was fine-tuned); no log or recipe survives, the download link is gone")
 _QKFORMER_384_BATCH = (8, 8)    # inferred from the 384 log's lr (effective 512 with accum 8 on 8 GPUs) and memory
+
+BASELINE_ZOO = (
+    ZooEntry("spikformer_8_384", "imagenet", {}, "16.81M", 70.24, follows=f"{_SPK} imagenet/ (embed_dim 384)",
+             recipe="imagenet/spikformer.yml"),
+    ZooEntry("spikformer_8_512", "imagenet", {}, "29.68M", 73.38, follows=f"{_SPK} imagenet/",
+             recipe="imagenet/spikformer.yml"),
+    ZooEntry("spikformer_8_768", "imagenet", {}, "66.34M", 74.81, follows=f"{_SPK} imagenet/ (embed_dim 768)",
+             recipe="imagenet/spikformer.yml"),
+    ZooEntry("spikformer_cifar_4_384", "cifar10", {}, "9.32M", 95.51, follows=f"{_SPK} cifar10/",
+             recipe="cifar10/spikformer.yml"),
+    ZooEntry("spikformer_cifar_4_384", "cifar100", dict(num_classes=100), "9.32M", 78.21,
+             follows=f"{_SPK} cifar10/ (100 classes)", recipe="cifar100/spikformer.yml"),
+    ZooEntry("spikformer_dvs_2_256", "cifar10_dvs", {}, "2.57M", 80.9, follows=f"{_SPK} cifar10dvs/",
+             recipe="cifar10-dvs/spikformer.yml"),
+    ZooEntry("spikingformer_8_384", "imagenet", {}, "16.81M", 72.45, follows=f"{_SKF} imagenet/ (embed_dim 384)",
+             recipe="imagenet/spikingformer.yml"),
+    ZooEntry("spikingformer_8_512", "imagenet", {}, "29.68M", 74.79, follows=f"{_SKF} imagenet/ (embed_dim 512)",
+             recipe="imagenet/spikingformer.yml"),
+    ZooEntry("spikingformer_8_768", "imagenet", {}, "66.34M", 75.85, follows=f"{_SKF} imagenet/",
+             checkpoint=_SKF_CKPT, recipe="imagenet/spikingformer.yml"),
+    ZooEntry("spikingformer_cifar_4_384", "cifar10", {}, "9.32M", 95.81, follows=f"{_SKF} cifar10/",
+             note="400 epochs, the released recipe and checkpoint (95.61 at 300)", checkpoint=_SKF_CKPT,
+             recipe="cifar10/spikingformer.yml"),
+    ZooEntry("spikingformer_cifar_4_384", "cifar100", dict(num_classes=100, num_heads=8), "9.32M", 79.21,
+             follows=f"{_SKF} cifar100/", note="400 epochs, the released recipe (79.09 at 300)",
+             recipe="cifar100/spikingformer.yml"),
+    ZooEntry("spikingformer_dvs_2_256", "cifar10_dvs", dict(num_classes=10), "2.57M", 81.3,
+             follows=f"{_SKF} cifar10-dvs/", recipe="cifar10-dvs/spikingformer.yml"),
+    ZooEntry("spikingformer_dvs_2_256", "dvs128_gesture", {}, "2.57M", 98.3, follows=f"{_SKF} dvs128-gesture/",
+             recipe="dvs128-gesture/spikingformer.yml"),
+    ZooEntry("sdt_8_384", "imagenet", {}, "16.81M", 72.28, follows=f"{_SDT} conf/imagenet/8_384_300E_t4.yml",
+             checkpoint=_SDT_CKPT, recipe="imagenet/sdt.yml"),
+    ZooEntry("sdt_6_512", "imagenet", {}, "23.37M", 74.11, follows=f"{_SDT} conf/imagenet/6_512_300E_t4.yml",
+             checkpoint=_SDT_CKPT, recipe="imagenet/sdt_6_512.yml"),
+    ZooEntry("sdt_8_512", "imagenet", {}, "29.68M", 74.57, follows=f"{_SDT} conf/imagenet/8_512_300E_t4.yml",
+             checkpoint=_SDT_CKPT, recipe="imagenet/sdt.yml"),
+    ZooEntry("sdt_10_512", "imagenet", {}, "36.01M", 74.66,
+             follows=f"{_SDT} conf/imagenet/10_384_300E_t4.yml (which holds 10-512)", checkpoint=_SDT_CKPT,
+             recipe="imagenet/sdt_10_512.yml"),
+    ZooEntry("sdt_8_768", "imagenet", {}, "66.34M", None, follows=f"{_SDT} conf/imagenet/8_768_300E_t4.yml",
+             checkpoint=_SDT_CKPT, recipe="imagenet/sdt_8_768.yml"),
+    ZooEntry("sdt_8_768", "imagenet", dict(img_size=288), "66.34M", 77.07,
+             note="a 288x288 test (resize 320, centre crop 288) of the model trained at 224 (MSViT's table lists "
+                  "it at 224)", follows=f"{_SDT} README --large-valid", checkpoint=_SDT_CKPT,
+             recipe="imagenet/sdt_8_768.yml"),
+    ZooEntry("sdt_cifar_2_512", "cifar10", {}, "10.28M", 95.60, follows=f"{_SDT} conf/cifar10/2_512_300E_t4.yml",
+             recipe="cifar10/sdt.yml"),
+    ZooEntry("sdt_cifar_2_512", "cifar100", dict(num_classes=100), "10.28M", 78.4,
+             follows=f"{_SDT} conf/cifar100/2_512_300E_t4.yml", recipe="cifar100/sdt.yml"),
+    ZooEntry("sdt_dvs_2_256", "cifar10_dvs", _SDT_DVS, "2.57M", 80.0,
+             note="published at T 16; the released config is T 10, which its authors say does not reach it (SDT#14)",
+             follows=f"{_SDT} conf/cifar10-dvs/2_256_200E_t10_TET.yml", recipe="cifar10-dvs/sdt.yml"),
+    ZooEntry("sdt_dvs_2_256", "dvs128_gesture", {}, "2.57M", 99.3, follows=f"{_SDT} conf/gesture/2_256_200E_t16.yml",
+             recipe="dvs128-gesture/sdt.yml"),
+)
 
 ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("msvit_cifar_4_384", "cifar10", dict(num_classes=10), "", 96.53, _CIFAR_BATCH),
@@ -61,7 +124,13 @@ ZOO: tuple[ZooEntry, ...] = (
              batch_source="the release's 384 fine-tune (its per-GPU batch inferred from the logged lr)"),
     ZooEntry("qkformer_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "1.50M", 84.0, _DVS_BATCH),
     ZooEntry("qkformer_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "1.50M", 98.6, _DVS_BATCH),
+    *BASELINE_ZOO,
 )
+
+
+def dataset_models(dataset: str) -> tuple[str, ...]:
+    """The registered models the zoo lists for `dataset`, in its order (a dataset folder's suitable models)."""
+    return tuple(dict.fromkeys(e.model for e in ZOO if e.dataset == dataset))
 
 
 def reference_batch_sizes(cfg: dict[str, Any]) -> tuple[int, int, str] | None:
@@ -135,11 +204,11 @@ def parameter_table(entries: Sequence[ZooEntry] = ZOO) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> None:
     from .config import ArgumentParser
 
-    parser = ArgumentParser(description="Build every MSViT/QKFormer model and print its parameters.")
+    parser = ArgumentParser(description="Build every registered model (MSViT, QKFormer, the baselines) and print its parameters.")
     parser.add_argument("--model", nargs="*", help="only these model names")
     args = parser.parse_args(argv)
     entries = [e for e in ZOO if not args.model or e.model in args.model]
-    header = f"{'model':22} {'dataset':15} {'classes':>7} {'input':>10} {'T':>3} {'params':>12} " \
+    header = f"{'model':26} {'dataset':15} {'classes':>7} {'input':>10} {'T':>3} {'params':>12} " \
              f"{'paper':>7} {'top-1 (paper)':>13} {'top-5':>6}"
     print(header)
     print("-" * len(header))
@@ -151,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if row["note"]:
             notes.append(f"[{len(notes) + 1}] {row['model']} at {row['input']}: {row['note']}")
             mark = f" [{len(notes)}]"
-        print(f"{row['model']:22} {row['dataset']:15} {row['classes']:>7} {row['input']:>10} {row['T']:>3} "
+        print(f"{row['model']:26} {row['dataset']:15} {row['classes']:>7} {row['input']:>10} {row['T']:>3} "
               f"{row['params']:>12,} {row['published_params'] or '-':>7} {top1:>13} {top5:>6}{mark}")
     if notes:
         print()

@@ -1,6 +1,7 @@
 """Loading the authors' checkpoint layouts (tests/data/keys/*.tsv: their exact state_dict names and
 shapes) and our own, and clear errors for checkpoints that do not fit."""
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,36 @@ UPSTREAM = {
     "upstream_qkformer_10_768": ("qkformer_10_768", {}),
     "upstream_qkformer_cifar10dvs": ("qkformer_dvs_2_256", dict(num_classes=10, mlp_ratio=1)),
     "upstream_qkformer_dvs128": ("qkformer_dvs_2_256", dict(num_classes=11, mlp_ratio=4)),
+    # the baselines (msvit.baselines): their releases' layouts, dead parameters included
+    "upstream_spikformer_8_384": ("spikformer_8_384", {}),
+    "upstream_spikformer_8_512": ("spikformer_8_512", {}),
+    "upstream_spikformer_8_768": ("spikformer_8_768", {}),
+    "upstream_spikformer_cifar_4_384": ("spikformer_cifar_4_384", {}),
+    "upstream_spikformer_dvs_2_256": ("spikformer_dvs_2_256", {}),
+    "upstream_spikingformer_8_768": ("spikingformer_8_768", {}),
+    "upstream_spikingformer_cifar10_4_384": ("spikingformer_cifar_4_384", {}),
+    "upstream_spikingformer_cifar100_4_384": ("spikingformer_cifar_4_384", dict(num_classes=100, num_heads=8)),
+    "upstream_spikingformer_cifar10dvs_2_256": ("spikingformer_dvs_2_256", dict(num_classes=10)),
+    "upstream_spikingformer_dvs128_2_256": ("spikingformer_dvs_2_256", {}),
+    "upstream_sdt_8_384": ("sdt_8_384", {}),
+    "upstream_sdt_6_512": ("sdt_6_512", {}),
+    "upstream_sdt_8_512": ("sdt_8_512", {}),
+    "upstream_sdt_10_512": ("sdt_10_512", {}),
+    "upstream_sdt_8_768": ("sdt_8_768", {}),
+    "upstream_sdt_cifar10_2_512": ("sdt_cifar_2_512", {}),
+    "upstream_sdt_cifar10dvs_2_256": ("sdt_dvs_2_256", dict(num_classes=10, pooling_stat="0011", dvs_mode=True,
+                                                             img_size=64)),
+    "upstream_sdt_dvs128_2_256": ("sdt_dvs_2_256", {}),
 }
+# parameters the releases build but never use, left out of our models and dropped on load (and how many)
+DEAD = re.compile(r"\.norm[12]\.|^pos_embed$|^norm\.|\.talking_heads\.")
+
+
+def expected_name(key: str) -> str:
+    """An authors' key under our name, by the renames the README lists."""
+    key = key.replace(".tssa.", ".attn.").replace(".ssa.", ".attn.")
+    key = key.replace(".mlp1_", ".fc1_").replace(".mlp2_", ".fc2_").replace("_linear.", "_conv.")
+    return re.sub(r"^patch_embed\.block(\d)_", lambda m: f"patch_embed.proj{m[1] if m[1] != '0' else ''}_", key)
 
 
 def synthesize(key_file: str) -> dict[str, torch.Tensor]:
@@ -53,11 +83,10 @@ def test_authors_state_dict_loads_strictly(key_file):
     result = load_checkpoint(model, {"model": upstream}, strict=True)
     assert result.missing == [] and result.unexpected == [] and result.mismatched == []
     ours = model.state_dict()
-    assert len(ours) == len(upstream)
-    renamed = {k.replace(".tssa.", ".attn.").replace(".ssa.", ".attn.")
-               .replace(".mlp1_", ".fc1_").replace(".mlp2_", ".fc2_"): v for k, v in upstream.items()}
-    for key, value in renamed.items():
-        assert torch.equal(ours[key], value), key
+    renamed = {expected_name(k): v for k, v in upstream.items() if not DEAD.search(k)}
+    assert sorted(renamed) == sorted(ours)
+    for key, value in renamed.items():  # a Linear [C, C'] or a 1x1 Conv2d's [C, C', 1, 1] may be [C, C', 1] here
+        assert torch.equal(ours[key], value.reshape(ours[key].shape)), key
 
 
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "state_dict_ema", "bare"])
@@ -151,3 +180,22 @@ def test_unreadable_inputs_give_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no state_dict in checkpoint"):
         load_checkpoint(model, {"epoch": 3, "optimizer": {}})
     assert issubclass(CheckpointError, msvit.errors.UserError)
+
+
+@pytest.mark.parametrize("key_file,name,kwargs", [
+    ("upstream_sdt_dvs128_2_256", "sdt_dvs_2_256", {}),
+    ("upstream_spikingformer_cifar10dvs_2_256", "spikingformer_dvs_2_256", dict(num_classes=10))])
+def test_baseline_release_files_in_timm_checkpoint_saver_layout(tmp_path, key_file, name, kwargs):
+    """The Spikingformer and SDT releases save with timm's CheckpointSaver: state_dict (and state_dict_ema),
+    optimizer, epoch, arch, args (a Namespace), version, metric; DDP's module. prefix on every key."""
+    upstream = {f"module.{k}": v for k, v in synthesize(key_file).items()}
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in upstream.items()}
+    path = tmp_path / "checkpoint-284.pth.tar"
+    torch.save({"epoch": 284, "arch": name, "state_dict": upstream, "state_dict_ema": ema, "optimizer": {},
+                "version": 2, "args": argparse.Namespace(model="sdt", lr=3e-4), "metric": 96.2}, path)
+    model = timm.create_model(name, **kwargs)
+    for use_ema, source in ((False, upstream), (True, ema)):
+        load_checkpoint(model, path, use_ema=use_ema)
+        weight = source["module.block.1.attn.v_conv.weight"]  # a Conv1d [C, C, 1] here; SDT's is [C, C, 1, 1]
+        assert torch.equal(model.block[1].attn.v_conv.weight, weight.reshape(model.block[1].attn.v_conv.weight.shape))
+        assert torch.equal(model.head.bias, source["module.head.bias"])

@@ -47,7 +47,8 @@ def test_every_recipe_loads(path: Path):
     assert cfg["config"] == str(path)
     assert cfg["dataset"] == raw["dataset"]
     assert set(cfg) == set(DEFAULTS) | {"config"}
-    assert raw["batch_coupled_ssa"] is True  # every recipe states the release's SSA, visibly
+    # every recipe states its release's SSA, visibly: coupled for MSViT/QKFormer, per sample for the baselines
+    assert raw["batch_coupled_ssa"] is (raw["model"] not in msvit.BASELINE_NAMES)
 
 
 def test_recipe_values_are_typed():
@@ -240,7 +241,11 @@ def test_help_shows_the_recipe_values_by_group(capsys, folder, epochs, lr):
     assert set(lines) == set(DEFAULTS) | {"config", ""}          # every key once
     assert lines["sched"].split()[1:3] == ["cosine", SETTINGS["sched"].help.split()[0]]
     headers = [line for line in lines[""].splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headers == [f"{group}:" for group in GROUPS]
+    assert headers == ["recipes in this folder (--config NAME):"] + [f"{group}:" for group in GROUPS]
+    listed = [line.split()[0] for line in lines[""].split("recipes in this folder")[1].split("\n\n")[0].splitlines()
+              if line.startswith("  ") and line.split()[0].endswith(".yml")]
+    assert listed[0] == f"{folder}.yml" and {"spikformer.yml", "spikingformer.yml"} < set(listed)
+    assert "Spikformer-" in lines[""]  # each recipe with its first comment line
     assert NO_EFFECT in lines["patch_size"] and "feeds the model" in lines["dim"]
     assert "(auto/cupy/torch)" in lines["neuron_backend"]
 
@@ -419,3 +424,35 @@ def test_save_config_round_trip(tmp_path: Path):
     assert loaded == {key: cfg[key] for key in DEFAULTS}
     assert [p.name for p in tmp_path.iterdir()] == ["config.yml"]      # no temporary file left
     assert parse_args(["--config", str(out)])["lr"] == pytest.approx(5e-4)
+
+
+def test_config_names_a_recipe_beside_the_folders_own():
+    cfg = parse_args(["--config", "spikformer.yml"], default_config=REPO / "cifar10" / "cifar10.yml")
+    assert cfg["config"] == str(REPO / "cifar10" / "spikformer.yml") and cfg["model"] == "spikformer_cifar_4_384"
+    with pytest.raises(ConfigError, match="cannot read config file 'nosuch.yml'"):
+        parse_args(["--config", "nosuch.yml"], default_config=REPO / "cifar10" / "cifar10.yml")
+
+
+# what each baseline recipe must carry from its release (spec: baselines.md), the traps first
+BASELINE_RECIPE_FACTS = [
+    ("imagenet/sdt_8_768.yml", dict(opt="lamb", lr=1e-3, batch_size=36, mixup_prob=1.0, scale=[0.08, 1.0],
+                                    crop_pct=0.95, smoothing=0.1, reprob=0.0)),        # no BCE: no key for it
+    ("imagenet/sdt_10_512.yml", dict(model="sdt_10_512", batch_size=36, mixup_prob=0.75, scale=[0.2, 1.0])),
+    ("imagenet/spikformer.yml", dict(opt="adamw", lr=5e-4, scale=[1.0, 1.0], crop_pct=1.0, warmup_epochs=20)),
+    ("cifar10/spikformer.yml", dict(batch_size=128, aa_ops=["Equalize", "Rotate", "ShearX", "TranslateXRel",
+                                                             "TranslateYRel"])),
+    ("cifar10/spikingformer.yml", dict(epochs=400, aa_ops=None)),
+    ("cifar10/sdt.yml", dict(lr=3e-4, amp=False)),
+    ("cifar10-dvs/sdt.yml", dict(tet=True, tet_means=1.0, tet_lambda=0.001, time_step=10, img_size=64)),
+    ("dvs128-gesture/sdt.yml", dict(opt="lamb", time_step=16)),
+]
+
+
+@pytest.mark.parametrize("path,facts", BASELINE_RECIPE_FACTS, ids=[p for p, _ in BASELINE_RECIPE_FACTS])
+def test_baseline_recipes_carry_the_release_settings(path, facts):
+    cfg = parse_args([], default_config=REPO / path)
+    assert {key: cfg[key] for key in facts} == facts
+    assert cfg["model_kwargs"].get("drop_path_rate", 0) == 0  # built but never applied in every release
+    with torch.device("meta"):
+        model = create_dataset_model(cfg, msvit.ALL_MODEL_NAMES)
+    assert not model.config["batch_coupled_ssa"]

@@ -356,6 +356,15 @@ def test_cifar10_dvs_frames_and_90_10_split(tmp_path):
     assert x.shape == (2, 2, 128, 128) and x.dtype == torch.float32 and y == 0
     assert x.sum().item() == len(events["t"])
     np.testing.assert_array_equal(x.numpy(), expected_frames(events, 2))
+    # the Spike-driven Transformer's CIFAR10-DVS frames: 64x64, each pixel the mean of a 2x2 block
+    _, small_val = build_datasets(dvs_cfg("cifar10_dvs", tmp_path, time_step=2, img_size=64))
+    small, full = small_val[0][0], expected_frames(events, 2)
+    blocks = np.zeros((2, 2, 64, 64), dtype=np.float32)
+    for i in range(64):
+        for j in range(64):
+            blocks[:, :, i, j] = full[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean((-2, -1))
+    assert small.shape == (2, 2, 64, 64) and 0 < blocks[blocks > 0].min() < 1  # some blocks hold partial counts
+    np.testing.assert_allclose(small.numpy(), blocks, rtol=0, atol=1e-6)
 
 
 def test_cifar10_dvs_split_cache_is_written_reused_and_refreshed(tmp_path):

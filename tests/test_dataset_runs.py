@@ -361,6 +361,16 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
                                            expect=["watch_firing", "expects a boolean", "'maybe'"]),
     "maps-files-of-dvs-data": _refused("-m msvit.maps", "--config", "dvs128-gesture/dvs128-gesture.yml", "--files",
                                        "a.png", expect=["--files takes image files", "event data", "--images N"]),
+    "baseline-with-coupled-ssa": _refused("cifar10/train.py", "--config", "spikformer.yml", "--batch-coupled-ssa",
+                                          "true", expect=["batch_coupled_ssa True", "none of the baseline releases",
+                                                          "set batch_coupled_ssa false"]),
+    "baseline-recipe-model-mismatch": _refused("cifar10-dvs/train.py", "--config", "sdt.yml", "--model",
+                                               "spikformer_dvs_2_256",
+                                               expect=["model_kwargs.dvs_mode", "not an argument of spikformer_dvs_2_256"]),
+    "maps-of-a-baseline": _refused("-m msvit.maps", "--config", "cifar10/sdt.yml", "--images", "1",
+                                   expect=["msvit.maps draws the hierarchical models", "sdt_cifar_2_512"]),
+    "aa-ops-unknown": _refused("cifar10/train.py", "--aa-ops", "Equalize,Twirl",
+                               expect=["aa_ops", "unknown operations Twirl", "RandAugment knows"]),
 }
 if importlib.util.find_spec("cupy") is None:  # where CuPy is installed the backend may well work
     SETTINGS_REFUSED["cupy-not-installed"] = _refused("cifar10/train.py", "--neuron-backend", "cupy",

@@ -13,6 +13,7 @@ import timm
 import torch
 
 import msvit
+from busy import calibrate_batch_norms
 import msvit.evaluate
 import msvit.models
 from msvit import layers as msvit_layers
@@ -560,3 +561,41 @@ def test_figures_are_pngs_of_the_expected_size(two_reports, tmp_path):
     assert [Image.open(tmp_path / "one" / f"{n}.png").size for n in ("firing_rates", "energy", "firing_table")] \
         == [(800, 440), (760, 450), (590, 520)]
     assert Image.open(tmp_path / "two" / "firing_rates.png").size == (800, 820)
+
+
+@pytest.mark.parametrize("name,kwargs", [("sdt_dvs_2_256", dict(pooling_stat="0011", dvs_mode=True)),
+                                         ("spikingformer_dvs_2_256", {})], ids=["sdt", "spikingformer"])
+def test_baseline_blocks_by_hand(name, kwargs):
+    """The membrane-shortcut attention's branches are charged at the shortcut neuron's rate, SDSA's products at
+    K's and Q's spikes (one addition each), SDT's head at its neuron's spikes, Spikingformer's head as MACs."""
+    T, B, dim, classes = 2, 2, 32, 3
+    torch.manual_seed(0)
+    model = timm.create_model(name, T=T, embed_dim=dim, num_heads=2, depth=1, num_classes=classes, img_size=32,
+                              neuron_backend="torch", **kwargs)
+    x = torch.rand(B, T, 2, 32, 32).round()
+    with torch.no_grad():  # every neuron's input shifted up, statistics of this batch: the neurons fire
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            bn.bias.uniform_(0.2, 0.8)
+    calibrate_batch_norms(model, x).eval()
+    attn = model.block[0].attn
+    seen = {}
+    handles = [m.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, o.clone()))
+               for key, m in (("shortcut", attn.shortcut_lif), ("q", attn.q_lif), ("k", attn.k_lif),
+                              ("head_in", getattr(model, "head_lif", attn.q_lif)))]
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(x)
+    for handle in handles:
+        handle.remove()
+    layers = {layer["name"]: layer for layer in meter.report()["layers"]}
+    assert 0 < seen["shortcut"].mean() < 1 and seen["q"].sum() > 0 and seen["k"].sum() > 0
+    tokens = seen["shortcut"][0, 0, 0].numel()
+    q_conv = layers["block.0.attn.q_conv"]  # a 1x1 conv: dim x dim per token, at the shortcut neuron's rate
+    assert q_conv["flops"] == dim * dim * tokens
+    assert q_conv["sops"] == pytest.approx(float(seen["shortcut"].sum()) * dim / B)
+    head = layers["head"]
+    if name.startswith("sdt"):
+        assert layers["block.0.attn.k_v_sum"]["sops"] == pytest.approx(float(seen["k"].sum()) / B)
+        assert layers["block.0.attn.q_mask"]["sops"] == pytest.approx(float(seen["q"].sum()) / B)
+        assert head["kind"] == "AC" and head["sops"] == pytest.approx(float(seen["head_in"].sum()) * classes / B)
+    else:
+        assert head["kind"] == "MAC" and head["mac_flops"] == dim * classes and head["sops"] == 0

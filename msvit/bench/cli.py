@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from ..config import COMPILE_MODES, ArgumentParser, parse_model_kwargs
 from ..console import print_json, stdout_to_stderr
 from ..errors import UserError, cli_entry
-from ..models import MODEL_NAMES
+from ..registry import ALL_MODEL_NAMES
 from ..neurons import BACKENDS
 from .device import check_device
 from .lif import LIF_DTYPES, LIF_SHAPE, format_lif, lif_bandwidth
@@ -77,7 +77,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     summary = sys.modules[__package__].__doc__.split("\n\n")[0]  # the package's, not this module's
     p = ArgumentParser(prog="python -m msvit.bench", description=summary)
-    p.add_argument("--model", help=f"one of {', '.join(MODEL_NAMES)}")
+    p.add_argument("--model", help=f"one of {', '.join(ALL_MODEL_NAMES)}")
     p.add_argument("--all", action="store_true", help="every registered model, each in a fresh subprocess")
     p.add_argument("--models", help="with --all: only these, comma-separated (implies --all)")
     p.add_argument("--batch-size", type=int, help="default: the recipe's (CIFAR 64, DVS 16, ImageNet 32)")
@@ -177,7 +177,7 @@ def _run(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
         return lif_bandwidth(shape, args.device, args.backend, args.lif_dtype, args.warmup, args.repeats,
                              args.reference)
     if args.all or args.models:
-        names = args.models.split(",") if args.models else list(MODEL_NAMES)
+        names = args.models.split(",") if args.models else list(ALL_MODEL_NAMES)
         if args.profile:
             raise UserError("--profile times one model; use --model NAME instead of --all")
         for name in names:
@@ -189,7 +189,7 @@ def _run(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
             results.append(run_child(child_argv(args, name)))
         return {"results": results}
     if not args.model:
-        raise UserError(f"give --model NAME or --all; models: {', '.join(MODEL_NAMES)}")
+        raise UserError(f"give --model NAME or --all; models: {', '.join(ALL_MODEL_NAMES)}")
     if args.firing_watch:
         return firing_watch_cost(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
                                  args.repeats, args.img_size, kwargs, args.threads)

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..config import COMPILE_MODES, check_model_kwargs
 from ..errors import UserError
-from ..models import ARCHS, MODEL_NAMES, compile_model, count_parameters, set_batch_coupled_ssa
+from ..models import compile_model, count_parameters, set_batch_coupled_ssa
+from ..registry import ALL_ARCHS, ALL_MODEL_NAMES, input_kind
 from ..neurons import LIF
 from .device import check_device, cpu_name
 from .memory import held_megabytes, live_bytes_counter, rss_peak_mb
@@ -28,8 +29,8 @@ Autocast = Callable[[], contextlib.AbstractContextManager]  # a factory of autoc
 
 
 def check_model_name(name: str) -> None:
-    if name not in ARCHS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name not in ALL_ARCHS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(ALL_MODEL_NAMES)}")
 
 
 def check_counts(batch_size: int | None = None, warmup: int = 0, repeats: int = 1, threads: int | None = None,
@@ -109,7 +110,8 @@ def create_bench_model(model_name: str, T: int | None = None, img_size: int | No
         if value is not None:
             given[key], labels[key] = value, flag
     kwargs = check_model_kwargs(model_name, given, labels)
-    return timm.create_model(model_name, **kwargs), {**ARCHS[model_name], **kwargs}
+    arch = {**ALL_ARCHS[model_name], **kwargs}
+    return timm.create_model(model_name, **kwargs), {**arch, "stem": input_kind(arch)}
 
 
 def benchmark(model_name: str, batch_size: int | None = None, T: int | None = None, device: str = "cpu",

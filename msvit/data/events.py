@@ -49,22 +49,34 @@ def time_step(cfg: Mapping[str, Any]) -> int:
     return value
 
 
-class FramesToTensor:
-    """spikingjelly's numpy frames -> float32 tensor `[T, 2, H, W]`, then the optional augmentation."""
+SENSOR_SIZE = 128  # both DVS datasets' frames are 128x128
 
-    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        self.augment = augment
+
+class FramesToTensor:
+    """spikingjelly's numpy frames -> float32 tensor `[T, 2, H, W]`, resized to `size` when given, then the
+    optional augmentation. The resize is bilinear without antialiasing, as torchvision's Resize of a tensor was
+    in the Spike-driven Transformer's release (its CIFAR10-DVS frames at 64x64): at half size, 2x2 means."""
+
+    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor] | None = None, size: int | None = None) -> None:
+        self.augment, self.size = augment, size
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+        if self.size is not None and x.shape[-2:] != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                                antialias=False)
         return self.augment(x) if self.augment is not None else x
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(augment={self.augment!r})"
+        size = f", size={self.size}" if self.size is not None else ""
+        return f"{type(self).__name__}(augment={self.augment!r}{size})"
 
 
 def dvs_transform(cfg: Mapping[str, Any], train: bool) -> FramesToTensor:
-    return FramesToTensor(DVSAugment() if train and cfg.get("dvs_aug", False) else None)
+    """The frames' transform; `img_size` other than the sensor's 128 resizes them."""
+    size = cfg.get("img_size")
+    return FramesToTensor(DVSAugment() if train and cfg.get("dvs_aug", False) else None,
+                          None if size in (None, SENSOR_SIZE) else int(size))
 
 
 def import_spikingjelly_datasets() -> None:

@@ -8,7 +8,7 @@ An explicit `crop_pct` wins.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 __all__ = ["image_transforms", "eval_transform", "eval_crop_pct", "describe_eval_transform", "mean_std",
            "RELEASE_CROP_PCT", "RELEASE_CROP_SWITCH"]
@@ -72,7 +72,19 @@ def image_transforms(cfg: Mapping[str, Any]) -> tuple[Callable, Callable]:
         interpolation=cfg.get("train_interpolation") or "random", mean=mean, std=std,
         re_prob=float(cfg.get("reprob") or 0.0), re_mode=cfg.get("remode") or "const",
         re_count=int(cfg.get("recount") or 1))
+    if aa and cfg.get("aa_ops"):
+        _restrict_rand_augment(train, aa, cfg["aa_ops"])
     return train, eval_transform(cfg)
+
+
+def _restrict_rand_augment(train: Any, policy: str, ops: Sequence[str]) -> None:
+    """Replace the RandAugment of timm's `train` Compose by the same policy over `ops` only (Spikformer's CIFAR
+    loader draws from five operations; same magnitudes, image-size and mean hyper-parameters)."""
+    from timm.data.auto_augment import RandAugment, rand_augment_transform
+
+    steps = train.transforms
+    index = next(i for i, step in enumerate(steps) if isinstance(step, RandAugment))
+    steps[index] = rand_augment_transform(policy, dict(steps[index].ops[0].hparams), transforms=list(ops))
 
 
 def describe_eval_transform(cfg: Mapping[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Energy per image and firing rates of MSViT / QKFormer models, measured from the spikes of an evaluation run.
+"""Energy per image and firing rates of MSViT / QKFormer models and the baselines (Spikformer, Spikingformer, the
+Spike-driven Transformer), measured from the spikes of an evaluation run, by one rule for every family.
 
     python -m msvit.energy --config cifar10/cifar10.yml [--checkpoint PATH | --compare A B ...] [--batches N]
                            [--plot DIR] [--json] [--e-mac-pj 4.6] [--e-ac-pj 0.9] [--key value ...]
@@ -20,8 +21,14 @@ The energy model of the papers (Spikformer, QKFormer, MSViT), on a 45 nm chip:
   time step (conv: C_out x C_in/groups x prod(kernel) x prod(output size); Linear: in x out).
 - Attention products: QKTA/MSSA sum Q (and P) over each head's channels, fr(Q) x T x C x N additions,
   and gate K with the mask, fr(A) x T x C x N; SSA computes K^T V and Q (K^T V), each with FLOPs
-  N x C x d (d = C / heads) scaled by fr(K) resp. fr(Q).
-- The head (Linear on the token- and time-averaged last stage): fr(head input) x T x in x out.
+  N x C x d (d = C / heads) scaled by fr(K) resp. fr(Q); SDSA (the Spike-driven Transformer) sums K*V over
+  the tokens, one addition per K spike, fr(K) x T x C x N, and applies the channel mask to Q, fr(Q) x T x C x N.
+  (`msvit.energy.products` holds these rules.)
+- Membrane shortcuts (Spikingformer, SDT): every branch starts with a neuron, so its first convolution is
+  charged at that neuron's output rate (the attention's q/k/v at `shortcut_lif`'s).
+- The head (Linear on the token- and time-averaged last stage): fr(head input) x T x in x out. SDT's head reads
+  the spikes of its head neuron at each step: the same count. Spikingformer's reads the real-valued stream, with
+  no neuron before it: in x out MACs per image.
 - Batch norms (folded into the convolutions), max-pools and residual additions cost nothing.
 
 Firing rates are reported as the mean over all images and time steps and per time step t (the fraction of
@@ -30,7 +37,8 @@ ones at step t), for every neuron's output and every layer's input; the mean is 
 `EnergyMeter` collects these counts with forward hooks that exist only inside its `with` block. The hooks
 only launch reductions on the device (no host synchronisation); `report()` reads everything at once.
 The q/k/v/p convolutions of the attentions are measured from the attention module's input (their common
-input), so a forward path that fuses them into one call is measured the same way.
+input; in the membrane form, the shortcut neuron's output), so a forward path that fuses them into one call is
+measured the same way.
 """
 from .cli import main, run
 from .figures import figure_data, write_figures

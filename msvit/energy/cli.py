@@ -57,7 +57,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     from ..engine import amp_settings
     from ..errors import ConfigError
     from ..loaders import build_eval_loader
-    from ..models import MODEL_NAMES
+    from ..registry import ALL_MODEL_NAMES
     from ..zoo import create_dataset_model
 
     if not cfg.get("dataset") or not cfg.get("model"):
@@ -69,7 +69,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
     restore_run_settings(cfg, checkpoint, list(given))
     try:
-        model = create_dataset_model(cfg, MODEL_NAMES)
+        model = create_dataset_model(cfg, ALL_MODEL_NAMES)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
         model.to(env.device).eval()
@@ -93,7 +93,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
 def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """The labelled reports: one for the configured checkpoint, or one per --compare item."""
     from ..errors import ConfigError
-    from ..models import MODEL_NAMES
+    from ..registry import ALL_MODEL_NAMES
 
     if extra.compare is None:
         if extra.labels is not None:
@@ -109,7 +109,7 @@ def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> l
     runs = []
     for i, item in enumerate(extra.compare):
         one = copy.deepcopy(cfg)
-        if item in MODEL_NAMES and not Path(item).exists():
+        if item in ALL_MODEL_NAMES and not Path(item).exists():
             one["model"], keys = item, [*given, "model"]
         else:
             one["checkpoint"], keys = item, given

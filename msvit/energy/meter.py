@@ -11,15 +11,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..layers import MLP, PatchEmbed, SpikingSelfAttention, TokenAttention
+from ..baselines.membrane import MembraneMLP
+from ..baselines.stem import LayerStem
+from ..layers import MLP, AttentionBase, PatchEmbed
 from ..neurons import LIF
+from .products import attention_products
 
 __all__ = ["EnergyMeter", "Readings", "conv_flops", "stage_of", "E_MAC_PJ", "E_AC_PJ"]
 
 E_MAC_PJ = 4.6  # pJ per multiply-accumulate (45 nm)
 E_AC_PJ = 0.9   # pJ per accumulate
 
-_STAGE = re.compile(r"^(patch_embed\d+|stage\d+|head)(\.|$)")
+_STAGE = re.compile(r"^(patch_embed\d*|stage\d+|block|head)(\.|$)")  # the baselines: patch_embed, block
 
 
 def conv_flops(conv: nn.Module, in_size: Sequence[int]) -> int:
@@ -105,7 +108,8 @@ class Readings:
 
 
 def stage_of(name: str) -> str:
-    """The stage a module belongs to, from its name: patch_embed<i>, stage<i>, head, or model."""
+    """The stage a module belongs to, from its name: patch_embed<i>, stage<i>, head, or model (the baselines'
+    one-stage models: patch_embed, block, head)."""
     m = _STAGE.match(name)
     return m.group(1) if m else "model"
 
@@ -140,7 +144,7 @@ class EnergyMeter:
         self._hooks: list[tuple[nn.Module, str, Callable]] = []  # (module, 'pre' | 'post', hook)
         self.layers: dict[str, _Layer] = {}
         self.neurons: dict[str, _Acc] = {}
-        self.attention: list[tuple[str, nn.Module]] = []  # (name, TokenAttention or SpikingSelfAttention)
+        self.attention: list[tuple[str, nn.Module]] = []  # (name, an AttentionBase: QKTA/MSSA, SSA, SDSA)
         self.unmetered: list[str] = []
         self._T = self._B = 0
         self._static_images = False  # the model's input is [B, C, H, W] images, the same at every step
@@ -159,8 +163,7 @@ class EnergyMeter:
         model = self.model
         self._hooks.append((model, "pre", self._on_input))
         lif_deps: dict[int, list[tuple[_Acc, Callable[[int], int]]]] = {}
-        self.attention = [(name, m) for name, m in model.named_modules()
-                          if isinstance(m, (TokenAttention, SpikingSelfAttention))]
+        self.attention = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionBase)]
         if not self.neurons_only:
             lif_deps = self._plan_layers()
         for name, m in model.named_modules():
@@ -176,8 +179,10 @@ class EnergyMeter:
         planned: set[int] = set()
         lif_deps: dict[int, list[tuple[_Acc, Callable[[int], int]]]] = {}
         for name, m in model.named_modules():
-            if isinstance(m, PatchEmbed):
-                for conv_name in [f"{n}_conv" for n in m.names] + ["proj_res_conv"]:
+            if isinstance(m, (PatchEmbed, LayerStem)):
+                conv_names = ([f"{n}_conv" for n in m.names] + ["proj_res_conv"] if isinstance(m, PatchEmbed)
+                              else [layer.conv for layer in (*m.layers, *([m.embed] if m.embed else []))])
+                for conv_name in conv_names:
                     conv = getattr(m, conv_name)
                     planned.add(id(conv))
                     full = _join(name, conv_name)
@@ -186,33 +191,22 @@ class EnergyMeter:
                         self._hooks.append((conv, "pre", self._dense_hook(self._layer(full, "MAC"))))
                     else:
                         self._hooks.append((conv, "pre", self._conv_hook(self._layer(full, "AC"))))
-            elif isinstance(m, (TokenAttention, SpikingSelfAttention)):
+            elif isinstance(m, AttentionBase):
                 branches = [b for b in ("q", "k", "p", "v") if hasattr(m, f"{b}_conv")]
                 convs = [(getattr(m, f"{b}_conv"), self._layer(_join(name, f"{b}_conv"), "AC")) for b in branches]
                 planned.update(id(c) for c, _ in convs)
-                self._hooks.append((m, "pre", self._branches_hook(convs)))
-                dim, heads = m.dim, m.num_heads
-                if isinstance(m, TokenAttention):
-                    # channel sums of Q (and P): one addition per spike, C x N per image and step
-                    for b in ("q", "p"):
-                        if b in branches:
-                            acc = self._layer(_join(name, f"{b}_channel_sum"), "attention")
-                            lif_deps.setdefault(id(getattr(m, f"{b}_lif")), []).append((acc, lambda per: per))
-                    # mask product A * K: the mask [T, B, heads, 1, N] broadcast over the head's channels
-                    acc = self._layer(_join(name, "mask_k"), "attention")
-                    lif_deps.setdefault(id(m.attn_lif), []).append(
-                        (acc, lambda per, dim=dim, heads=heads: dim * (per // heads)))
+                if m.membrane:  # the branches read the spikes of the shortcut neuron, not the block's input
+                    self._hooks.append((m.shortcut_lif, "post", lambda lif, args, out, convs=convs:
+                                        self._branches(convs, out)))
                 else:
-                    # K^T V and Q (K^T V): N x C x d each, d = C / heads; the spikes of K resp. Q count
-                    d = dim // heads
-                    for b, product in (("k", "k_t_v"), ("q", "q_kv")):
-                        acc = self._layer(_join(name, product), "attention")
-                        lif_deps.setdefault(id(getattr(m, f"{b}_lif")), []).append(
-                            (acc, lambda per, dim=dim, d=d: (per // dim) * dim * d))
+                    self._hooks.append((m, "pre", lambda attn, args, convs=convs: self._branches(convs, args[0])))
+                for product, lif, flops_of in attention_products(m):
+                    acc = self._layer(_join(name, product), "attention")
+                    lif_deps.setdefault(id(lif), []).append((acc, flops_of))
                 planned.add(id(m.proj_conv))
                 self._hooks.append((m.proj_conv, "pre", self._conv_hook(self._layer(_join(name, "proj_conv"),
                                                                                     "AC"))))
-            elif isinstance(m, MLP):
+            elif isinstance(m, (MLP, MembraneMLP)):
                 for conv_name in ("fc1_conv", "fc2_conv"):
                     conv = getattr(m, conv_name)
                     planned.add(id(conv))
@@ -220,7 +214,9 @@ class EnergyMeter:
         head = getattr(model, "head", None)
         if isinstance(head, nn.Linear):
             planned.add(id(head))
-            self._hooks.append((head, "pre", self._head_hook(self._layer("head", "AC"))))
+            # a head that reads the real-valued stream (Spikingformer's, no neuron before it) multiplies
+            dense = not getattr(model, "head_reads_spikes", True)
+            self._hooks.append((head, "pre", self._head_hook(self._layer("head", "MAC" if dense else "AC"), dense)))
         self.unmetered = [name for name, m in model.named_modules()
                           if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and id(m) not in planned]
         return lif_deps
@@ -267,23 +263,25 @@ class EnergyMeter:
             acc.add(n, flops, ops=s * (flops * x.shape[0] / n), total=s, steps=steps)
         return hook
 
-    def _branches_hook(self, convs: list[tuple[nn.Module, _Acc]]) -> Callable:
-        def hook(attn: nn.Module, args: tuple) -> None:
-            x = args[0]  # [T, B, C, H, W]: the input of every branch convolution
-            (s, steps), n = self._sums(x), x.numel()
-            per = self._per_sample(n)
-            for conv, acc in convs:
-                flops = conv_flops(conv, (per // conv.in_channels,))
-                acc.add(n, flops, ops=s * (flops / per), total=s, steps=steps)
-        return hook
+    def _branches(self, convs: list[tuple[nn.Module, _Acc]], x: torch.Tensor) -> None:
+        """Count the branch convolutions of an attention on their common input `x` `[T, B, C, H, W]`."""
+        (s, steps), n = self._sums(x), x.numel()
+        per = self._per_sample(n)
+        for conv, acc in convs:
+            flops = conv_flops(conv, (per // conv.in_channels,))
+            acc.add(n, flops, ops=s * (flops / per), total=s, steps=steps)
 
-    def _head_hook(self, acc: _Acc) -> Callable:
+    def _head_hook(self, acc: _Acc, dense: bool) -> Callable:
         def hook(head: nn.Linear, args: tuple) -> None:
-            x = args[0]  # [B, in]: the last stage averaged over tokens and time (no steps left)
+            x = args[0]  # [B, in] averaged over tokens and time, or [B, T, in] per step (SDT's, TET's)
             s, n = _sum(x), x.numel()
-            flops = head.in_features * head.out_features
-            # fr x T x in x out per image, fr = s / n, n = B x in
-            acc.add(n, flops, ops=s * (self._T * flops * (n // head.in_features) / n), total=s)
+            flops, rows = head.in_features * head.out_features, n // head.in_features
+            if dense:  # in x out multiply-accumulates per row
+                acc.add(n, flops, ops=float(flops * rows), total=s)
+                return
+            # fr x T x in x out per image, fr = s / n: rows are images (the mean over T), or images x steps
+            steps = self._T if x.dim() == 2 else 1
+            acc.add(n, flops, ops=s * (steps * flops * rows / n), total=s)
         return hook
 
     def _lif_hook(self, acc: _Acc, deps: list[tuple[_Acc, Callable[[int], int]]]) -> Callable:

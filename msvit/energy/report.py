@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..baselines.sdt import SpikeDrivenSelfAttention
 from ..layers import SpikingSelfAttention
 from .meter import Readings, stage_of
 
@@ -114,14 +115,16 @@ def _table4(attention: Sequence[tuple[str, "nn.Module"]], rates: dict[str, Rate]
     per_stage: dict[str, dict[str, Any]] = {}
     for name, attn in attention:
         block = name.rsplit(".", 1)[0] if "." in name else ""
-        kind = ("SSA" if isinstance(attn, SpikingSelfAttention)
+        kind = ("SDSA" if isinstance(attn, SpikeDrivenSelfAttention) else "SSA" if isinstance(attn, SpikingSelfAttention)
                 else "MSSA" if getattr(attn, "multi_scale", False) else "QKTA")
         row: dict[str, Rate] = {}
         for b in ("q", "k", "p", "v"):
             if join(name, f"{b}_lif") in rates and hasattr(attn, f"{b}_conv"):
                 row[b] = rates[join(name, f"{b}_lif")]
-        if kind == "SSA":
+        if kind in ("SSA", "SDSA"):  # SDSA: the channel mask, and the masked Q the projection reads
             row["attn_out"] = input_rates.get(join(name, "proj_conv"))
+            if kind == "SDSA":
+                row["attn_mask"] = rates.get(join(name, "attn_lif"))
         else:
             row["attn_mask"] = rates.get(join(name, "attn_lif"))
             row["masked_k"] = input_rates.get(join(name, "proj_conv"))

@@ -1,0 +1,178 @@
+"""What the three baseline families share: one stage of blocks over a stem (`patch_embed`, `block.{i}`, `head`,
+the releases' names), their argument checks, their timm configs and registration, and the loading of the
+releases' state_dicts (renamed keys, reshaped 1x1 weights, the never-used parameters dropped by name)."""
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, Callable, Mapping, Sequence, get_type_hints
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
+
+from ..errors import ConfigError
+from ..neurons import TAU, validate_backend
+from ..network import SpikingNetwork
+from ..timm_contract import check_timm_arguments, classifier_head, override_batch_norms, square_size
+from .stem import LayerStem
+
+__all__ = ["OneStageTransformer", "check_arguments", "constructor_parameters", "create_baseline", "pretrained_cfg", "CIFAR_MEAN", "CIFAR_STD"]
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+_MINIMUM = {"img_size": 1, "in_chans": 1, "T": 1, "embed_dim": 1, "depth": 0, "num_heads": 1, "num_classes": 0}
+
+
+def check_arguments(cls: type, args: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> None:
+    """Check a complete set of arguments of the baseline class `cls` (ranges, the width divisible by num_heads,
+    tau, the pooling bits, the neuron backend, timm's extra arguments); raise ConfigError. `labels` as in
+    `msvit.models.check_arguments`."""
+    def named(key: str) -> str:
+        value = args[key]
+        if labels is None or key in labels:
+            return f"{(labels or {}).get(key, key)} {value!r}"
+        return f"{key} {value!r} (the model's default)"
+
+    args = {**args, "img_size": square_size(args["img_size"], named("img_size"))}
+    check_timm_arguments(args, named)
+    for key, low in _MINIMUM.items():
+        if args[key] < low:
+            raise ConfigError(f"{named(key)} must be {low} or more")
+    if args["mlp_ratio"] <= 0:
+        raise ConfigError(f"{named('mlp_ratio')} must be positive")
+    if not 0 <= (args["drop_path_rate"] or 0.0) < 1:
+        raise ConfigError(f"{named('drop_path_rate')} must be at least 0 and below 1")
+    if args["embed_dim"] % args["num_heads"] or args["embed_dim"] % 8:
+        raise ConfigError(f"{named('embed_dim')} must be a multiple of 8 (the stem's first width is embed_dim/8) "
+                          f"and of {named('num_heads')}")
+    if not args["tau"] > 1:
+        raise ConfigError(f"{named('tau')} must be greater than 1 (the neurons' time constant)")
+    bits = args["pooling_stat"]
+    if not (isinstance(bits, str) and len(bits) == 4 and set(bits) <= {"0", "1"}):
+        raise ConfigError(f"{named('pooling_stat')} must be four bits, one per stem layer, '1' where it max-pools "
+                          f"(e.g. '1111' for ImageNet, '0011' for CIFAR)")
+    if args["batch_coupled_ssa"]:
+        raise ConfigError(f"{named('batch_coupled_ssa')}: none of the baseline releases couples the samples of a "
+                          f"batch; set batch_coupled_ssa false (the baselines' recipes do)")
+    validate_backend(args["neuron_backend"])
+    cls.check_family_arguments(args, named)
+
+
+def constructor_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """The keyword arguments a baseline class takes (its own, then `OneStageTransformer`'s) and their type hints."""
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    for klass in reversed([k for k in cls.__mro__ if issubclass(k, OneStageTransformer)]):
+        if "__init__" in vars(klass):
+            params.update((name, p) for name, p in inspect.signature(klass.__init__).parameters.items()
+                          if name != "self" and p.kind is p.KEYWORD_ONLY)
+            hints.update(get_type_hints(klass.__init__))
+    return params, hints
+
+
+class OneStageTransformer(SpikingNetwork):
+    """A stem `patch_embed`, then `depth` blocks `block.{i}` at width `embed_dim`, then the linear `head`.
+
+    A family subclass gives its stem and blocks (`build_stem`, `build_block`), may add arguments (stored in
+    `config`), and says how the releases' state_dicts map onto its own (`RELEASE_RENAMES`, `DEAD_KEYS`).
+    Every neuron integrates per sample: none of these releases couples the samples of a batch.
+    """
+
+    # (pattern, replacement) on the releases' keys, and the keys of parameters they build but never use
+    RELEASE_RENAMES: Sequence[tuple[str, str]] = ()
+    DEAD_KEYS: Sequence[str] = ()
+    head_reads_spikes = True  # spikes or spike counts reach the head (msvit.energy: accumulates, not MACs)
+
+    def __init__(self, *, img_size: int | Sequence[int] = 224, in_chans: int = 3, num_classes: int = 1000,
+                 T: int = 4, embed_dim: int = 512, depth: int = 8, num_heads: int = 8, mlp_ratio: float = 4.0,
+                 pooling_stat: str = "1111", tau: float = TAU, drop_path_rate: float = 0.0,
+                 neuron_backend: str = "auto", batch_coupled_ssa: bool = False, drop_rate: float = 0.0,
+                 global_pool: str = "avg",
+                 drop_block_rate: float | None = None, bn_momentum: float | None = None,
+                 bn_eps: float | None = None, **family: Any) -> None:
+        super().__init__()
+        self.config = dict(img_size=img_size, in_chans=in_chans, num_classes=num_classes, T=T, embed_dim=embed_dim,
+                           depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, pooling_stat=pooling_stat,
+                           tau=tau, drop_path_rate=drop_path_rate or 0.0, neuron_backend=neuron_backend,
+                           batch_coupled_ssa=batch_coupled_ssa,
+                           drop_rate=drop_rate or 0.0, global_pool="avg" if global_pool is None else global_pool,
+                           drop_block_rate=drop_block_rate, bn_momentum=bn_momentum, bn_eps=bn_eps, **family)
+        check_arguments(type(self), self.config)
+        self.config["img_size"] = self.img_size = square_size(img_size)
+        self.T, self.num_classes, self.in_chans = T, num_classes, in_chans
+        self.drop_rate, self.global_pool = self.config["drop_rate"], self.config["global_pool"]
+        self.num_features = self.embed_dim = embed_dim
+        self.patch_embed = self.build_stem()
+        rates = torch.linspace(0, self.config["drop_path_rate"], depth, device="cpu").tolist()
+        self.block = nn.ModuleList([self.build_block(rate) for rate in rates])
+        self.head_drop = nn.Dropout(self.drop_rate)
+        self.head = classifier_head(self.num_features, num_classes)
+        self.init_weights()
+        override_batch_norms(self, bn_momentum, bn_eps)
+
+    @classmethod
+    def check_family_arguments(cls, args: Mapping[str, Any], named: Callable[[str], str]) -> None:
+        """Checks of the family's own arguments (ConfigError)."""
+
+    def build_stem(self) -> LayerStem:
+        raise NotImplementedError
+
+    def build_block(self, drop_path: float) -> nn.Module:
+        raise NotImplementedError
+
+    def init_weights(self) -> None:
+        """The release's initialisation (the default: PyTorch's, with the head's from `classifier_head`)."""
+
+    def units(self) -> list[nn.Module]:
+        return [self.patch_embed, *self.block]
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm (layer-wise lr decay): the stem, each block, the head last."""
+        return dict(stem=r"^patch_embed\.", blocks=r"^block\.(\d+)\.")
+
+    def adapt_release_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A release's state_dict in this model's names and shapes: `RELEASE_RENAMES` applied, the `DEAD_KEYS`
+        dropped, and a weight reshaped where only unit dimensions differ (an nn.Linear `[C, C']` or a 1x1 Conv2d
+        `[C, C', 1, 1]` of the release that is a Conv1d `[C, C', 1]` here, or the reverse). Our own state_dicts
+        pass unchanged."""
+        target = self.state_dict()
+        out = {}
+        for key, value in state.items():
+            for pattern, repl in self.RELEASE_RENAMES:
+                key = re.sub(pattern, repl, key)
+            if any(re.search(dead, key) for dead in self.DEAD_KEYS):
+                continue
+            shape = target[key].shape if key in target else None
+            if (shape is not None and value.shape != shape and value.numel() == target[key].numel()
+                    and [d for d in value.shape if d != 1] == [d for d in shape if d != 1]):
+                value = value.reshape(shape)
+            out[key] = value
+        return out
+
+
+def pretrained_cfg(kind: str, arch: Mapping[str, Any], crop_pct: float = 1.0) -> dict[str, Any]:
+    """timm's pretrained config of a baseline for `kind` 'imagenet', 'cifar' or 'dvs' input."""
+    if kind == "imagenet":
+        norm = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=crop_pct, interpolation="bicubic")
+    elif kind == "cifar":
+        norm = dict(mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0, interpolation="bicubic")
+    else:  # raw event counts: no normalisation
+        norm = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, interpolation="nearest")
+    size = arch["img_size"]
+    return dict(url="", input_size=(arch["in_chans"], size, size), num_classes=arch["num_classes"],
+                classifier="head", first_conv="patch_embed.proj_conv", license="mit", **norm)
+
+
+_BUILDER_TAKES_CACHE_DIR = "cache_dir" in inspect.signature(build_model_with_cfg).parameters
+
+
+def create_baseline(cls: type[OneStageTransformer], variant: str, arch: Mapping[str, Any], pretrained: bool,
+                    **kwargs: Any) -> OneStageTransformer:
+    """timm's builder for a registered baseline `variant` (its `arch` arguments, then the caller's)."""
+    if not _BUILDER_TAKES_CACHE_DIR:
+        kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
+    model = build_model_with_cfg(cls, variant, pretrained, **{**arch, **kwargs})
+    model.pretrained_cfg.update(num_classes=model.num_classes,
+                                input_size=(model.in_chans, model.img_size, model.img_size))
+    return model

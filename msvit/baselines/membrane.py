@@ -1,0 +1,39 @@
+"""The membrane-shortcut (pre-activation) MLP that Spikingformer and the Spike-driven Transformer share: every
+branch starts with a neuron and ends with a batch norm, so the residual stream carries real values. The
+attention of these families is `msvit.layers.SpikingSelfAttention(membrane=True)` (Spikingformer) or
+`msvit.baselines.sdt.SpikeDrivenSelfAttention`."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..neurons import LIF, TAU
+
+__all__ = ["MembraneMLP"]
+
+
+class MembraneMLP(nn.Module):
+    """`BN(conv(LIF(BN(conv(LIF(x))))))` with 1x1 convs (with bias), C -> hidden -> C: the branch a block adds
+    to x. `inner_residual` (the Spike-driven Transformer where hidden == C) adds x to the hidden membrane before
+    the second neuron, and that sum's excess over x to the output, as its MS_MLP does."""
+
+    def __init__(self, dim: int, hidden: int, neuron_backend: str = "auto", tau: float = TAU,
+                 inner_residual: bool = False) -> None:
+        super().__init__()
+        if inner_residual and hidden != dim:
+            raise ValueError(f"an inner residual needs hidden == dim, got {hidden} and {dim}")
+        self.inner_residual = inner_residual
+        self.fc1_lif = LIF(backend=neuron_backend, tau=tau)
+        self.fc1_conv = nn.Conv2d(dim, hidden, 1)
+        self.fc1_bn = nn.BatchNorm2d(hidden)
+        self.fc2_lif = LIF(backend=neuron_backend, tau=tau)
+        self.fc2_conv = nn.Conv2d(hidden, dim, 1)
+        self.fc2_bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B = x.shape[:2]
+        h = self.fc1_bn(self.fc1_conv(self.fc1_lif(x).flatten(0, 1))).unflatten(0, (T, B))
+        if self.inner_residual:
+            h = h + x
+        out = self.fc2_bn(self.fc2_conv(self.fc2_lif(h).flatten(0, 1))).unflatten(0, (T, B))
+        return out + (h - x) if self.inner_residual else out

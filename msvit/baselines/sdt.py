@@ -1,0 +1,188 @@
+"""The Spike-driven Transformer, v1 (Yao et al., NeurIPS 2023; BICLab/Spike-Driven-Transformer): the MS_SPS stem
+(its position embedding added at membrane level), one stage of membrane-shortcut blocks of spike-driven
+self-attention (SDSA) and `MembraneMLP`, then the mean over tokens, a neuron, the linear head, the mean over time.
+
+SDSA gates Q with a binary channel mask per head, `LIF_0.5(sum over tokens of K*V)`: no matrix product, no scale.
+`dvs_mode` (the CIFAR10-DVS release) erodes K and V with a 3x3 spatial max-pool, and K*V and Q*mask with the
+same pool laid over (token index, channel within the head), a quirk kept as the release runs it.
+
+The release's q/k/v/proj are 1x1 Conv2d on `[T*B, C, H, W]`; here they are the Conv1d of the shared attention
+on `[T*B, C, N]` (the same maths), and their `[C, C, 1, 1]` weights load after a reshape. `talking_heads`
+(a Conv1d the release builds, counts and never uses) is left out and dropped by name on load.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import generate_default_cfgs, register_model
+from torch import nn
+
+from ..layers import AttentionBase, Block
+from ..neurons import LIF, reset_neurons
+from ..timm_contract import pool_features
+from .base import OneStageTransformer, create_baseline, pretrained_cfg
+from .membrane import MembraneMLP
+from .stem import LayerStem, StemLayer, pooled_layers
+
+__all__ = ["SpikeDrivenSelfAttention", "SpikeDrivenTransformer", "SDT_ARCHS", "erode"]
+
+MASK_THRESHOLD = 0.5  # the release's talking_heads_lif
+
+
+def erode(x: torch.Tensor) -> torch.Tensor:
+    """The release's `Erode`: a 3x3 max-pool (stride 1, padding 1) over the last two dimensions of a 5-D tensor."""
+    return nn.functional.max_pool3d(x, (1, 3, 3), 1, (0, 1, 1))
+
+
+def _erode_heads(x: torch.Tensor) -> torch.Tensor:
+    """`erode` of `[T, B, h, d, N]` in the release's `[T, B, h, N, d]` layout: the same values either way (a
+    square pool), but the gradient of tied maxima goes to the first in the release's order."""
+    return erode(x.transpose(-1, -2)).transpose(-1, -2)
+
+
+class SpikeDrivenSelfAttention(AttentionBase):
+    """SDSA: `x + BN(proj(Q * LIF_0.5(sum_tokens K*V)))` less the `x`, which the block adds (membrane shortcut)."""
+
+    def __init__(self, dim: int, num_heads: int, neuron_backend: str = "auto", dvs_mode: bool = False) -> None:
+        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, MASK_THRESHOLD, neuron_backend, membrane=True)
+        self.dvs_mode = bool(dvs_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x.shape
+        q, k, v = self.branches(("q", "k", "v"), self.tokens(x), T)  # [T, B, C, N]
+        if self.dvs_mode:
+            k, v = (erode(s.reshape(T, B, C, H, W)).flatten(3) for s in (k, v))
+        q, k, v = (self.split_heads(s) for s in (q, k, v))  # [T, B, h, d, N]
+        kv = _erode_heads(k * v) if self.dvs_mode else k * v
+        mask = self.attn_lif(kv.sum(-1, keepdim=True))  # [T, B, h, d, 1]: which channels pass, per head
+        y = _erode_heads(q * mask) if self.dvs_mode else q * mask
+        return self.project(y.flatten(2, 3), x.shape)
+
+    def extra_repr(self) -> str:
+        return f"SDSA, heads={self.num_heads}" + (", dvs_mode (eroded)" if self.dvs_mode else "")
+
+
+class SpikeDrivenTransformer(OneStageTransformer):
+    """Spike-driven Transformer-`depth`-`embed_dim`. `pooling_stat`: which of MS_SPS's four layers max-pool
+    ('1111' ImageNet, '0011' CIFAR and CIFAR10-DVS at 64x64, '0111' DVS128 Gesture); `dvs_mode`: SDSA's erosion."""
+
+    DEAD_KEYS = (r"\.attn\.talking_heads\.",)
+
+    def __init__(self, *, dvs_mode: bool = False, **kwargs: Any) -> None:
+        super().__init__(dvs_mode=bool(dvs_mode), **kwargs)
+        self.head_lif = LIF(backend=self.config["neuron_backend"], tau=self.config["tau"])
+
+    def build_stem(self) -> LayerStem:
+        d, c = self.embed_dim, self.in_chans
+        widths = [(c, d // 8), (d // 8, d // 4), (d // 4, d // 2), (d // 2, d)]
+        # layers 0-2 pool their spikes; layer 3 has no neuron and pools its membrane
+        ops = pooled_layers(["CBL", "CBL", "CBL", "CB"], self.config["pooling_stat"], [3, 3, 3, 2])
+        names = ["", "1", "2", "3"]
+        layers = [StemLayer(f"proj_conv{n}", f"proj_bn{n}", f"proj_lif{n}", *w, op)
+                  for n, w, op in zip(names, widths, ops)]
+        embed = StemLayer("rpe_conv", "rpe_bn", "proj_lif3", d, d, "LCB")
+        return LayerStem(layers, embed, self.config["neuron_backend"], self.config["tau"])
+
+    def build_block(self, drop_path: float) -> nn.Module:
+        cfg = self.config
+        dim, backend, hidden = cfg["embed_dim"], cfg["neuron_backend"], int(cfg["embed_dim"] * cfg["mlp_ratio"])
+        attn = SpikeDrivenSelfAttention(dim, cfg["num_heads"], backend, cfg["dvs_mode"])
+        mlp = MembraneMLP(dim, hidden, backend, cfg["tau"], inner_residual=hidden == dim)
+        return Block(attn, dim, cfg["mlp_ratio"], drop_path, backend, mlp=mlp)
+
+    def init_weights(self) -> None:
+        # the release: truncated normal (std 0.02) on every convolution, zero biases; PyTorch's default head
+        for module in self.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if isinstance(self.head, nn.Linear):
+            self.head.reset_parameters()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        if isinstance(self.head, nn.Linear):
+            self.head.reset_parameters()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """`[B, T, C, H, W]` features -> the mean over tokens per step, the head neuron, dropout, the head, the
+        mean over time (`[B, num_classes]`; `per_step_logits`: `[B, T, num_classes]`). `pre_logits`: the
+        head neuron's spikes averaged over time (per step with `per_step_logits`)."""
+        pooled = pool_features(x, self.global_pool, per_step=True)  # [B, T, ...]
+        try:
+            spikes = self.head_lif(pooled.transpose(0, 1)).transpose(0, 1)
+        finally:
+            reset_neurons(self.head_lif)
+        spikes = self.head_drop(spikes)
+        if pre_logits:
+            return spikes if self.per_step_logits else spikes.mean(1)
+        logits = self.head(spikes.movedim(2, -1) if not self.global_pool and self.num_classes > 0 else spikes)
+        return logits if self.per_step_logits else logits.mean(1)
+
+
+_IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000, T=4, num_heads=8, pooling_stat="1111")
+SDT_ARCHS: dict[str, dict[str, Any]] = {
+    "sdt_8_384": {**_IMAGENET, "embed_dim": 384, "depth": 8},
+    "sdt_6_512": {**_IMAGENET, "embed_dim": 512, "depth": 6},
+    "sdt_8_512": {**_IMAGENET, "embed_dim": 512, "depth": 8},
+    "sdt_10_512": {**_IMAGENET, "embed_dim": 512, "depth": 10},
+    "sdt_8_768": {**_IMAGENET, "embed_dim": 768, "depth": 8},
+    "sdt_cifar_2_512": dict(img_size=32, in_chans=3, num_classes=10, T=4, embed_dim=512, depth=2, num_heads=8,
+                            pooling_stat="0011"),
+    "sdt_dvs_2_256": dict(img_size=128, in_chans=2, num_classes=11, T=16, embed_dim=256, depth=2, num_heads=8,
+                          pooling_stat="0111"),
+}
+_KIND = {"sdt_cifar_2_512": "cifar", "sdt_dvs_2_256": "dvs"}
+SDT_CROP_PCT = 0.95  # the release evaluates ImageNet at crop_pct 0.95
+
+default_cfgs = generate_default_cfgs({name: pretrained_cfg(_KIND.get(name, "imagenet"), arch, SDT_CROP_PCT)
+                                      for name, arch in SDT_ARCHS.items()})
+
+
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> SpikeDrivenTransformer:
+    return create_baseline(SpikeDrivenTransformer, variant, SDT_ARCHS[variant], pretrained, **kwargs)
+
+
+@register_model
+def sdt_8_384(pretrained: bool = False, **kwargs: Any) -> SpikeDrivenTransformer:
+    """Spike-driven Transformer-8-384 for ImageNet-1K (16,816,024 parameters; 72.28% published)."""
+    return _create("sdt_8_384", pretrained, **kwargs)
+
+
+@register_model
+def sdt_6_512(pretrained: bool = False, **kwargs: Any) -> SpikeDrivenTransformer:
+    """Spike-driven Transformer-6-512 for ImageNet-1K (74.11% published)."""
+    return _create("sdt_6_512", pretrained, **kwargs)
+
+
+@register_model
+def sdt_8_512(pretrained: bool = False, **kwargs: Any) -> SpikeDrivenTransformer:
+    """Spike-driven Transformer-8-512 for ImageNet-1K (74.57% published)."""
+    return _create("sdt_8_512", pretrained, **kwargs)
+
+
+@register_model
+def sdt_10_512(pretrained: bool = False, **kwargs: Any) -> SpikeDrivenTransformer:
+    """Spike-driven Transformer-10-512 for ImageNet-1K (74.66% published)."""
+    return _create("sdt_10_512", pretrained, **kwargs)
+
+
+@register_model
+def sdt_8_768(pretrained: bool = False, **kwargs: Any) -> SpikeDrivenTransformer:
+    """Spike-driven Transformer-8-768 for ImageNet-1K (77.07% published, a 288x288 test)."""
+    return _create("sdt_8_768", pretrained, **kwargs)
+
+
+@register_model
+def sdt_cifar_2_512(pretrained: bool = False, **kwargs: Any) -> SpikeDrivenTransformer:
+    """Spike-driven Transformer-2-512 for CIFAR-10 and CIFAR-100 (num_classes=100)."""
+    return _create("sdt_cifar_2_512", pretrained, **kwargs)
+
+
+@register_model
+def sdt_dvs_2_256(pretrained: bool = False, **kwargs: Any) -> SpikeDrivenTransformer:
+    """Spike-driven Transformer-2-256 for DVS128 Gesture (default); CIFAR10-DVS: num_classes=10,
+    pooling_stat='0011', dvs_mode=True, img_size=64, T=10 (its zoo entry)."""
+    return _create("sdt_dvs_2_256", pretrained, **kwargs)
