@@ -14,7 +14,8 @@ from torch import nn
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
 
-__all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "create_dataset_model", "describe_dataset_model", "reference_batch_sizes", "main"]
+__all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "create_dataset_model", "describe_dataset_model",
+           "reference_batch_sizes", "parameter_table", "dense_costs", "main"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ZooEntry:
     batch_source: str = "the release"  # where release_batch comes from, as the logs name it
     follows: str = ""     # the release (repository and folder) whose model this is
     checkpoint: str = ""  # where the release's weights live ('' : none released)
+    published_energy_mj: float | None = None  # per image, as MSViT's ImageNet table quotes it (each paper's own rule)
 
 
 # The baselines (msvit.baselines): no batch coupling, so no release batch; published figures from each paper
@@ -52,11 +54,11 @@ _QKFORMER_384_BATCH = (8, 8)    # inferred from the 384 log's lr (effective 512 
 
 BASELINE_ZOO = (
     ZooEntry("spikformer_8_384", "imagenet", {}, "16.81M", 70.24, follows=f"{_SPK} imagenet/ (embed_dim 384)",
-             recipe="imagenet/spikformer.yml"),
+             recipe="imagenet/spikformer.yml", published_energy_mj=5.97),
     ZooEntry("spikformer_8_512", "imagenet", {}, "29.68M", 73.38, follows=f"{_SPK} imagenet/",
              recipe="imagenet/spikformer.yml"),
     ZooEntry("spikformer_8_768", "imagenet", {}, "66.34M", 74.81, follows=f"{_SPK} imagenet/ (embed_dim 768)",
-             recipe="imagenet/spikformer.yml"),
+             recipe="imagenet/spikformer.yml", published_energy_mj=20.0),
     ZooEntry("spikformer_cifar_4_384", "cifar10", {}, "9.32M", 95.51, follows=f"{_SPK} cifar10/",
              recipe="cifar10/spikformer.yml"),
     ZooEntry("spikformer_cifar_4_384", "cifar100", dict(num_classes=100), "9.32M", 78.21,
@@ -80,16 +82,16 @@ BASELINE_ZOO = (
     ZooEntry("spikingformer_dvs_2_256", "dvs128_gesture", {}, "2.57M", 98.3, follows=f"{_SKF} dvs128-gesture/",
              recipe="dvs128-gesture/spikingformer.yml"),
     ZooEntry("sdt_8_384", "imagenet", {}, "16.81M", 72.28, follows=f"{_SDT} conf/imagenet/8_384_300E_t4.yml",
-             checkpoint=_SDT_CKPT, recipe="imagenet/sdt.yml"),
+             checkpoint=_SDT_CKPT, recipe="imagenet/sdt.yml", published_energy_mj=3.9),
     ZooEntry("sdt_6_512", "imagenet", {}, "23.37M", 74.11, follows=f"{_SDT} conf/imagenet/6_512_300E_t4.yml",
              checkpoint=_SDT_CKPT, recipe="imagenet/sdt_6_512.yml"),
     ZooEntry("sdt_8_512", "imagenet", {}, "29.68M", 74.57, follows=f"{_SDT} conf/imagenet/8_512_300E_t4.yml",
-             checkpoint=_SDT_CKPT, recipe="imagenet/sdt.yml"),
+             checkpoint=_SDT_CKPT, recipe="imagenet/sdt.yml", published_energy_mj=4.5),
     ZooEntry("sdt_10_512", "imagenet", {}, "36.01M", 74.66,
              follows=f"{_SDT} conf/imagenet/10_384_300E_t4.yml (which holds 10-512)", checkpoint=_SDT_CKPT,
              recipe="imagenet/sdt_10_512.yml"),
     ZooEntry("sdt_8_768", "imagenet", {}, "66.34M", None, follows=f"{_SDT} conf/imagenet/8_768_300E_t4.yml",
-             checkpoint=_SDT_CKPT, recipe="imagenet/sdt_8_768.yml"),
+             checkpoint=_SDT_CKPT, recipe="imagenet/sdt_8_768.yml", published_energy_mj=6.09),
     ZooEntry("sdt_8_768", "imagenet", dict(img_size=288), "66.34M", 77.07,
              note="a 288x288 test (resize 320, centre crop 288) of the model trained at 224 (MSViT's table lists "
                   "it at 224)", follows=f"{_SDT} README --large-valid", checkpoint=_SDT_CKPT,
@@ -108,16 +110,16 @@ BASELINE_ZOO = (
 ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("msvit_cifar_4_384", "cifar10", dict(num_classes=10), "", 96.53, _CIFAR_BATCH),
     ZooEntry("msvit_cifar_4_384", "cifar100", dict(num_classes=100), "", 81.98, _CIFAR_BATCH),
-    ZooEntry("msvit_10_384", "imagenet", {}, "17.69M", 80.09, _IMAGENET_BATCH),
-    ZooEntry("msvit_10_512", "imagenet", {}, "30.23M", 82.96, _IMAGENET_BATCH),
-    ZooEntry("msvit_10_768", "imagenet", {}, "69.80M", 85.06, _IMAGENET_768_BATCH),
+    ZooEntry("msvit_10_384", "imagenet", {}, "17.69M", 80.09, _IMAGENET_BATCH, published_energy_mj=16.65),
+    ZooEntry("msvit_10_512", "imagenet", {}, "30.23M", 82.96, _IMAGENET_BATCH, published_energy_mj=24.74),
+    ZooEntry("msvit_10_768", "imagenet", {}, "69.80M", 85.06, _IMAGENET_768_BATCH, published_energy_mj=45.88),
     ZooEntry("msvit_dvs_2_256", "cifar10_dvs", dict(num_classes=10, mlp_ratio=1), "", 84.0, _DVS_BATCH),
     ZooEntry("msvit_dvs_2_256", "dvs128_gesture", dict(num_classes=11, mlp_ratio=4), "", 98.8, _DVS_BATCH),
     ZooEntry("qkformer_cifar_4_384", "cifar10", dict(num_classes=10), "6.74M", 96.18, _CIFAR_BATCH),
     ZooEntry("qkformer_cifar_4_384", "cifar100", dict(num_classes=100), "6.74M", 81.15, _CIFAR_BATCH),
-    ZooEntry("qkformer_10_384", "imagenet", {}, "16.47M", 78.80, _IMAGENET_BATCH),
-    ZooEntry("qkformer_10_512", "imagenet", {}, "29.08M", 82.04, _IMAGENET_BATCH),
-    ZooEntry("qkformer_10_768", "imagenet", {}, "64.96M", 84.22, _IMAGENET_768_BATCH),
+    ZooEntry("qkformer_10_384", "imagenet", {}, "16.47M", 78.80, _IMAGENET_BATCH, published_energy_mj=15.13),
+    ZooEntry("qkformer_10_512", "imagenet", {}, "29.08M", 82.04, _IMAGENET_BATCH, published_energy_mj=21.99),
+    ZooEntry("qkformer_10_768", "imagenet", {}, "64.96M", 84.22, _IMAGENET_768_BATCH, published_energy_mj=38.91),
     ZooEntry("qkformer_10_768", "imagenet", dict(img_size=288), "64.96M", 85.25, None, note=_QKFORMER_288_NOTE),
     ZooEntry("qkformer_10_768", "imagenet", dict(img_size=384), "64.96M", 85.65, _QKFORMER_384_BATCH, 97.74,
              note=_QKFORMER_384_NOTE, recipe="imagenet/finetune_384.yml",
@@ -200,14 +202,50 @@ def parameter_table(entries: Sequence[ZooEntry] = ZOO) -> list[dict[str, Any]]:
     return rows
 
 
+def dense_costs(entry: ZooEntry) -> dict[str, Any]:
+    """The part of a model's energy that no firing rate changes (`msvit.energy`'s rule, random weights, one image
+    at T 1): the MACs of its dense layers (the stem's first convolution; a head reading real values) in mJ, the
+    FLOPs per image and time step of its spiking layers and attention products, and the mean input rate that the
+    published energy would need at the model's T: (published - MACs) / (E_AC x T x FLOPs)."""
+    import torch
+
+    from .energy import E_AC_PJ, EnergyMeter
+    from .registry import ALL_ARCHS, input_kind
+
+    model = timm.create_model(entry.model, **{**entry.kwargs, "T": 1}).eval()
+    size, channels = model.img_size, model.in_chans
+    static = input_kind({**ALL_ARCHS[entry.model], **entry.kwargs}) != "dvs"
+    x = torch.rand(1, channels, size, size) if static else torch.rand(1, 1, channels, size, size).round()
+    with torch.no_grad(), EnergyMeter(model) as meter:
+        model(x)
+    report = meter.report()
+    mac_mj = sum(layer["energy_mj"] for layer in report["layers"] if layer["kind"] == "MAC")
+    flops = sum(layer["flops"] for layer in report["layers"] if layer["kind"] != "MAC")
+    T = entry.kwargs.get("T", ALL_ARCHS[entry.model]["T"])
+    paper = entry.published_energy_mj
+    implied = None if paper is None else (paper - mac_mj) / (E_AC_PJ * 1e-9 * T * flops)
+    return dict(model=entry.model, dataset=entry.dataset, T=T, mac_mj=mac_mj, dense_gflops=flops / 1e9,
+                published_energy_mj=paper, implied_rate=implied)
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> None:
     from .config import ArgumentParser
 
-    parser = ArgumentParser(description="Build every registered model (MSViT, QKFormer, the baselines) and print its parameters.")
+    parser = ArgumentParser(description="Build every registered model (MSViT, QKFormer, the baselines) and print "
+                                        "its parameters.")
     parser.add_argument("--model", nargs="*", help="only these model names")
+    parser.add_argument("--energy", action="store_true", help="instead: the rate-independent energy figures of the "
+                        "rows with a published energy (msvit.zoo.dense_costs)")
     args = parser.parse_args(argv)
     entries = [e for e in ZOO if not args.model or e.model in args.model]
+    if args.energy:
+        print(f"{'model':26} {'T':>3} {'paper mJ':>9} {'MACs mJ':>8} {'dense GFLOPs/step':>17} {'implied rate':>12}")
+        for entry in (e for e in entries if e.published_energy_mj is not None):
+            row = dense_costs(entry)
+            print(f"{row['model']:26} {row['T']:>3} {row['published_energy_mj']:>9.2f} {row['mac_mj']:>8.3f} "
+                  f"{row['dense_gflops']:>17.2f} {row['implied_rate']:>12.2f}")
+        return
     header = f"{'model':26} {'dataset':15} {'classes':>7} {'input':>10} {'T':>3} {'params':>12} " \
              f"{'paper':>7} {'top-1 (paper)':>13} {'top-5':>6}"
     print(header)

@@ -599,3 +599,19 @@ def test_baseline_blocks_by_hand(name, kwargs):
         assert head["kind"] == "AC" and head["sops"] == pytest.approx(float(seen["head_in"].sum()) * classes / B)
     else:
         assert head["kind"] == "MAC" and head["mac_flops"] == dim * classes and head["sops"] == 0
+
+
+def test_zoo_dense_costs_of_a_baseline_by_hand():
+    """The rate-independent energy of `python -m msvit.zoo --energy`: the first convolution's MACs (3 -> 4 channels,
+    3x3, 32 x 32, once per image) and the implied rate that makes the published figure."""
+    from msvit.zoo import ZooEntry, dense_costs
+
+    entry = ZooEntry("sdt_cifar_2_512", "cifar10", dict(embed_dim=32, num_heads=2, depth=1, T=3),
+                     published_energy_mj=0.05)
+    row = dense_costs(entry)
+    first_conv = 4 * 3 * 9 * 32 * 32
+    assert row["mac_mj"] == pytest.approx(first_conv * 4.6e-9) and row["T"] == 3
+    # 1x1 q/k/v/proj at 8 x 8 tokens (32 x 32 -> 8 x 8 with pooling '0011') are part of the dense FLOPs
+    assert row["dense_gflops"] * 1e9 > 4 * 32 * 32 * 64
+    spent = row["mac_mj"] + 0.9e-9 * 3 * row["dense_gflops"] * 1e9 * row["implied_rate"]
+    assert spent == pytest.approx(0.05)

@@ -99,6 +99,27 @@ def test_cupy_lif_kernel_matches_spikingjelly_kernel_and_saves_memory(name, coup
     assert peak < ref_peak, (peak, ref_peak)
 
 
+@needs_cupy
+@pytest.mark.parametrize("name", ["spikformer_cifar_4_384", "spikingformer_cifar_4_384", "sdt_cifar_2_512"])
+def test_cupy_lif_kernel_on_each_baseline_family_matches_spikingjelly_kernel(name):
+    """The baselines' neurons (the membrane families' included) on msvit's kernel and on spikingjelly's, fp32."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32).cuda()
+    model = excite_ssa(timm.create_model(name, neuron_backend="cupy", embed_dim=64, num_heads=4, depth=2)).cuda()
+    calibrate_batch_norms(model, x).eval()
+    y = torch.randint(0, model.num_classes, (8,), device="cuda")
+    runs = {}
+    for fused in (False, True):
+        for m in _lif_modules(model):
+            m.fused = fused
+        runs[fused] = _run(model, x, y, "cupy", amp=False)
+    (ref_spikes, ref_logits, ref_grads), (spikes, logits, grads) = runs[False][:3], runs[True][:3]
+    assert _same_spikes(ref_spikes, spikes)
+    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for key, grad in ref_grads.items():
+        assert torch.allclose(grads[key], grad, atol=1e-4, rtol=1e-4), key
+
+
 def _run(model, x, y, backend, amp):
     msvit.set_neuron_backend(model, backend)
     model.zero_grad()

@@ -6,7 +6,8 @@
 #
 # tests   the GPU tests (CuPy kernel vs torch backend, a training step on the GPU) -> pytest.txt
 # lif     one LIF neuron's forward/backward and kernel bandwidth, fp32 and fp16  -> lif.jsonl
-# cupy    every model at the recipe's per-GPU batch, CuPy LIF, AMP and fp32     -> bench_cupy*.json
+# cupy    MSViT, QKFormer and a model per baseline family at the recipe's per-GPU batch, CuPy LIF, AMP and fp32
+#         -> bench_cupy*.json
 # reference  four models with --reference (spikingjelly's kernel, unfused convs), AMP -> bench_reference.json
 # torch   the same with the torch LIF backend                                   -> bench_torch*.json
 # extras  channels_last, torch.compile and a profiled step of msvit_cifar_4_384  -> extras.txt
@@ -28,6 +29,8 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 status=0
 step() { "$@" || status=$?; }
+# MSViT and QKFormer, and one model of each baseline family (all 27 registered models would not fit the device time)
+models=$($py -c "import msvit; print(','.join(msvit.MODEL_NAMES))"),spikformer_cifar_4_384,spikingformer_8_768,sdt_8_512
 table() { $py -c "import json, sys, msvit.bench as b; print(b.format_table(json.load(open(sys.argv[1]))['results']))" "$1"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$out/gpu.txt" 2>&1
@@ -54,7 +57,8 @@ for part in $parts; do
       table "$out/bench_reference.json" ;;
     cupy | torch)
       for amp in --amp ""; do
-        step $py -m msvit.bench --all --device cuda --backend "$part" $amp --json > "$out/bench_$part${amp:+_amp}.json"
+        step $py -m msvit.bench --all --models "$models" --device cuda --backend "$part" $amp --json \
+          > "$out/bench_$part${amp:+_amp}.json"
         table "$out/bench_$part${amp:+_amp}.json"
       done ;;
     extras)
