@@ -298,8 +298,11 @@ def test_timm_contract(name, kwargs, shape, tmp_path):
     checkpointed = spikes_and_logits(model, x, train=True)
     assert torch.equal(reference[1], checkpointed[1])
     assert all(torch.allclose(g, checkpointed[2][k], atol=1e-6) for k, g in reference[2].items())
-    model.reset_classifier(0)
-    assert model.eval()(x).shape == (3, 32)
+    model.reset_classifier(4, global_pool="")  # unpooled: a head at every position and time step
+    grid = model.eval().forward_features(x).shape[-2:]
+    assert model(x).shape == (3, 2, *grid, 4)
+    model.reset_classifier(0, global_pool="avg")
+    assert model(x).shape == (3, 32)
     copy_ = timm.create_model(name, T=2, embed_dim=32, num_heads=2, depth=2, num_classes=0, **kwargs)
     msvit.load_checkpoint(copy_, {"state_dict": model.state_dict()}, strict=True)  # our own layout round-trips
     assert all(torch.equal(a, b) for a, b in zip(copy_.state_dict().values(), model.state_dict().values()))
@@ -318,6 +321,8 @@ def test_no_baseline_couples_the_batch_and_the_release_settings_reach_the_layers
     dvs = timm.create_model("spikformer_dvs_2_256", embed_dim=32, num_heads=2, depth=1).block[0].attn
     cifar = timm.create_model("spikformer_cifar_4_384", embed_dim=48, num_heads=12, depth=1).block[0].attn
     assert dvs.scale == 0.25 and dvs.q_conv.bias is None and cifar.scale == 0.125 and cifar.q_conv.bias is not None
+    with pytest.raises(TypeError, match="unexpected keyword argument 'embed_dimm'"):
+        timm.create_model("spikingformer_8_384", embed_dimm=96)
     with pytest.raises(ConfigError, match="pooling_stat '011'"):
         timm.create_model("sdt_8_384", pooling_stat="011")
     with pytest.raises(ConfigError, match="tau 1.0"):

@@ -88,9 +88,11 @@ class OneStageTransformer(SpikingNetwork):
                  T: int = 4, embed_dim: int = 512, depth: int = 8, num_heads: int = 8, mlp_ratio: float = 4.0,
                  pooling_stat: str = "1111", tau: float = TAU, drop_path_rate: float = 0.0,
                  neuron_backend: str = "auto", batch_coupled_ssa: bool = False, drop_rate: float = 0.0,
-                 global_pool: str = "avg",
-                 drop_block_rate: float | None = None, bn_momentum: float | None = None,
+                 global_pool: str = "avg", drop_block_rate: float | None = None, bn_momentum: float | None = None,
                  bn_eps: float | None = None, **family: Any) -> None:
+        unknown = sorted(set(family) - set(constructor_parameters(type(self))[0]))
+        if unknown:  # `family` holds the subclass's own arguments only
+            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}")
         super().__init__()
         self.config = dict(img_size=img_size, in_chans=in_chans, num_classes=num_classes, T=T, embed_dim=embed_dim,
                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, pooling_stat=pooling_stat,

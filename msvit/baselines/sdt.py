@@ -109,17 +109,19 @@ class SpikeDrivenTransformer(OneStageTransformer):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`[B, T, C, H, W]` features -> the mean over tokens per step, the head neuron, dropout, the head, the
         mean over time (`[B, num_classes]`; `per_step_logits`: `[B, T, num_classes]`). `pre_logits`: the
-        head neuron's spikes averaged over time (per step with `per_step_logits`)."""
+        head neuron's spikes averaged over time (per step with `per_step_logits`). With global_pool '' the head
+        neuron and the head run at every position and step: `[B, T, H, W, num_classes]`, as for the others."""
         pooled = pool_features(x, self.global_pool, per_step=True)  # [B, T, ...]
         try:
             spikes = self.head_lif(pooled.transpose(0, 1)).transpose(0, 1)
         finally:
             reset_neurons(self.head_lif)
         spikes = self.head_drop(spikes)
+        per_step = self.per_step_logits or not self.global_pool
         if pre_logits:
-            return spikes if self.per_step_logits else spikes.mean(1)
+            return spikes if per_step else spikes.mean(1)
         logits = self.head(spikes.movedim(2, -1) if not self.global_pool and self.num_classes > 0 else spikes)
-        return logits if self.per_step_logits else logits.mean(1)
+        return logits if per_step else logits.mean(1)
 
 
 _IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000, T=4, num_heads=8, pooling_stat="1111")

@@ -64,8 +64,7 @@ class LayerStem(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, 1)
 
     def _op(self, layer: StemLayer, op: str) -> nn.Module:
-        return {"C": lambda: getattr(self, layer.conv), "B": lambda: getattr(self, layer.bn),
-                "L": lambda: getattr(self, layer.lif), "P": lambda: self.pool}[op]()
+        return self.pool if op == "P" else getattr(self, {"C": layer.conv, "B": layer.bn, "L": layer.lif}[op])
 
     def run(self, layer: StemLayer, x: torch.Tensor, first: bool = False) -> torch.Tensor:
         """One layer on `[T, B, C, H, W]`."""
