@@ -55,7 +55,7 @@ class LayerStem(nn.Module):
         self.embed = embed
         for layer in (*layers, *([embed] if embed else [])):
             if set(layer.ops) - _OPS or "C" not in layer.ops:
-                raise ValueError(f"stem layer ops {layer.ops!r}: use C, B, L and P, with one C")
+                raise ValueError(f"stem layer ops {layer.ops!r}: use C, B, L and P, and a C")
             self.add_module(layer.conv, nn.Conv2d(layer.c_in, layer.c_out, 3, 1, 1, bias=False))
             if "B" in layer.ops:
                 self.add_module(layer.bn, nn.BatchNorm2d(layer.c_out))
