@@ -106,6 +106,8 @@ def _cifar10_dvs(root: Path) -> int:
 class Recipe:
     make_data: Callable[[Path], int]  # writes the dataset under a root, returns the number of validation samples
     args: tuple[str, ...]             # train.py arguments on top of ONE_EPOCH
+    folder: str = ""                  # the dataset folder: the key when empty
+    config: str = ""                  # the recipe: the folder's own when empty
 
 
 RECIPES = {
@@ -114,7 +116,18 @@ RECIPES = {
     "imagenet": Recipe(_imagenet, (*TINY_STATIC, "--img-size", "64")),  # eval: resize 73 (crop_pct), crop 64
     "dvs128-gesture": Recipe(_dvs128, (*TINY_DVS,)),
     "cifar10-dvs": Recipe(_cifar10_dvs, (*TINY_DVS,)),
+    # a baseline's recipe beside the folder's own: SDT with TET, its frames resized to 64 x 64 and dvs_mode
+    "cifar10-dvs/sdt.yml": Recipe(_cifar10_dvs, ("--config", "sdt.yml", "--model-kwargs", "{embed_dim: 32, "
+                                                 "num_heads: 2, depth: 1, pooling_stat: '0011', dvs_mode: true}"),
+                                  "cifar10-dvs", "sdt.yml"),
 }
+
+
+def recipe_parts(key: str) -> tuple[str, Path]:
+    """The dataset folder and the recipe file of a RECIPES key."""
+    recipe = RECIPES[key]
+    folder = recipe.folder or key
+    return folder, ROOT / folder / (recipe.config or f"{folder}.yml")
 
 
 @dataclass(frozen=True)
@@ -127,13 +140,14 @@ class Run:
 
 
 def train_and_test(folder: str, base: Path) -> Run:
-    recipe = RECIPES[folder]
+    recipe, (directory, config) = RECIPES[folder], recipe_parts(folder)
     data, output = base / "data", base / "run"
     n_val = recipe.make_data(data)
-    train = cli(f"{folder}/train.py", "--data-dir", data, "--output", output, *ONE_EPOCH, *recipe.args)
+    train = cli(f"{directory}/train.py", "--data-dir", data, "--output", output, *ONE_EPOCH, *recipe.args)
     test = None
     if train.returncode == 0:
-        test = cli(f"{folder}/test.py", "--checkpoint", output / "last.pth", "--data-dir", data, *EVAL)
+        test = cli(f"{directory}/test.py", "--config", config.name, "--checkpoint", output / "last.pth",
+                   "--data-dir", data, *EVAL)
     return Run(data, output, n_val, train, test)
 
 
@@ -434,7 +448,7 @@ class Started:
 
     def submit_run(self, folder: str) -> None:
         if folder not in self._runs:
-            self._runs[folder] = self._pool.submit(train_and_test, folder, self._tmp.mktemp(folder))
+            self._runs[folder] = self._pool.submit(train_and_test, folder, self._tmp.mktemp(folder.replace("/", "-")))
 
     def submit_refusal(self, name: str) -> None:
         if name not in self._refusals:
@@ -494,9 +508,14 @@ def test_train_one_epoch_then_evaluate(started, folder):
     assert metrics["weights"] == "raw"
     assert metrics["time_step"] == 2
     assert metrics["n"] == run.n_val
-    recipe = yaml.safe_load((ROOT / folder / f"{folder}.yml").read_text())
+    recipe = yaml.safe_load(recipe_parts(folder)[1].read_text())
     # the run's evaluation batch (ONE_EPOCH: 4), taken from the checkpoint as test.py was given none
-    assert metrics["batch_coupled_ssa"] is True and metrics["val_batch_size"] == 4 != recipe["val_batch_size"]
+    assert metrics["batch_coupled_ssa"] is recipe["batch_coupled_ssa"]
+    assert metrics["val_batch_size"] == 4 != recipe["val_batch_size"]
+    if recipe.get("tet"):  # the baseline's recipe reached the run: its loss, its model, its frame size
+        assert "TET loss (means 1, lambda 0.001)" in run.train.stdout + run.train.stderr
+        saved = yaml.safe_load((run.output / "config.yaml").read_text())
+        assert (saved["model"], saved["img_size"], saved["model_kwargs"]["dvs_mode"]) == ("sdt_dvs_2_256", 64, True)
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
     # last.pth holds the model that the epoch's evaluation measured, on the same validation set
     assert metrics["top1"] == pytest.approx(float(summary["eval_top1"]), abs=1e-3)
