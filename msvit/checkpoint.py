@@ -12,7 +12,7 @@ from torch import nn
 from .errors import UserError
 
 __all__ = ["EMA_KEYS", "CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "save_checkpoint",
-           "extract_state_dict", "to_native_keys"]
+           "extract_state_dict", "to_native_keys", "to_model_keys"]
 
 # Where a state_dict sits inside a checkpoint dict, in order of preference.
 _MODEL_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema")
@@ -112,6 +112,14 @@ def to_native_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+def to_model_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict in `model`'s names and shapes: `to_native_keys`, then the model's own adaptation of its
+    release's layout where it has one (the baselines: renames, reshaped 1x1 weights, never-used tensors dropped)."""
+    state = to_native_keys(state_dict)
+    adapt = getattr(model, "adapt_release_state_dict", None)
+    return adapt(state) if adapt is not None else state
+
+
 def _listing(label: str, keys: list[str], limit: int = 6) -> str:
     shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
     return f"{len(keys)} {label} ({shown})"
@@ -127,10 +135,7 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
     with `strict=False` the fitting tensors are loaded and the rest reported in the result.
     """
     checkpoint = path_or_dict if isinstance(path_or_dict, Mapping) else read_checkpoint(path_or_dict)
-    state = to_native_keys(extract_state_dict(checkpoint, use_ema))
-    adapt = getattr(model, "adapt_release_state_dict", None)  # the baselines' renames, reshapes and dead keys
-    if adapt is not None:
-        state = adapt(state)
+    state = to_model_keys(model, extract_state_dict(checkpoint, use_ema))
     target = model.state_dict()
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]

@@ -21,7 +21,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from .checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_native_keys
+from .checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_model_keys
 from .errors import ConfigError
 from .registry import ALL_ARCHS
 from .validation import model_kwargs
@@ -58,17 +58,17 @@ def read_source(cfg: dict[str, Any], variants: Sequence[str]) -> FinetuneSource:
     path = os.path.abspath(cfg["finetune"])
     try:
         checkpoint = read_checkpoint(path)
-        state = to_native_keys(extract_state_dict(checkpoint, use_ema=cfg["finetune_ema"]))
+        saved = extract_state_dict(checkpoint, use_ema=cfg["finetune_ema"])
     except CheckpointError as exc:
         raise CheckpointError(f"--finetune: {exc}") from None
     with torch.device("meta"):
         model = create_dataset_model(cfg, variants)
-    state = _adapted(model, state)
+    state = to_model_keys(model, saved)
     target = model.state_dict()
     head = _head_keys(target)
     misfits = _misfits(state, target, head)
     if misfits:
-        fitting = _fitting_models(state, cfg) or ["none of the registered models"]
+        fitting = _fitting_models(saved, cfg) or ["none of the registered models"]
         raise ConfigError(f"--finetune {cfg['finetune']} does not fit {cfg['model']}: {'; '.join(misfits)}. "
                           f"Models whose tensors fit it: {', '.join(fitting)} (choose one with --model)")
     new_head = [k for k in head if k in target and (k not in state or state[k].shape != target[k].shape)]
@@ -94,12 +94,6 @@ def load_source(model: nn.Module, source: FinetuneSource, cfg: Mapping[str, Any]
         trunc_normal_(classifier.weight, std=HEAD_STD)
         log.info("finetune: head.weight re-initialised (trunc. normal, std %g; finetune_head reinit, as the "
                  "release)%s", HEAD_STD, "" if source.head else "; head.bias kept")
-
-
-def _adapted(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` in the names and shapes of `model` (a baseline's release layout adapted, `load_checkpoint`'s way)."""
-    adapt = getattr(model, "adapt_release_state_dict", None)
-    return adapt(state) if adapt is not None else state
 
 
 def _head_keys(state: Mapping[str, Any]) -> list[str]:
@@ -129,7 +123,7 @@ def _fitting_models(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any]) -
             except (ValueError, TypeError):  # widths that this family cannot take
                 continue
             target = model.state_dict()
-            if not _misfits(_adapted(model, state), target, _head_keys(target)):
+            if not _misfits(to_model_keys(model, state), target, _head_keys(target)):
                 fitting.append(name + note)
                 break
     return fitting

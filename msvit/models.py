@@ -5,26 +5,24 @@ Smaller members of a family come from `embed_dim`, `depths`, `num_heads` and `im
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from .data.transforms import eval_crop_pct
 from .errors import ConfigError
 from .layers import STEMS, AttentionBase, Block, SpikingSelfAttention, TokenAttention
 from .network import SpikingNetwork
 from .neurons import LIF, validate_backend
-from .timm_contract import check_timm_arguments, classifier_head, override_batch_norms, square_size, stage_group_matcher
+from .timm_contract import (CIFAR_MEAN, CIFAR_STD, argument_namer, build_registered, check_timm_arguments,
+                            classifier_head, override_batch_norms, pretrained_config, square_size, stage_group_matcher)
 
 __all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "compile_model", "count_parameters",
            "use_reference_implementation", "set_batch_coupled_ssa"]
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 TOKEN_ATTENTIONS = ("mssa", "qkta")
 # the lowest value of the integer arguments
 _MINIMUM = {"img_size": 1, "in_chans": 1, "T": 1, "embed_dim": 1, "num_heads": 1, "num_classes": 0}
@@ -41,13 +39,7 @@ def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = 
     num_heads, the neuron backend, timm's extra arguments); raise ConfigError. `labels` name the arguments the
     user set, as they spelt them ('model_kwargs.embed_dim'); the others are reported as the model's defaults.
     Without `labels` every argument goes by its own name. timm's arguments may be None or absent (not set)."""
-    def named(key: str) -> str:
-        value = list(args[key]) if isinstance(args[key], tuple) else args[key]
-        value = repr(value) if isinstance(value, str) and key == "global_pool" else value
-        if labels is None or key in labels:
-            return f"{(labels or {}).get(key, key)} {value}"
-        return f"{key} {value} (the model's default)"
-
+    named = argument_namer(args, labels)
     args = {**args, "img_size": square_size(args["img_size"], named("img_size"))}
     check_timm_arguments(args, named)
 
@@ -229,31 +221,13 @@ ARCHS: dict[str, dict[str, Any]] = {
 MODEL_NAMES = tuple(ARCHS)
 
 
-def _pretrained_cfg(arch: dict[str, Any]) -> dict[str, Any]:
-    size = arch["img_size"]
-    if arch["stem"] == "cifar":
-        norm = dict(mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0, interpolation="bilinear")
-    elif arch["stem"] == "imagenet":
-        norm = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875,
-                    interpolation="bicubic")
-    else:  # raw event counts: no normalisation
-        norm = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, interpolation="nearest")
-    return dict(url="", input_size=(arch["in_chans"], size, size), num_classes=arch["num_classes"],
-                classifier="head", first_conv="patch_embed1.proj_conv", license="mit", **norm)
-
-
-default_cfgs = generate_default_cfgs({name: _pretrained_cfg(arch) for name, arch in ARCHS.items()})
-_BUILDER_TAKES_CACHE_DIR = "cache_dir" in inspect.signature(build_model_with_cfg).parameters
+default_cfgs = generate_default_cfgs({name: pretrained_config(arch, "patch_embed1.proj_conv",
+                                                         cifar_interpolation="bilinear")
+                                      for name, arch in ARCHS.items()})
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> SpikingTransformer:
-    if not _BUILDER_TAKES_CACHE_DIR:
-        kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
-    model_kwargs = {**ARCHS[variant], **kwargs}
-    model = build_model_with_cfg(SpikingTransformer, variant, pretrained, **model_kwargs)
-    # keep the config in step with what was actually built (e.g. num_classes=100, img_size=64)
-    model.pretrained_cfg.update(num_classes=model.num_classes,
-                                input_size=(model.in_chans, model.img_size, model.img_size))
+    model = build_registered(SpikingTransformer, variant, ARCHS[variant], pretrained, **kwargs)
     if ARCHS[variant]["stem"] == "imagenet":  # the releases' evaluation crop: the whole short side above 224
         model.pretrained_cfg["crop_pct"] = eval_crop_pct(model.img_size)
     return model

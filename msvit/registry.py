@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .models import ARCHS, SpikingTransformer, check_arguments
 
 __all__ = ["ALL_ARCHS", "ALL_MODEL_NAMES", "BASELINE_NAMES", "model_class", "model_parameters",
-           "check_model_arguments", "input_kind"]
+           "check_model_arguments"]
 
 ALL_ARCHS: dict[str, dict[str, Any]] = {**ARCHS, **BASELINE_ARCHS}
 ALL_MODEL_NAMES = tuple(ALL_ARCHS)
@@ -46,10 +46,3 @@ def model_parameters(name: str) -> tuple[dict[str, inspect.Parameter], dict[str,
         return dict(inspect.signature(cls).parameters), get_type_hints(cls.__init__)
     return constructor_parameters(cls)
 
-
-def input_kind(arch: Mapping[str, Any]) -> str:
-    """'imagenet', 'cifar' or 'dvs': the input an architecture's arguments (`ALL_ARCHS[name]`, maybe updated
-    with the caller's) are for: MSViT/QKFormer name their stem, the baselines are told by channels and size."""
-    if "stem" in arch:
-        return arch["stem"]
-    return "dvs" if arch["in_chans"] == 2 else "cifar" if arch["img_size"] <= 64 else "imagenet"

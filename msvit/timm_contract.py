@@ -5,16 +5,20 @@ dropout, global pooling, batch-norm overrides, the image size as timm records it
 """
 from __future__ import annotations
 
+import inspect
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
 from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["GLOBAL_POOLS", "square_size", "check_timm_arguments", "classifier_head", "pool_features",
-           "override_batch_norms", "stage_group_matcher"]
+__all__ = ["GLOBAL_POOLS", "CIFAR_MEAN", "CIFAR_STD", "square_size", "argument_namer", "check_timm_arguments",
+           "classifier_head", "pool_features", "override_batch_norms", "stage_group_matcher", "input_kind",
+           "pretrained_config", "build_registered"]
 
 # '' keeps the features unpooled; 'fast' is timm's name for its cheaper average pool (benchmark.py's default)
 GLOBAL_POOLS = ("avg", "fast", "max", "avgmax", "")
@@ -27,6 +31,23 @@ def square_size(value: int | Sequence[int], name: str = "img_size") -> int:
     if isinstance(size, bool) or not isinstance(size, numbers.Integral):
         raise ConfigError(f"{name} must be an integer, or two equal integers [H, W] (the models take square inputs)")
     return int(size)
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+_QUOTED = ("global_pool", "pooling_stat")  # text values that a message quotes, so '' and '011' show as written
+
+
+def argument_namer(args: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    """How a ConfigError names an argument of a model's complete `args`: as the user spelt it (`labels`:
+    'model_kwargs.embed_dim', 'time_step') with its value, or as the model's default where `labels` lacks it.
+    Without `labels` every argument goes by its own name."""
+    def named(key: str) -> str:
+        value = list(args[key]) if isinstance(args[key], tuple) else args[key]
+        value = repr(value) if isinstance(value, str) and key in _QUOTED else value
+        if labels is None or key in labels:
+            return f"{(labels or {}).get(key, key)} {value}"
+        return f"{key} {value} (the model's default)"
+    return named
 
 
 def _number(value: Any) -> bool:
@@ -107,3 +128,43 @@ def stage_group_matcher(coarse: bool = False) -> dict[str, Any]:
     if coarse:
         return dict(stem=stem, blocks=r"^(?:patch_embed|stage)(\d+)\.")
     return dict(stem=stem, blocks=[(r"^patch_embed(\d+)\.", (-1,)), (r"^stage(\d+)\.(\d+)\.", None)])
+
+
+def input_kind(arch: Mapping[str, Any]) -> str:
+    """'imagenet', 'cifar' or 'dvs': the input a registered architecture's arguments are for. MSViT/QKFormer name
+    their stem; the baselines are told by their channels and size."""
+    if "stem" in arch:
+        return arch["stem"]
+    return "dvs" if arch["in_chans"] == 2 else "cifar" if arch["img_size"] <= 64 else "imagenet"
+
+
+def pretrained_config(arch: Mapping[str, Any], first_conv: str, imagenet_crop_pct: float = 0.875,
+                      cifar_interpolation: str = "bicubic") -> dict[str, Any]:
+    """timm's pretrained config of a registered architecture: input size, classes, and the normalisation and
+    evaluation crop of its input kind (ImageNet statistics, CIFAR's, or none for raw event counts)."""
+    kind = input_kind(arch)
+    if kind == "cifar":
+        norm = dict(mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0, interpolation=cifar_interpolation)
+    elif kind == "imagenet":
+        norm = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=imagenet_crop_pct,
+                    interpolation="bicubic")
+    else:  # raw event counts: no normalisation
+        norm = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, interpolation="nearest")
+    size = arch["img_size"]
+    return dict(url="", input_size=(arch["in_chans"], size, size), num_classes=arch["num_classes"],
+                classifier="head", first_conv=first_conv, license="mit", **norm)
+
+
+_BUILDER_TAKES_CACHE_DIR = "cache_dir" in inspect.signature(build_model_with_cfg).parameters
+
+
+def build_registered(cls: type[nn.Module], variant: str, arch: Mapping[str, Any], pretrained: bool,
+                     **kwargs: Any) -> nn.Module:
+    """timm's builder for a registered `variant` (its `arch` arguments, then the caller's), with the pretrained
+    config kept in step with what was actually built (e.g. num_classes=100, img_size=64)."""
+    if not _BUILDER_TAKES_CACHE_DIR:
+        kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
+    model = build_model_with_cfg(cls, variant, pretrained, **{**arch, **kwargs})
+    model.pretrained_cfg.update(num_classes=model.num_classes,
+                                input_size=(model.in_chans, model.img_size, model.img_size))
+    return model

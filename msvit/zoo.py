@@ -217,13 +217,14 @@ def dense_costs(entry: ZooEntry) -> dict[str, Any]:
     published energy would need at the model's T: (published - MACs) / (E_AC x T x FLOPs)."""
     import torch
 
+    from .bench.step import make_batch
     from .energy import E_AC_PJ, EnergyMeter
-    from .registry import ALL_ARCHS, input_kind
+    from .registry import ALL_ARCHS
+    from .timm_contract import input_kind
 
     model = timm.create_model(entry.model, **{**entry.kwargs, "T": 1}).eval()
-    size, channels = model.img_size, model.in_chans
-    static = input_kind({**ALL_ARCHS[entry.model], **entry.kwargs}) != "dvs"
-    x = torch.rand(1, channels, size, size) if static else torch.rand(1, 1, channels, size, size).round()
+    kind = input_kind({**ALL_ARCHS[entry.model], **entry.kwargs})
+    x, _ = make_batch(kind, 1, 1, model.in_chans, model.img_size, 1, torch.device("cpu"))
     with torch.no_grad(), EnergyMeter(model) as meter:
         model(x)
     report = meter.report()

@@ -9,18 +9,17 @@ from typing import Any, Callable, Mapping, Sequence, get_type_hints
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.models import generate_default_cfgs
 
 from ..errors import ConfigError
 from ..neurons import TAU, validate_backend
 from ..network import SpikingNetwork
-from ..timm_contract import check_timm_arguments, classifier_head, override_batch_norms, square_size
+from ..timm_contract import (argument_namer, build_registered, check_timm_arguments, classifier_head,
+                             override_batch_norms, pretrained_config, square_size)
 from .stem import LayerStem
 
-__all__ = ["OneStageTransformer", "check_arguments", "constructor_parameters", "create_baseline", "pretrained_cfg", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["OneStageTransformer", "check_arguments", "constructor_parameters", "create_baseline", "baseline_configs"]
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 _MINIMUM = {"img_size": 1, "in_chans": 1, "T": 1, "embed_dim": 1, "depth": 0, "num_heads": 1, "num_classes": 0}
 
 
@@ -28,12 +27,7 @@ def check_arguments(cls: type, args: Mapping[str, Any], labels: Mapping[str, str
     """Check a complete set of arguments of the baseline class `cls` (ranges, the width divisible by num_heads,
     tau, the pooling bits, the neuron backend, timm's extra arguments); raise ConfigError. `labels` as in
     `msvit.models.check_arguments`."""
-    def named(key: str) -> str:
-        value = args[key]
-        if labels is None or key in labels:
-            return f"{(labels or {}).get(key, key)} {value!r}"
-        return f"{key} {value!r} (the model's default)"
-
+    named = argument_namer(args, labels)
     args = {**args, "img_size": square_size(args["img_size"], named("img_size"))}
     check_timm_arguments(args, named)
     for key, low in _MINIMUM.items():
@@ -153,28 +147,14 @@ class OneStageTransformer(SpikingNetwork):
         return out
 
 
-def pretrained_cfg(kind: str, arch: Mapping[str, Any], crop_pct: float = 1.0) -> dict[str, Any]:
-    """timm's pretrained config of a baseline for `kind` 'imagenet', 'cifar' or 'dvs' input."""
-    if kind == "imagenet":
-        norm = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=crop_pct, interpolation="bicubic")
-    elif kind == "cifar":
-        norm = dict(mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0, interpolation="bicubic")
-    else:  # raw event counts: no normalisation
-        norm = dict(mean=(0.0, 0.0), std=(1.0, 1.0), crop_pct=1.0, interpolation="nearest")
-    size = arch["img_size"]
-    return dict(url="", input_size=(arch["in_chans"], size, size), num_classes=arch["num_classes"],
-                classifier="head", first_conv="patch_embed.proj_conv", license="mit", **norm)
-
-
-_BUILDER_TAKES_CACHE_DIR = "cache_dir" in inspect.signature(build_model_with_cfg).parameters
-
-
 def create_baseline(cls: type[OneStageTransformer], variant: str, arch: Mapping[str, Any], pretrained: bool,
                     **kwargs: Any) -> OneStageTransformer:
     """timm's builder for a registered baseline `variant` (its `arch` arguments, then the caller's)."""
-    if not _BUILDER_TAKES_CACHE_DIR:
-        kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
-    model = build_model_with_cfg(cls, variant, pretrained, **{**arch, **kwargs})
-    model.pretrained_cfg.update(num_classes=model.num_classes,
-                                input_size=(model.in_chans, model.img_size, model.img_size))
-    return model
+    return build_registered(cls, variant, arch, pretrained, **kwargs)
+
+
+def baseline_configs(archs: Mapping[str, Mapping[str, Any]], imagenet_crop_pct: float = 1.0) -> dict[str, Any]:
+    """timm's pretrained configs of a family's registered `archs` (the releases evaluate ImageNet at crop_pct 1.0,
+    SDT at 0.95)."""
+    return generate_default_cfgs({name: pretrained_config(arch, "patch_embed.proj_conv", imagenet_crop_pct)
+                                  for name, arch in archs.items()})

@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 from torch import nn
 
 from ..layers import AttentionBase, Block
 from ..neurons import LIF, reset_neurons
 from ..timm_contract import pool_features
-from .base import OneStageTransformer, create_baseline, pretrained_cfg
+from .base import OneStageTransformer, baseline_configs, create_baseline
 from .membrane import MembraneMLP
 from .stem import LayerStem, StemLayer, pooled_layers
 
@@ -136,11 +136,9 @@ SDT_ARCHS: dict[str, dict[str, Any]] = {
     "sdt_dvs_2_256": dict(img_size=128, in_chans=2, num_classes=11, T=16, embed_dim=256, depth=2, num_heads=8,
                           pooling_stat="0111"),
 }
-_KIND = {"sdt_cifar_2_512": "cifar", "sdt_dvs_2_256": "dvs"}
 SDT_CROP_PCT = 0.95  # the release evaluates ImageNet at crop_pct 0.95
 
-default_cfgs = generate_default_cfgs({name: pretrained_cfg(_KIND.get(name, "imagenet"), arch, SDT_CROP_PCT)
-                                      for name, arch in SDT_ARCHS.items()})
+default_cfgs = baseline_configs(SDT_ARCHS, SDT_CROP_PCT)
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> SpikeDrivenTransformer:

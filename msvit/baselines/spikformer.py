@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 from torch import nn
 
 from ..errors import ConfigError
 from ..layers import SSA_SCALE, Block, SpikingSelfAttention
-from .base import OneStageTransformer, create_baseline, pretrained_cfg
+from .base import OneStageTransformer, baseline_configs, create_baseline
 from .stem import LayerStem, StemLayer, pooled_layers
 
 __all__ = ["Spikformer", "SPIKFORMER_ARCHS"]
@@ -76,10 +76,8 @@ SPIKFORMER_ARCHS: dict[str, dict[str, Any]] = {
     "spikformer_dvs_2_256": dict(img_size=128, in_chans=2, num_classes=10, T=16, embed_dim=256, depth=2,
                                  num_heads=16, pooling_stat="1111", attn_scale=0.25),
 }
-_KIND = {"spikformer_cifar_4_384": "cifar", "spikformer_dvs_2_256": "dvs"}
 
-default_cfgs = generate_default_cfgs({name: pretrained_cfg(_KIND.get(name, "imagenet"), arch)
-                                      for name, arch in SPIKFORMER_ARCHS.items()})
+default_cfgs = baseline_configs(SPIKFORMER_ARCHS)
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> Spikformer:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 from torch import nn
 
 from ..layers import Block, SpikingSelfAttention
-from .base import OneStageTransformer, create_baseline, pretrained_cfg
+from .base import OneStageTransformer, baseline_configs, create_baseline
 from .membrane import MembraneMLP
 from .stem import LayerStem, StemLayer, pooled_layers
 
@@ -58,10 +58,8 @@ SPIKINGFORMER_ARCHS: dict[str, dict[str, Any]] = {
     "spikingformer_dvs_2_256": dict(img_size=128, in_chans=2, num_classes=11, T=16, embed_dim=256, depth=2,
                                     num_heads=16, pooling_stat="1111", tau=1.5),
 }
-_KIND = {"spikingformer_cifar_4_384": "cifar", "spikingformer_dvs_2_256": "dvs"}
 
-default_cfgs = generate_default_cfgs({name: pretrained_cfg(_KIND.get(name, "imagenet"), arch)
-                                      for name, arch in SPIKINGFORMER_ARCHS.items()})
+default_cfgs = baseline_configs(SPIKINGFORMER_ARCHS)
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> Spikingformer:

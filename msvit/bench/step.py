@@ -17,7 +17,8 @@ from torch import nn
 from ..config import COMPILE_MODES, check_model_kwargs
 from ..errors import UserError
 from ..models import compile_model, count_parameters, set_batch_coupled_ssa
-from ..registry import ALL_ARCHS, ALL_MODEL_NAMES, input_kind
+from ..registry import ALL_ARCHS, ALL_MODEL_NAMES
+from ..timm_contract import input_kind
 from ..neurons import LIF
 from .device import check_device, cpu_name
 from .memory import held_megabytes, live_bytes_counter, rss_peak_mb
