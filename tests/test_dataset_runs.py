@@ -394,6 +394,25 @@ if shutil.which("nvidia-smi") is None:  # most likely no CUDA device either
                                                            "--device", "cuda", expect=["--device cuda", "--device cpu"])
 
 
+# Issue 23's cases, one table per area; each area's case functions sit just above its table.
+
+# ---- the training run's life: resume and extension, Ctrl-C, failed starts, threads
+LIFECYCLE_REFUSED: dict[str, Callable[[Path], Case]] = {
+}
+
+# ---- evaluation and model choice: test.py, msvit.energy, msvit.maps, --finetune, help
+EVALUATION_REFUSED: dict[str, Callable[[Path], Case]] = {
+}
+
+# ---- data: your own ImageFolder, empty or too small splits
+DATA_REFUSED: dict[str, Callable[[Path], Case]] = {
+}
+
+# ---- the package as installed: optional dependencies
+PACKAGE_REFUSED: dict[str, Callable[[Path], Case]] = {
+}
+
+
 def refuse(script: str, args: list, expected: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
     # no DataLoader workers unless the case sets them; msvit.bench reads no data and has no such option
     workers = [] if script == "-m msvit.bench" else ["--workers", 0]
@@ -434,6 +453,10 @@ BAD_INPUT: dict[str, Callable[[Path], Case]] = {
                                             ["checkpoint file not found", str(tmp / "gone.pth")]),
     "maps-unreadable-file": _maps_of_an_unreadable_file,
     **SETTINGS_REFUSED,
+    **LIFECYCLE_REFUSED,
+    **EVALUATION_REFUSED,
+    **DATA_REFUSED,
+    **PACKAGE_REFUSED,
 }
 # ------------------------------------------------------------------------------- background subprocesses
 
