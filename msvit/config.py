@@ -16,7 +16,7 @@ import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, Mapping, NoReturn, Sequence
 
 import yaml
 
@@ -30,7 +30,8 @@ from .validation import (accepted_types, check_config, check_model_kwargs, check
 __all__ = ["DEFAULTS", "SETTINGS", "GROUPS", "TYPES", "CHOICES", "MODEL_KEYS", "NETWORK_KEYS", "NO_EFFECT",
            "COMPILE_MODES", "ConfigError", "ArgumentParser", "load_config", "parse_args", "parse_model_kwargs",
            "check_config", "check_model_kwargs", "command_line_keys", "model_arguments", "model_kwargs",
-           "restore_model_settings", "restore_run_settings", "save_config"]
+           "restore_model_settings", "restore_run_settings", "save_config", "warn_other_dataset",
+           "EVALUATION_KEYS", "print_keys"]
 
 _log = logging.getLogger("msvit")
 _LEGACY_LAUNCH_FLAGS = {"local_rank"}   # torch.distributed.launch's flag; ranks come from the environment
@@ -165,12 +166,26 @@ def folder_recipes(default_config: str | Path) -> list[tuple[str, str]]:
     return described
 
 
-def _print_help(config_path: str | None, default_config: str | Path | None = None) -> None:
-    """The keys by group, each with its value after the recipe `config_path` and its description; the recipes
-    of the folder of `default_config`."""
+# what test.py reads: the network, the data and the evaluation, AMP, compilation, and the training batch that
+# val_batch_size falls back to (msvit.energy and msvit.maps read a subset)
+EVALUATION_KEYS = tuple(key for key, setting in SETTINGS.items()
+                        if setting.group in ("model", "data", "evaluation") and NO_EFFECT not in setting.help) + tuple(
+    key for key in ("batch_size", "amp", "amp_dtype", "compile", "compile_mode", "threads") if key in SETTINGS)
+_EVALUATION_ABOUT = ("Our checkpoints carry their run's settings: the network (model, model_kwargs, time_step, "
+                     "batch_coupled_ssa) comes from the checkpoint, and so do the data settings not given here; "
+                     "--time-step and the data options given here win, a --model other than the checkpoint's is "
+                     "refused. The authors' checkpoints carry none: the recipe and the command line name the model.")
+
+
+def _print_help(config_path: str | None, default_config: str | Path | None = None,
+                keys: Sequence[str] | None = None, usage: str = "[--config FILE] [--KEY VALUE ...]",
+                about: str = "") -> None:
+    """The keys by group (`keys`: only those, for a program that reads only them), each with its value after the
+    recipe `config_path` and its description; the recipes of the folder of `default_config`. `usage` follows the
+    program's name on the usage line; `about` replaces the training run's paragraph."""
     values = {**DEFAULTS, **(load_config(config_path) if config_path is not None else {})}
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train.py"
-    print(f"usage: {prog} [--config FILE] [--KEY VALUE ...]")
+    print(f"usage: {prog} {usage}")
     print(f"\n  --config FILE  the YAML recipe (default: {config_path or 'none'})")
     if default_config is not None and Path(default_config).is_file():
         print("\nrecipes in this folder (--config NAME):")
@@ -181,17 +196,33 @@ def _print_help(config_path: str | None, default_config: str | Path | None = Non
     print("\n" + textwrap.fill(
         "Every key can be set in the recipe and overridden here as --key value or --key=value (dashes and "
         "underscores are equivalent, values are read as YAML, a bare boolean flag means true). The values shown "
-        f"are the defaults {recipe}. A resumed run keeps {', '.join(NETWORK_KEYS)}: they define the network and "
-        "the data split.", width=110))
-    shown = {key: yaml_flow(value) for key, value in values.items()}
-    key_width = max(map(len, DEFAULTS)) + 2
+        f"are the defaults {recipe}. " + (about or f"A resumed run keeps {', '.join(NETWORK_KEYS)}: they define "
+                                          "the network and the data split."), width=110))
+    print_keys(keys or tuple(DEFAULTS), values)
+
+
+def print_program_help(usage: str, keys: Sequence[str]) -> None:
+    """--help of a program with its own options (`usage`) that also reads the settings `keys`."""
+    print(usage.rstrip())
+    print("\n" + textwrap.fill(
+        "It also reads these settings, from the recipe that --config names or as --KEY VALUE here (values read as "
+        "YAML); with one of our checkpoints the network and the data settings come from it, as in test.py. The "
+        "values shown are the defaults without a recipe.", width=110))
+    print_keys(keys)
+
+
+def print_keys(keys: Sequence[str], values: Mapping[str, Any] = DEFAULTS) -> None:
+    """`keys` by --help group, each with its value in `values` and its description."""
+    shown = {key: yaml_flow(values[key]) for key in keys}
+    key_width = max(map(len, keys)) + 2
     value_width = min(max(map(len, shown.values())), 24)
     for group in GROUPS:
-        print(f"\n{group}:")
-        for key, setting in SETTINGS.items():
-            if setting.group == group:
-                choices = f" ({'/'.join(CHOICES[key])})" if key in CHOICES else ""
-                print(f"  {option_flag(key):<{key_width}}  {shown[key]:<{value_width}}  {setting.help}{choices}")
+        listed = [key for key, setting in SETTINGS.items() if setting.group == group and key in shown]
+        if listed:
+            print(f"\n{group}:")
+        for key in listed:
+            choices = f" ({'/'.join(CHOICES[key])})" if key in CHOICES else ""
+            print(f"  {option_flag(key):<{key_width}}  {shown[key]:<{value_width}}  {SETTINGS[key].help}{choices}")
 
 
 def command_line_keys(argv: list[str] | None = None) -> list[str]:
@@ -202,13 +233,13 @@ def command_line_keys(argv: list[str] | None = None) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None,
-               default_config: str | Path | None = None) -> dict[str, Any]:
+               default_config: str | Path | None = None, program: str = "train") -> dict[str, Any]:
     """The settings of a train.py / test.py run: DEFAULTS, then the YAML of `--config FILE`
     (default `default_config`), then the `--key value` overrides of `argv` (default sys.argv[1:]).
 
     Returns every key of DEFAULTS plus `config`, the YAML path used (None without one).
-    `--help` prints the keys with their values after the recipe and exits 0; a bad option or setting
-    (see `check_config`) raises ConfigError.
+    `--help` prints the keys with their values after the recipe and exits 0 (`program` 'test': only the keys
+    that test.py reads, `EVALUATION_KEYS`); a bad option or setting (see `check_config`) raises ConfigError.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     config_path = None if default_config is None else str(default_config)
@@ -217,7 +248,12 @@ def parse_args(argv: list[str] | None = None,
             given = [tokens[0] for _, key, tokens in _split_options(argv) if key == "config" and len(tokens) == 1]
         except ConfigError:
             given = []
-        _print_help(_recipe_path(given[-1], default_config) if given else config_path, default_config)
+        recipe = _recipe_path(given[-1], default_config) if given else config_path
+        if program == "test":
+            _print_help(recipe, default_config, EVALUATION_KEYS, "--checkpoint PATH [--KEY VALUE ...]",
+                        _EVALUATION_ABOUT)
+        else:
+            _print_help(recipe, default_config)
         raise SystemExit(0)
     overrides: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -277,10 +313,51 @@ DATA_KEYS = ("data_dir", "verify_data", "workers", "pin_mem", "val_batch_size", 
 
 def restore_run_settings(cfg: dict[str, Any], checkpoint: Any, given: tuple[str, ...] | list[str] = ()) -> None:
     """Take the network (MODEL_KEYS) and the data settings (DATA_KEYS) from the config saved in one of our
-    checkpoints, except the keys `given` on the command line that evaluation may change."""
+    checkpoints, except the keys `given` on the command line that evaluation may change. A `--model` given on
+    the command line must be registered and, for one of our checkpoints, the one it was trained as (ConfigError)."""
+    _check_given_model(cfg, checkpoint, given)
     keys = [k for k in MODEL_KEYS if not (k in given and k in EVAL_MAY_CHANGE)]
     restore_model_settings(cfg, checkpoint, keys=tuple(keys))
     restore_model_settings(cfg, checkpoint, keys=tuple(k for k in DATA_KEYS if k not in given))
+
+
+def _saved_config(checkpoint: Any) -> Mapping[str, Any] | None:
+    saved = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    return saved if isinstance(saved, Mapping) else None
+
+
+def _check_given_model(cfg: Mapping[str, Any], checkpoint: Any, given: tuple[str, ...] | list[str]) -> None:
+    """Refuse a `--model` that is not registered (naming the closest) or that is not the checkpoint's."""
+    if "model" not in given:
+        return
+    from .registry import ALL_ARCHS, unknown_model
+
+    if cfg["model"] not in ALL_ARCHS:
+        raise unknown_model(cfg["model"], where="--model")
+    saved = (_saved_config(checkpoint) or {}).get("model")
+    if saved is not None and saved != cfg["model"]:
+        raise ConfigError(f"--model {cfg['model']} is not the checkpoint's model: it was trained as {saved}; "
+                          f"drop --model (the model comes from the checkpoint), or give a checkpoint of "
+                          f"{cfg['model']}")
+
+
+def warn_other_dataset(cfg: Mapping[str, Any], checkpoint: Any) -> None:
+    """Log a warning when one of our checkpoints was trained on another dataset than the one `cfg` evaluates
+    (the authors' carry no settings: nothing to compare)."""
+    saved = (_saved_config(checkpoint) or {}).get("dataset")
+    if saved and cfg.get("dataset") and _dataset_key(saved) != _dataset_key(cfg["dataset"]):
+        _log.warning("warning: the checkpoint was trained on %s but runs here on %s, another dataset: its outputs "
+                     "are the classes of %s; evaluate it with the test.py of its own dataset's folder", saved,
+                     cfg["dataset"], saved)
+
+
+def _dataset_key(name: str) -> str:
+    from .data.registry import dataset_name
+
+    try:
+        return dataset_name(name)
+    except UserError:
+        return str(name)
 
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> None:

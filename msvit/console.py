@@ -18,7 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-__all__ = ["log", "setup_logging", "add_log_file", "stdout_to_stderr", "rounded", "print_json", "progress_bar", "EpochDisplay"]
+__all__ = ["log", "setup_logging", "add_log_file", "log_to_file", "epoch_label", "stdout_to_stderr", "rounded",
+           "print_json", "progress_bar", "EpochDisplay"]
 
 log = logging.getLogger("msvit")
 SIGNIFICANT_DIGITS = 6
@@ -30,34 +31,66 @@ def _bar_on_terminal() -> bool:
 
 
 class _Console(logging.StreamHandler):
-    """Log lines that do not break a tqdm bar (written around it), without the progress lines a bar replaces."""
+    """Log lines that do not break a tqdm bar (written around it), without the progress lines a bar replaces,
+    on the stdout of `setup_logging`'s time (stderr inside `stdout_to_stderr`), or the current one once that is
+    closed (a notebook's or a test's captured stream, when the handler outlives it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (getattr(record, "progress", False) and _bar_on_terminal()) and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            stream = sys.stdout if getattr(self.stream, "closed", False) else self.stream
+            tqdm.write(self.format(record), file=stream)
         except Exception:  # noqa: BLE001 - logging's own convention for a failed write
             self.handleError(record)
 
 
-def setup_logging(is_main: bool) -> None:
-    """Lines of the `msvit` logger on the current stdout, from the main process only (others: warnings)."""
+class _Pending(logging.Handler):
+    """The lines logged before the run folder exists (it is made once the settings are checked): `add_log_file`
+    writes them at the top of log.txt."""
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < self.LIMIT:
+            self.records.append(record)
+
+
+def setup_logging(is_main: bool, keep_pending: bool = False) -> None:
+    """Lines of the `msvit` logger on the current stdout, from the main process only (others: warnings).
+    `keep_pending`: keep the lines logged so far for log.txt (a second call in the same run)."""
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
+    pending = next((h for h in log.handlers if isinstance(h, _Pending)), None) if keep_pending else None
     for handler in log.handlers:
         handler.close()
     handler = _Console(sys.stdout)  # the current stdout, also when called again in-process
     handler.setFormatter(logging.Formatter("%(message)s"))
-    log.handlers[:] = [handler]
+    log.handlers[:] = [handler, pending or _Pending()]
 
 
 def add_log_file(path: Path) -> None:
-    """Also append every line, progress lines included, to `path` (the run folder's log.txt), time-stamped."""
+    """Also append every line, progress lines included, to `path` (the run folder's log.txt), time-stamped,
+    starting with those logged before the folder existed."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for pending in [h for h in log.handlers if isinstance(h, _Pending)]:
+        for record in pending.records:
+            handler.handle(record)
+        log.removeHandler(pending)
     log.addHandler(handler)
+
+
+def log_to_file(line: str) -> None:
+    """`line` in log.txt only (the console has it already, as cli_entry's one line on stderr)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (line,), None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def progress_bar(iterable: Any, desc: str, enabled: bool) -> tqdm:
@@ -70,6 +103,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def epoch_label(epoch: int, epochs: int) -> str:
+    """`epoch 3 (4/10)`: the epoch's number as summary.csv, checkpoints and messages count (from 0), then how
+    far the run is (from 1 to the number of epochs)."""
+    return f"epoch {epoch} ({epoch + 1}/{epochs})"
+
+
 class EpochDisplay:
     """Progress of one training epoch on the main process: a tqdm bar on a terminal, and a log line every
     `interval` optimizer updates (update/total, loss, lr, img/s, data-wait share, ETA for the epoch) for
@@ -80,7 +119,7 @@ class EpochDisplay:
         self.epoch, self.epochs, self.batches, self.start_batch = epoch, epochs, batches, start_batch
         self.accum_iter, self.interval, self.world_size, self.enabled = accum_iter, interval, world_size, enabled
         self.start, self.images, self.data_seconds = time.perf_counter(), 0, 0.0
-        self.bar = tqdm(total=batches, initial=start_batch, desc=f"epoch {epoch}/{epochs - 1}", leave=False,
+        self.bar = tqdm(total=batches, initial=start_batch, desc=epoch_label(epoch, epochs), leave=False,
                         dynamic_ncols=True, disable=not (enabled and _bar_on_terminal()))
 
     def step(self, batch: int, images: int, data_seconds: float, loss: float, lr: float, updates: int,
@@ -96,8 +135,8 @@ class EpochDisplay:
             return
         done = batch + 1 - self.start_batch
         total_updates = -(-self.batches // self.accum_iter)
-        log.info("epoch %d/%d  update %d/%d  loss %.4f  lr %.3e  %.0f img/s  data %.0f%%  ETA %s",
-                 self.epoch, self.epochs - 1, updates, total_updates, loss, lr, rate,
+        log.info("%s  update %d/%d  loss %.4f  lr %.3e  %.0f img/s  data %.0f%%  ETA %s",
+                 epoch_label(self.epoch, self.epochs), updates, total_updates, loss, lr, rate,
                  100 * self.data_seconds / max(elapsed, 1e-9),
                  _duration(elapsed / max(done, 1) * (self.batches - batch - 1)), extra=PROGRESS)
 

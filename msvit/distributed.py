@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistEnv", "init_distributed", "all_reduce_sum", "broadcast_buffers", "barrier",
-           "main_process_first", "cleanup"]
+           "main_process_first", "cleanup", "set_threads"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,12 @@ def main_process_first(env: DistEnv) -> Iterator[None]:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this process (the `threads` setting); None keeps torch's default (one per
+    core, or OMP_NUM_THREADS). More threads than free cores (other jobs, several processes per machine) slow a
+    run down many times over, and the thread count changes the order of floating-point sums, so results differ
+    between thread counts (docs/training.md, 'Threads and reproducibility on CPU')."""
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -6,9 +6,10 @@ import os
 import sys
 from typing import Callable, TypeVar
 
-__all__ = ["UserError", "ConfigError", "DataError", "user_message", "cli_entry"]
+__all__ = ["EXIT_INTERRUPTED", "UserError", "ConfigError", "DataError", "user_message", "failure_line", "cli_entry"]
 
 F = TypeVar("F", bound=Callable[..., object])
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C (msvit.preemption uses it too)
 
 
 class UserError(Exception):
@@ -41,8 +42,20 @@ def user_message(exc: UserError) -> str:
     return " ".join(line.strip() for line in lines if line.strip())
 
 
+def failure_line(exc: BaseException) -> str:
+    """The one line that says how a program ended on `exc`: cli_entry's for a UserError or a Ctrl-C, else the
+    last line of the traceback Python prints (type and the message's first line)."""
+    if isinstance(exc, UserError):
+        return f"error: {user_message(exc)}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def cli_entry(main: F) -> F:
-    """Run a command-line `main`: a `UserError` becomes `error: <message>` on stderr and exit code 2."""
+    """Run a command-line `main`: a `UserError` becomes `error: <message>` on stderr and exit code 2, a Ctrl-C
+    (KeyboardInterrupt) the line `interrupted` and exit code 130."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
@@ -50,6 +63,9 @@ def cli_entry(main: F) -> F:
         except UserError as exc:
             print(f"error: {user_message(exc)}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and stops by itself): one line
+            print("interrupted", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # `... --help | head`: the reader left; no traceback for that
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)

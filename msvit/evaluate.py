@@ -4,8 +4,10 @@
 
 Accepts our checkpoints (the model is rebuilt from the run's saved config, SSA setting included, and the run's
 data settings are reused where the command line gives none; `--time-step`, `--val-batch-size` and the data
-options given here win) and the authors' (the model comes from the folder's YAML and the command line). `--compare-ssa-coupling` evaluates
-the same weights a second time with the other SSA setting (batch-coupled or per sample) and reports both.
+options given here win; a `--model` other than the checkpoint's is refused, a checkpoint trained on another dataset
+is evaluated with a warning) and the authors' (the model comes from the folder's YAML and the command line).
+`--compare-ssa-coupling` evaluates the same weights a second time with the other SSA setting (batch-coupled or
+per sample) and reports both.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .checkpoint import load_checkpoint, read_checkpoint
-from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings
-from .data import build_datasets, eval_transform_line
-from .distributed import DistEnv, cleanup, init_distributed, main_process_first
+from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings, warn_other_dataset
+from .data import build_datasets, eval_transform_line, resolve_num_classes
+from .distributed import DistEnv, cleanup, init_distributed, main_process_first, set_threads
 from .energy import EnergyMeter, format_firing, format_totals
 from .errors import ConfigError, cli_entry
 from .models import compile_model, set_batch_coupled_ssa
@@ -41,35 +43,22 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
         raise ConfigError("no checkpoint given: pass --checkpoint PATH (a best.pth/last.pth of a run, "
                           "or a downloaded model)")
     with stdout_to_stderr(cfg["json"]):
+        set_threads(cfg["threads"])  # first: every later torch call uses it
         env = init_distributed()
         setup_logging(env.is_main)
         checkpoint = read_checkpoint(cfg["checkpoint"])
         restore_run_settings(cfg, checkpoint, given)
+        cfg["num_classes"] = resolve_num_classes(cfg, train=False)  # null: the val class folders' count
         try:
-            model = create_dataset_model(cfg, variants)
-            load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
-            model.to(env.device)
+            model = _load_model(cfg, checkpoint, variants).to(env.device)
             with main_process_first(env):
                 _, val_set = build_datasets(cfg, train=False)
             loader = build_eval_loader(val_set, cfg, env)
             transform = eval_transform_line(cfg)  # which resize and crop: crop_pct null depends on img_size
             if transform is not None:
                 log.info("%s", transform)
-            amp = amp_settings(cfg, env.device)
             coupled = model.config["batch_coupled_ssa"]
-            meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
-            runner = model
-            if cfg["compile"] and not cfg["energy"]:  # the energy meter counts through hooks: eager
-                runner = compile_model(model, cfg["compile_mode"])
-            with meter:
-                metrics = evaluate(runner, loader, env, amp)
-            energy = _energy(meter.report()) if cfg["energy"] else {}  # per image, summed over all processes
-            by_setting = {}
-            if cfg["compare_ssa_coupling"]:
-                by_setting[SSA_SETTINGS[coupled]] = {k: metrics[k] for k in _METRICS}
-                set_batch_coupled_ssa(model, not coupled)
-                by_setting[SSA_SETTINGS[not coupled]] = evaluate(runner, loader, env, amp)
-                set_batch_coupled_ssa(model, coupled)
+            metrics, energy, by_setting = _measure(cfg, model, loader, env)
         finally:
             cleanup()
     result = {**metrics, "weights": "ema" if cfg["use_ema"] else "raw", "time_step": model.T,
@@ -81,6 +70,35 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
         else:
             print(_report(cfg, result, env))
     return result
+
+
+def _load_model(cfg: dict[str, Any], checkpoint: Any, variants: Sequence[str]) -> Any:
+    """The configured model with the checkpoint's weights; a warning when it was trained on another dataset."""
+    model = create_dataset_model(cfg, variants)
+    load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
+    warn_other_dataset(cfg, checkpoint)  # after the load: a head of another class count is refused first
+    return model
+
+
+def _measure(cfg: dict[str, Any], model: Any, loader: Any,
+             env: DistEnv) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(metrics, energy per image, metrics by SSA setting with --compare-ssa-coupling) of `model` on `loader`."""
+    amp = amp_settings(cfg, env.device)
+    coupled = model.config["batch_coupled_ssa"]
+    meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
+    runner = model
+    if cfg["compile"] and not cfg["energy"]:  # the energy meter counts through hooks: eager
+        runner = compile_model(model, cfg["compile_mode"])
+    with meter:
+        metrics = evaluate(runner, loader, env, amp)
+    energy = _energy(meter.report()) if cfg["energy"] else {}  # per image, summed over all processes
+    by_setting = {}
+    if cfg["compare_ssa_coupling"]:
+        by_setting[SSA_SETTINGS[coupled]] = {k: metrics[k] for k in _METRICS}
+        set_batch_coupled_ssa(model, not coupled)
+        by_setting[SSA_SETTINGS[not coupled]] = evaluate(runner, loader, env, amp)
+        set_batch_coupled_ssa(model, coupled)
+    return metrics, energy, by_setting
 
 
 def _energy(report: dict[str, Any]) -> dict[str, Any]:
@@ -121,4 +139,4 @@ def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv) -> str:
 def main(config: str | Path, variants: Sequence[str], argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of `<dataset>/test.py`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run(parse_args(argv, config), variants, command_line_keys(argv))
+    return run(parse_args(argv, config, program="test"), variants, command_line_keys(argv))

@@ -6,8 +6,9 @@ weights come from the checkpoint, ours (raw or, with `finetune_ema`, the average
 uses. `read_source` reads and checks them before any data is read; `load_source` puts them in the built model.
 What may differ between the checkpoint and the run, each logged in one line: img_size and time_step (no
 weight depends on them), num_classes (the head starts anew), batch_coupled_ssa, drop_path_rate, the neuron
-backend. Anything else that does not fit (another family or width) is a ConfigError naming the tensors and the
-registered models that could take the checkpoint.
+backend. Anything else that does not fit (another family or width) is a ConfigError naming the tensors and, for
+one of our checkpoints, the model and model_kwargs it was trained with (else the registered models that could take
+the checkpoint).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch import nn
 from .checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_model_keys
 from .errors import ConfigError
 from .registry import ALL_ARCHS
-from .validation import model_kwargs
+from .validation import model_kwargs, yaml_flow
 from .zoo import create_dataset_model
 
 __all__ = ["FinetuneSource", "read_source", "load_source", "finetune_variants"]
@@ -67,12 +68,14 @@ def read_source(cfg: dict[str, Any], variants: Sequence[str]) -> FinetuneSource:
     target = model.state_dict()
     head = _head_keys(target)
     misfits = _misfits(state, target, head)
-    if misfits:
-        fitting = _fitting_models(saved, cfg) or ["none of the registered models"]
-        raise ConfigError(f"--finetune {cfg['finetune']} does not fit {cfg['model']}: {'; '.join(misfits)}. "
-                          f"Models whose tensors fit it: {', '.join(fitting)} (choose one with --model)")
-    new_head = [k for k in head if k in target and (k not in state or state[k].shape != target[k].shape)]
     settings = checkpoint.get("config") if isinstance(checkpoint.get("config"), Mapping) else None
+    if misfits:
+        problem = f"--finetune {cfg['finetune']} does not fit {cfg['model']}: {'; '.join(misfits)}. "
+        if settings is not None and settings.get("model") in ALL_ARCHS:  # ours: it says what it was trained as
+            raise ConfigError(problem + _trained_as(settings))
+        fitting = _fitting_models(saved, cfg) or ["none of the registered models"]
+        raise ConfigError(problem + f"Models whose tensors fit it: {', '.join(fitting)} (choose one with --model)")
+    new_head = [k for k in head if k in target and (k not in state or state[k].shape != target[k].shape)]
     return FinetuneSource(path, state, settings, new_head)
 
 
@@ -108,6 +111,16 @@ def _misfits(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tenso
               if k in state and k not in head and state[k].shape != target[k].shape]
     return [f"{len(keys)} {label} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys]
+
+
+def _trained_as(settings: Mapping[str, Any]) -> str:
+    """What one of our checkpoints was trained as (its saved config), and the options that build it."""
+    legacy = (("dim", "embed_dim"), ("num_heads", "num_heads"), ("mlp_ratio", "mlp_ratio"))
+    widths = {name: settings[key] for key, name in legacy if settings.get(key) is not None}
+    widths.update(settings.get("model_kwargs") or {})
+    flow = yaml_flow(widths)  # {} : the model's own arguments
+    return (f"It was trained as {settings['model']} with model_kwargs {flow}: pass --model {settings['model']} "
+            f"--model-kwargs \"{flow}\"")
 
 
 def _fitting_models(state: Mapping[str, torch.Tensor], cfg: Mapping[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ Evaluation: every process evaluates its own shard, each sample exactly once (`Sh
 from __future__ import annotations
 
 import random
+import signal
 from typing import Any, Iterator
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .distributed import DistEnv
 
 __all__ = ["derived_seed", "seed_host_generators", "seed_everything", "SeededSamples", "ResumableSampler", "ShardSampler", "make_loader",
-           "build_train_loader", "build_eval_loader"]
+           "ignore_sigint", "build_train_loader", "build_eval_loader"]
 
 _SAMPLE_STREAM = 0x5A3D1E  # keeps the samples' seeds apart from the training steps' (same seed, epoch, number)
 
@@ -94,11 +95,18 @@ class ShardSampler(Sampler[int]):
 
 def make_loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv, batch_size: int, sampler: Sampler,
                 drop_last: bool) -> DataLoader:
-    """A DataLoader with the run's worker count and memory pinning (CUDA only)."""
+    """A DataLoader with the run's worker count and memory pinning (CUDA only); its workers ignore Ctrl-C."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg["workers"],
                       pin_memory=cfg["pin_mem"] and env.device.type == "cuda", drop_last=drop_last,
                       # fresh workers each epoch take their seeds from the reseeded main process
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=ignore_sigint)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """A DataLoader worker's start: Ctrl-C reaches the terminal's whole process group, workers included; they
+    leave it to the main process, which finishes the update, saves and stops them (else a worker that quits
+    on it breaks the batch the main process is waiting for)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_train_loader(dataset: SeededSamples, cfg: dict[str, Any], env: DistEnv) -> DataLoader:
@@ -109,6 +117,10 @@ def build_train_loader(dataset: SeededSamples, cfg: dict[str, Any], env: DistEnv
 
 
 def build_eval_loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv) -> DataLoader:
-    """Each process evaluates its own shard; every sample is counted exactly once."""
+    """Each process evaluates its own shard; every sample is counted exactly once. A split that is empty or
+    smaller than the number of processes is a DataError (`msvit.data.check_eval_split`)."""
+    from .data import check_eval_split  # msvit.data is heavy (torchvision, spikingjelly): imported on use
+
+    check_eval_split(dataset, cfg, env.world_size)
     batch = cfg["val_batch_size"] or cfg["batch_size"]
     return make_loader(dataset, cfg, env, batch, ShardSampler(len(dataset), env.rank, env.world_size), False)

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .plotting import DPI, pyplot, save_figure
+from .plotting import DPI, new_figure, save_figure, style
 
 __all__ = ["draw_sheet", "input_display", "sheet_size", "CELL_W", "CELL_H", "HEADER_H"]
 
@@ -69,9 +69,8 @@ class _Sheet:
     """A figure of fixed size with panels placed by (row, column) in pixel units."""
 
     def __init__(self, maps: dict[str, Any]) -> None:
-        self.plt = pyplot()
         self.width, self.height = sheet_size(maps)
-        self.fig = self.plt.figure(figsize=(self.width / DPI, self.height / DPI), dpi=DPI)
+        self.fig = new_figure((self.width / DPI, self.height / DPI))
 
     def _box(self, row: int, column: int, box: tuple[int, int, int, int]) -> list[float]:
         left, bottom, w, h = box
@@ -94,7 +93,9 @@ class _Sheet:
             bar = self.fig.colorbar(shown, cax=self.fig.add_axes(self._box(row, column, _COLOURBAR)))
             bar.ax.tick_params(labelsize=7, length=2, pad=1)
             bar.ax.grid(False)
-            bar.locator = self.plt.MaxNLocator(nbins=4, integer=True)
+            from matplotlib.ticker import MaxNLocator
+
+            bar.locator = MaxNLocator(nbins=4, integer=True)
             bar.update_ticks()
         return ax
 
@@ -118,7 +119,12 @@ def _legend(maps: dict[str, Any]) -> str:
 def draw_sheet(maps: dict[str, Any], path: str | Path, image: np.ndarray | None = None, title: str = "") -> Path:
     """Write the sheet of one image's `maps` (one entry of `collect_maps`) as a PNG at `path`, at the size
     `sheet_size(maps)`. `image`: the input as displayed (default `input_display(maps['input'])`, without
-    de-normalisation); `title`: the header's first line."""
+    de-normalisation); `title`: the header's first line. The caller's matplotlib state is left as it was."""
+    with style():  # the style applies while the artists are made, not only when saving
+        return save_figure(_draw(maps, image, title), path)
+
+
+def _draw(maps: dict[str, Any], image: np.ndarray | None, title: str) -> Any:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Rectangle
 
@@ -165,4 +171,4 @@ def draw_sheet(maps: dict[str, Any], path: str | Path, image: np.ndarray | None 
                     ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5,
                                            clip_on=False))
             row += heads
-    return save_figure(fig, path)
+    return fig

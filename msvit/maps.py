@@ -34,6 +34,7 @@ from .data.registry import EVENT_DATASETS, dataset_name
 from .errors import ConfigError, DataError, UserError, cli_entry
 from .layers import SpikingSelfAttention, TokenAttention
 from .map_sheet import draw_sheet, input_display, sheet_size
+from .plotting import require_matplotlib
 
 __all__ = ["collect_maps", "check_block", "draw_sheet", "input_display", "sheet_size", "read_image", "file_transform",
            "main"]
@@ -213,6 +214,9 @@ USAGE = """usage: python -m msvit.maps --config FILE [--checkpoint PATH] [--imag
   --queries K        SSA stages: the K query tokens with the most Q spikes per head (default 3)
   --json             print one JSON object (sheets, labels, predictions, spike totals) on stdout
 """
+# the settings of test.py that this program does not read, or lists above
+_NOT_READ = ("energy", "compare_ssa_coupling", "compile", "compile_mode", "amp", "amp_dtype", "batch_size",
+             "threads", "checkpoint", "json")
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -260,7 +264,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     """Build the configured model (architecture and data settings from the checkpoint's saved config when it has
     one), collect the maps of the chosen images in batches of val_batch_size and write one sheet per image."""
     from .checkpoint import load_checkpoint, read_checkpoint
-    from .config import restore_run_settings
+    from .config import restore_run_settings, warn_other_dataset
     from .console import log, setup_logging
     from .models import MODEL_NAMES
     from .registry import BASELINE_NAMES
@@ -268,6 +272,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
 
     if not cfg.get("dataset") or not cfg.get("model"):
         raise ConfigError("no dataset or model configured: pass --config <dataset>/<dataset>.yml")
+    require_matplotlib("msvit.maps")  # before the model runs: the sheets need it
     dataset = dataset_name(cfg["dataset"])
     if opts.files and opts.images is not None:
         raise ConfigError("give either --images N or --files IMAGE ..., not both")
@@ -288,6 +293,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     model = create_dataset_model(cfg, MODEL_NAMES)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
+        warn_other_dataset(cfg, checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     check_block(model, opts.block)
@@ -327,12 +333,13 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`python -m msvit.maps ...`: one sheet per image; a UserError is one `error: ...` line and exit code 2."""
-    from .config import command_line_keys, parse_args
+    from .config import EVALUATION_KEYS, command_line_keys, parse_args, print_program_help
     from .console import print_json, stdout_to_stderr
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(USAGE)
+        print_program_help(USAGE, [k for k in EVALUATION_KEYS if k not in _NOT_READ])
+        raise SystemExit(0)
     opts, rest = _split_argv(argv)
     cfg = parse_args(rest, None)
     with stdout_to_stderr(cfg["json"]):

@@ -11,21 +11,56 @@ per-step torch loop or its CuPy kernel), the reference all are tested against.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import logging
+from types import ModuleType
+from typing import Iterator
 
 import torch
 from torch import nn
-from spikingjelly.clock_driven import neuron as sj_neuron
-from spikingjelly.clock_driven import surrogate
-from spikingjelly.clock_driven.base import MemoryModule
 
 from . import cpu_lif
 from .cuda_lif import SUPPORTED_DTYPES, CupyLIF
 from .spike_bits import mark_spikes
 from .errors import ConfigError, UserError
 
-__all__ = ["LIF", "BACKENDS", "BackendUnavailableError", "cupy_unavailable_reason", "implementation", "reset_neurons", "set_neuron_backend"]
+
+@contextlib.contextmanager
+def quiet_spikingjelly() -> Iterator[None]:
+    """The block's imports of spikingjelly neither print nor change the logging setup.
+
+    spikingjelly 0.0.0.0.14 reports its missing optional packages at import ("No module named 'cupy'",
+    "'lava'") with `logging.info` on the root logger, which (as `logging.info` does when the root logger has no
+    handler) also calls `logging.basicConfig()`: a stderr handler left on the root logger of whoever imports
+    msvit, so a program that configures its own logging (timm's scripts) printed each line twice. A temporary
+    handler on the root logger stops that call, and `logging.disable` the INFO lines themselves."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+        root.removeHandler(guard)
+
+
+def import_spikingjelly(name: str) -> ModuleType:
+    """`importlib.import_module(name)` for a spikingjelly module, quietly (`quiet_spikingjelly`): every import
+    of spikingjelly in msvit goes through here or through this module's own imports below."""
+    with quiet_spikingjelly():
+        return importlib.import_module(name)
+
+
+sj_neuron = import_spikingjelly("spikingjelly.clock_driven.neuron")
+surrogate = import_spikingjelly("spikingjelly.clock_driven.surrogate")
+MemoryModule = import_spikingjelly("spikingjelly.clock_driven.base").MemoryModule
+
+__all__ = ["LIF", "BACKENDS", "BackendUnavailableError", "cupy_unavailable_reason", "implementation", "reset_neurons",
+           "set_neuron_backend", "import_spikingjelly", "quiet_spikingjelly"]
 
 BACKENDS = ("auto", "cupy", "torch")
 TAU = 2.0

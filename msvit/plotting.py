@@ -1,20 +1,34 @@
-"""The one place that sets up matplotlib: a non-interactive backend (no display needed, safe in job scripts and
-worker processes) and one plain style for every figure the package writes (`msvit.energy --plot`,
-`python -m msvit.maps`).
+"""The one place that sets up matplotlib for the figures the package writes (`msvit.energy --plot`,
+`python -m msvit.maps`): one plain style, applied only while a figure is drawn and saved.
+
+Figures are `matplotlib.figure.Figure` objects, never pyplot's: no backend is chosen, no figure is registered
+with pyplot, and the style is a `matplotlib.rc_context`, so a caller's backend and rcParams (a notebook's) are
+as they were after the call. Saving a PNG attaches the Agg canvas to that figure alone.
 
 Figures are written at a fixed size, `figsize` x `DPI` pixels, with no tight bounding box, so a figure's pixel
-size is known before it is drawn.
+size is known before it is drawn. matplotlib is optional (`pip install "msvit[figures]"`): `require_matplotlib`
+turns its absence into one `error: ...` line.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["DPI", "pyplot", "save_figure", "STAGE_COLOURS"]
+from .errors import UserError
+
+__all__ = ["DPI", "MissingPackageError", "new_figure", "require", "require_matplotlib", "save_figure", "style",
+           "STAGE_COLOURS"]
 
 DPI = 100
 # one colour per stage group (patch embedding and its blocks share it), cycled
 STAGE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional dependency that a command needs is not installed."""
+
 
 _STYLE = {
     "font.size": 9,
@@ -30,28 +44,53 @@ _STYLE = {
 }
 
 
-def pyplot() -> Any:
-    """`matplotlib.pyplot` on the Agg backend with the package's style (imported on first use: plotting is
-    optional for everything else)."""
+def require_matplotlib(purpose: str = "drawing figures") -> None:
+    """Raise a `MissingPackageError` (one line, exit 2 in the CLIs) when matplotlib is not installed."""
+    require("matplotlib", "matplotlib", "figures", purpose)
+
+
+def require(module: str, package: str, extra: str, purpose: str) -> None:
+    """Raise a `MissingPackageError` naming `package` and the extra that installs it when `module` cannot be
+    imported: the optional dependencies (pyproject.toml's extras) are needed only by some commands."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        install = f'pip install "msvit[{extra}]"'
+        if exc.name == module:  # absent (a broken install names another module: say what failed)
+            raise MissingPackageError(f"{purpose} needs {package}: {install}") from None
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise MissingPackageError(f"{purpose} needs {package}, which could not be imported ({detail}): "
+                                  f"{install}") from None
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """The package's figure style for the duration of the block (drawing and saving): rcParams are restored on
+    exit, whatever the caller had set."""
+    require_matplotlib()
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    with matplotlib.rc_context(_STYLE):
+        yield
 
-    plt.rcParams.update(_STYLE)
-    return plt
+
+def new_figure(figsize: tuple[float, float], **kwargs: Any) -> Any:
+    """A `matplotlib.figure.Figure` of `figsize` inches at `DPI` (kwargs: e.g. layout="constrained"), outside
+    pyplot; call it inside `style()`."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=DPI, **kwargs)
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Write `fig` as a PNG at its own size (figsize x DPI pixels), atomically, and close it."""
-    plt = pyplot()
+    """Write `fig` as a PNG at its own size (figsize x DPI pixels), atomically, in the package's style."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        fig.savefig(partial, format="png", dpi=DPI)
+        with style():
+            fig.savefig(partial, format="png", dpi=DPI)
         partial.replace(path)
     finally:
-        plt.close(fig)
         partial.unlink(missing_ok=True)
     return path

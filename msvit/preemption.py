@@ -1,10 +1,14 @@
-"""Preemption: SIGTERM or SIGUSR1 on any process stops every process after the same optimizer update.
+"""Stopping a run: SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) on any process stops every process after the same
+optimizer update.
 
 Schedulers (SLURM, Kubernetes, torchrun's agent) announce the end of a job with SIGTERM (SLURM can send
 SIGUSR1 earlier with `--signal`) and kill it some seconds later (30 s by default for SLURM and torchrun).
 The handler only sets a flag; after each update the processes agree on it with one small all-reduce, so
 that they stop together, rank 0 writes a checkpoint holding the position inside the epoch, and the run
-exits with EXIT_PREEMPTED for the scheduler to requeue it. A second signal ends the process at once.
+exits with EXIT_PREEMPTED for the scheduler to requeue it, or EXIT_INTERRUPTED after a Ctrl-C (a person
+stopped it: a scheduler should not requeue it). The same signal a second time ends the process at once
+(Ctrl-C: a KeyboardInterrupt; the checkpoint on disk is the previous complete one, as writes are atomic); another
+kind of signal (torchrun's agent sends SIGTERM after the terminal's SIGINT) only confirms the stop.
 """
 from __future__ import annotations
 
@@ -15,32 +19,44 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
-__all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "Preempted", "StopRequest"]
+from .errors import EXIT_INTERRUPTED  # 128 + SIGINT: what a shell reports for a program ended by Ctrl-C
+
+__all__ = ["EXIT_PREEMPTED", "EXIT_INTERRUPTED", "STOP_SIGNALS", "Preempted", "StopRequest"]
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL of sysexits.h: a temporary failure, to be retried
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's; SIGINT (Ctrl-C) is caught as well
+_CAUGHT = (*STOP_SIGNALS, signal.SIGINT)
 
 
 class Preempted(Exception):
-    """The run stopped on a signal after writing its checkpoint; `message` says where and how to resume."""
+    """The run stopped on a signal after writing its checkpoint; `message` says where and how to resume,
+    `exit_code` is the process's exit status (EXIT_PREEMPTED, or EXIT_INTERRUPTED after a Ctrl-C)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_PREEMPTED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class StopRequest:
-    """Catches STOP_SIGNALS while installed (a context manager); `agreed()` says whether any process got one."""
+    """Catches STOP_SIGNALS and SIGINT while installed (a context manager); `agreed()` says whether any process
+    got one."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal is not None:  # the second signal: stop now, as without this handler
+        if self.signal is None:
+            self.signal = signum
+        elif signum == self.signal:  # the same signal again: stop now, as without this handler
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
-        self.signal = signum
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            for signum in STOP_SIGNALS:
+            for signum in _CAUGHT:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -51,7 +67,13 @@ class StopRequest:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signal).name if self.signal is not None else "a signal on another process"
+        if self.signal is None:
+            return "a signal on another process"
+        return "Ctrl-C (SIGINT)" if self.signal == signal.SIGINT else signal.Signals(self.signal).name
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.signal == signal.SIGINT else EXIT_PREEMPTED
 
     def agreed(self, device: torch.device) -> bool:
         """True on every process when any process has been signalled (a collective: call it on all ranks)."""

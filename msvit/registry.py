@@ -3,6 +3,7 @@ MSViT and QKFormer are `msvit.models.SpikingTransformer` (`ARCHS`); the baseline
 (`msvit.baselines`)."""
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Mapping, get_type_hints
 
@@ -14,11 +15,25 @@ from .errors import ConfigError
 from .models import ARCHS, SpikingTransformer, check_arguments
 
 __all__ = ["ALL_ARCHS", "ALL_MODEL_NAMES", "BASELINE_NAMES", "model_class", "model_parameters",
-           "check_model_arguments"]
+           "check_model_arguments", "closest_model", "unknown_model"]
 
 ALL_ARCHS: dict[str, dict[str, Any]] = {**ARCHS, **BASELINE_ARCHS}
 ALL_MODEL_NAMES = tuple(ALL_ARCHS)
 BASELINE_NAMES = tuple(BASELINE_ARCHS)
+
+
+def closest_model(name: str) -> str | None:
+    """The registered model name closest to `name` (difflib), or None when none is close."""
+    close = difflib.get_close_matches(str(name), ALL_MODEL_NAMES, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_model(name: str, where: str = "model") -> ConfigError:
+    """The error for a model name that is not registered: the closest name, or where to find the list."""
+    close = closest_model(name)
+    hint = (f"did you mean '{close}'?" if close
+            else "python -m msvit.zoo lists the registered models, a folder's model.py those that suit it")
+    return ConfigError(f"{where} {name!r} is not a registered model; {hint}")
 
 
 def model_class(name: str) -> type[nn.Module]:

@@ -15,7 +15,8 @@ from .distributed import DistEnv
 from .engine import AmpSettings
 from .models import count_parameters
 from .neurons import implementation
-from .preemption import EXIT_PREEMPTED
+from .console import epoch_label
+from .preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 __all__ = ["log_header", "log_epoch", "inductor_cache"]
 
@@ -46,11 +47,15 @@ def inductor_cache() -> str:
         return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_<user>")
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
 def _schedule_line(cfg: dict[str, Any], lr: float) -> str:
     total = cfg["epochs"] + cfg["cooldown_epochs"]
-    parts = [f"{total} epochs" + (f" ({cfg['epochs']} + {cfg['cooldown_epochs']} cooldown at {cfg['min_lr']:g})"
-                                   if cfg["cooldown_epochs"] else ""),
-             (f"warmup {cfg['warmup_epochs']} epochs from {cfg['warmup_lr']:g}"
+    parts = [_epochs(total) + (f" ({cfg['epochs']} + {cfg['cooldown_epochs']} cooldown at {cfg['min_lr']:g})"
+                               if cfg["cooldown_epochs"] else ""),
+             (f"warmup {_epochs(cfg['warmup_epochs'])} from {cfg['warmup_lr']:g}"
               + (" before the cosine" if cfg["warmup_prefix"] else " inside the cosine"))
              if cfg["warmup_epochs"] else "no warmup",
              f"cosine from peak lr {lr:g} to {cfg['min_lr']:g}",
@@ -84,8 +89,8 @@ def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple
             f"devices: {neurons}; {precision}; compile {_compile_words(cfg)}; "
             f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}; saved spikes "
             f"{'as bits' if cfg['pack_saved_spikes'] else 'dense'}",
-            f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 stop after the current "
-            f"update (exit {EXIT_PREEMPTED})"):
+            f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 (exit {EXIT_PREEMPTED}) "
+            f"and Ctrl-C (exit {EXIT_INTERRUPTED}) stop after the current update"):
         log.info("%s", line)
     if cfg["warmup_epochs"] + cfg["cooldown_epochs"] > cfg["epochs"]:
         log.warning("warning: warmup_epochs %d + cooldown_epochs %d exceed epochs %d: the learning rate never "
@@ -106,7 +111,7 @@ def log_epoch(writer, row: dict[str, Any], metrics: dict[str, float], ema_metric
     writer.flush()
     extra = f" (EMA {ema_metrics['top1']:.2f}%)" if ema_metrics is not None else ""
     firing = f"  firing {row['firing_rate']}" if row.get("firing_rate") else ""
-    log.info("epoch %d/%d  lr %s  train loss %s  eval loss %.4f  top-1 %.2f%%%s  top-5 %.2f%%  best %.2f%%%s  "
-             "%s img/s  data %.0f%%  peak %s MB", epoch, total_epochs - 1, row["lr"], row["train_loss"],
+    log.info("%s  lr %s  train loss %s  eval loss %.4f  top-1 %.2f%%%s  top-5 %.2f%%  best %.2f%%%s  "
+             "%s img/s  data %.0f%%  peak %s MB", epoch_label(epoch, total_epochs), row["lr"], row["train_loss"],
              metrics["loss"], metrics["top1"], extra, metrics["top5"], best_top1, firing, row["img_per_s"],
              100 * data_share, row["peak_mem_mb"])

@@ -3,17 +3,19 @@
     RUN/config.yaml     the resolved settings (a resumed run starts from them)
     RUN/log.txt         every log line, time-stamped, progress lines included
     RUN/summary.csv     one row per epoch; RUN/events.out.tfevents.*  TensorBoard
-    RUN/last.pth        written at every epoch end, every `checkpoint_interval` updates and on preemption
-    RUN/best.pth        the epoch with the best top-1
+    RUN/last.pth        written at every epoch end, every `checkpoint_interval` updates and on a stop signal
+    RUN/best.pth        the epoch with the best top-1: a hard link to that epoch's last.pth
 
 `python train.py --resume auto --output RUN` is the one command that starts a run and continues it: with no
-last.pth yet it starts fresh; else it takes RUN/config.yaml, then the command line, and continues.
+run folder yet it starts fresh; else it takes RUN/config.yaml, then the command line, and continues (from the
+start when no last.pth was written yet). Changed settings take effect; those that cannot are refused.
 """
 from __future__ import annotations
 
 import csv
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,7 +26,7 @@ from .errors import ConfigError, UserError
 from .settings import NETWORK_KEYS
 
 __all__ = ["NETWORK_KEYS", "SUMMARY_FIELDS", "CheckpointWriteError", "settings_for_run", "output_dir",
-           "resume_path", "prepare_output", "write_summary", "write_checkpoints"]
+           "resume_path", "check_output_writable", "prepare_output", "write_summary", "write_checkpoints"]
 
 # the EMA columns stay empty without model_ema, firing_rate (the network's, in the evaluation) with watch_firing off
 SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5", "img_per_s", "peak_mem_mb",
@@ -38,11 +40,33 @@ class CheckpointWriteError(UserError):
 
 
 def _resumed_folder(cfg: Mapping[str, Any]) -> Path | None:
-    """The folder of the checkpoint that `cfg` resumes from, when there is one to resume from."""
+    """The folder of the checkpoint that `cfg` resumes from, when there is one to resume from; with --resume
+    auto also a run folder stopped before its first checkpoint (config.yaml, no last.pth): it restarts with
+    its own settings, not the recipe's."""
     if cfg["resume"] == "auto":
         folder = Path(cfg["output"])
-        return folder if (folder / "last.pth").is_file() else None
+        return folder if (folder / "last.pth").is_file() or (folder / "config.yaml").is_file() else None
     return Path(cfg["resume"]).parent if cfg["resume"] and Path(cfg["resume"]).is_file() else None
+
+
+def _check_changes(folder: Path, changed: list[str], saved: Mapping[str, Any], resumed: Mapping[str, Any]) -> None:
+    """Refuse what cannot change once a run has a checkpoint: the network (NETWORK_KEYS), the optimizer whose state
+    it holds, and start_epoch, which only places a new run on its schedule (a resumed run continues at its
+    checkpoint's position). Any other change takes effect."""
+    for key in changed:
+        flag = f"--{key.replace('_', '-')}"
+        if key in NETWORK_KEYS:
+            raise ConfigError(f"{flag} cannot change when resuming {folder} (trained with "
+                              f"{key} {saved[key]!r}, asked for {resumed[key]!r}); to train another network, "
+                              f"start a new run folder with another --output")
+        if key == "opt":
+            raise ConfigError(f"--opt cannot change when resuming {folder}: its last.pth holds the state of "
+                              f"{saved[key]!r}, not of {resumed[key]!r}; keep --opt {saved[key]}, or start a new "
+                              f"run from the weights with --finetune {folder / 'last.pth'} --output NEW_FOLDER")
+        if key == "start_epoch":
+            raise ConfigError(f"--start-epoch places a new run on its schedule; resuming {folder} continues at its "
+                              f"checkpoint's position: drop --start-epoch (to change the schedule, change "
+                              f"--epochs, --lr, --min-lr or the warmup/cooldown)")
 
 
 def settings_for_run(argv: list[str], recipe: str | Path | None) -> dict[str, Any]:
@@ -61,13 +85,12 @@ def settings_for_run(argv: list[str], recipe: str | Path | None) -> dict[str, An
     saved = parse_args([], folder / "config.yaml")
     resumed = parse_args(argv, folder / "config.yaml")
     changed = [k for k in command_line_keys(argv) if k not in _NOT_SETTINGS and resumed[k] != saved[k]]
-    for key in changed:
-        if key in NETWORK_KEYS:
-            raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming {folder} (trained with "
-                              f"{key} {saved[key]!r}, asked for {resumed[key]!r}); to train another network, "
-                              f"start a new run folder with another --output")
+    started = (folder / "last.pth").is_file() or cfg["resume"] != "auto"
+    if started:  # before the first checkpoint nothing was trained: any setting may still change
+        _check_changes(folder, changed, saved, resumed)
     listing = ", ".join(f"{k} {saved[k]!r} -> {resumed[k]!r}" for k in changed) or "none"
-    log.info("resuming with the settings of %s; changed on the command line: %s", folder / "config.yaml", listing)
+    log.info("%s with the settings of %s; changed on the command line: %s",
+             "resuming" if started else "restarting (no last.pth yet)", folder / "config.yaml", listing)
     resumed["config"] = recipe if recipe is None else str(recipe)  # the recipe stays the reference (batch)
     resumed["output"] = cfg["output"] or str(folder)  # the saved path may be relative to another folder
     return resumed
@@ -135,12 +158,45 @@ def write_summary(path: Path, row: dict[str, Any] | None, keep_before_epoch: int
 
 
 def write_checkpoints(checkpoint: Mapping[str, Any], output: Path, best: bool) -> None:
-    """last.pth (and best.pth), each written atomically; a failed write is one CheckpointWriteError line."""
-    for name in ("last.pth", "best.pth") if best else ("last.pth",):
+    """last.pth, written atomically; with `best`, best.pth becomes a hard link to it (a copy where the file
+    system has no links), so the checkpoint is written once. A later last.pth is a new file renamed over the
+    name, so best.pth keeps its content. A failed write is one CheckpointWriteError line."""
+    name = "last.pth"
+    try:
+        save_checkpoint(checkpoint, output / name)
+        if best:
+            name = "best.pth"
+            _link_or_copy(output / "last.pth", output / name)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"cannot write {output / name} ({exc.strerror or exc}); the previous {name} is intact: "
+            f"free space (or fix the folder), then continue with --resume auto --output {output}") from None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link to `source`, replaced atomically (a temporary name, then os.replace), as timm's
+    CheckpointSaver does; a copy where links fail (some network and FUSE file systems)."""
+    tmp = target.with_name(f"{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
         try:
-            save_checkpoint(checkpoint, output / name)
-        except OSError as exc:
-            raise CheckpointWriteError(
-                f"cannot write {output / name} ({exc.strerror or exc}); the previous {name} is intact: "
-                f"free space (or fix the folder), then continue with --resume auto --output {output}") from None
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_output_writable(output: Path) -> None:
+    """Refuse a run folder that cannot be created or written, without creating anything: `prepare_output` makes
+    it once the settings, the data and the model have been checked, so a failed start leaves no folder."""
+    existing = output
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = ("it is a file" if existing == output and not existing.is_dir()
+               else f"{existing} is not a folder" if not existing.is_dir()
+               else None if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable")
+    if problem is not None:
+        raise ConfigError(f"cannot write to the run folder {output} ({problem}); choose another --output")
 

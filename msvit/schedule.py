@@ -9,6 +9,7 @@ tail of a longer run, such as the release's 384² fine-tune (epochs 200-209 of a
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import torch
@@ -23,10 +24,28 @@ def build_scheduler(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer,
     `lr_scale` (layer decay) multiplies the rate it gets."""
     unit = batches_per_epoch if cfg["sched_on_updates"] else 1
     length = cfg["epochs"] - (cfg["warmup_epochs"] if cfg["warmup_prefix"] else 0)
-    return CosineLRScheduler(optimizer, t_initial=max(length, 1) * unit, lr_min=cfg["min_lr"],
-                             warmup_t=cfg["warmup_epochs"] * unit, warmup_lr_init=cfg["warmup_lr"],
-                             warmup_prefix=cfg["warmup_prefix"], cycle_limit=1,
-                             t_in_epochs=not cfg["sched_on_updates"])
+    # a one-step cosine (a 1-epoch run stepped per epoch) is meant: timm's warning that it has no effect is noise
+    timm_log = logging.getLogger("timm.scheduler.cosine_lr")
+    quiet = _WithoutMessage("will have no effect")
+    timm_log.addFilter(quiet)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=max(length, 1) * unit, lr_min=cfg["min_lr"],
+                                 warmup_t=cfg["warmup_epochs"] * unit, warmup_lr_init=cfg["warmup_lr"],
+                                 warmup_prefix=cfg["warmup_prefix"], cycle_limit=1,
+                                 t_in_epochs=not cfg["sched_on_updates"])
+    finally:
+        timm_log.removeFilter(quiet)
+
+
+class _WithoutMessage(logging.Filter):
+    """Drops the log records whose message contains `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def set_learning_rate(scheduler: CosineLRScheduler, cfg: Mapping[str, Any], epoch: int, batches_done: int,

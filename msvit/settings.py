@@ -121,11 +121,17 @@ SETTINGS: dict[str, Setting] = {
     "mixup_mode": Setting("batch", "augmentation", "mix parameters drawn per batch, pair or element"),
     "mixup_off_epoch": Setting(0, "augmentation", "epoch from which mixup and cutmix stop; 0: never"),
 
-    "experiment": Setting("", "run", "run folder name under output/<dataset>/ when output is empty "
-                          "(default: the model's name and the time)"),
-    "output": Setting("", "run", "run folder (config.yaml, log.txt, summary.csv, last.pth, best.pth)"),
-    "resume": Setting("", "run", "checkpoint to continue, or auto: output's last.pth (a new run when it has none)"),
+    "experiment": Setting("", "run", "run folder name when output is empty: output/<dataset>/<experiment>-<time>, "
+                          "relative to the current directory (default: the model's name)"),
+    "output": Setting("", "run", "run folder (config.yaml, log.txt, summary.csv, last.pth, best.pth); empty: "
+                      "output/<dataset>/<experiment or model>-<time> under the current directory; made once the "
+                      "settings, data and model are checked"),
+    "resume": Setting("", "run", "checkpoint to continue, or auto: output's last.pth (a new run when it has none; "
+                      "its config.yaml when the run stopped before a checkpoint); changed schedule keys (epochs, "
+                      "lr, min_lr, warmup, cooldown) take effect from the resumed position"),
     "seed": Setting(42, "run", "random seed of initialisation, shuffling and augmentation"),
+    "threads": Setting(None, "run", "torch intra-op threads per process (torch.set_num_threads); null: torch's "
+                       "default (OMP_NUM_THREADS, else one per core); results depend on it (docs/training.md)"),
     "log_interval": Setting(50, "run", "optimizer updates between progress lines (when no progress bar shows)"),
     "checkpoint_interval": Setting(0, "run", "optimizer updates between mid-epoch checkpoints (last.pth); "
                                    "0: at epoch ends only"),
@@ -180,6 +186,7 @@ TYPES: dict[str, tuple[Any, ...]] = {
     "blr": (float, None),
     "clip_grad": (float, None),
     "val_batch_size": (int, None),
+    "threads": (int, None),
     "cutmix_minmax": (list[float], None),
 }
 
@@ -200,7 +207,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUM: dict[str, int] = {
     "batch_size": 1, "val_batch_size": 1, "accum_iter": 1, "time_step": 1, "num_classes": 1, "img_size": 1,
     "workers": 0, "epochs": 1, "cooldown_epochs": 0, "warmup_epochs": 0, "mixup_off_epoch": 0, "log_interval": 1,
-    "checkpoint_interval": 0, "start_epoch": 0,
+    "checkpoint_interval": 0, "start_epoch": 0, "threads": 1,
 }
 
 # Values of the authors' recipes that mean one of our choices (their timm-style dataset names).

@@ -162,8 +162,11 @@ def build_registered(cls: type[nn.Module], variant: str, arch: Mapping[str, Any]
                      **kwargs: Any) -> nn.Module:
     """timm's builder for a registered `variant` (its `arch` arguments, then the caller's), with the pretrained
     config kept in step with what was actually built (e.g. num_classes=100, img_size=64)."""
+    from .checkpoint import release_filter  # the authors' key layouts -> ours, for pretrained=True
+
     if not _BUILDER_TAKES_CACHE_DIR:
         kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
+    kwargs.setdefault("pretrained_filter_fn", release_filter)
     model = build_model_with_cfg(cls, variant, pretrained, **{**arch, **kwargs})
     model.pretrained_cfg.update(num_classes=model.num_classes,
                                 input_size=(model.in_chans, model.img_size, model.img_size))

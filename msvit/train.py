@@ -4,9 +4,10 @@
     torchrun --nproc_per_node=8 imagenet/train.py --resume auto --output RUN   # starts, and restarts, a job
 
 The run folder (`msvit.runfolder`) holds config.yaml, log.txt, summary.csv, TensorBoard events, last.pth and
-best.pth. SIGTERM or SIGUSR1 stops every process after the current optimizer update; rank 0 writes last.pth
-with the position inside the epoch and the run exits with code 75, and `--resume auto` continues at the next
-batch, with the weights an uninterrupted run would reach (`msvit.loaders` makes every batch reproducible).
+best.pth. SIGTERM, SIGUSR1 or Ctrl-C stops every process after the current optimizer update; rank 0 writes
+last.pth with the position inside the epoch and the run exits with code 75 (130 after Ctrl-C), and `--resume auto`
+continues at the next batch, with the weights an uninterrupted run would reach (`msvit.loaders` makes every batch
+reproducible). The run folder is made once the settings, the data and the model are checked.
 """
 from __future__ import annotations
 
@@ -29,21 +30,22 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import restore_model_settings, save_config
-from .console import EpochDisplay, add_log_file, setup_logging
-from .data import build_datasets, dataset_num_classes, eval_transform_line
-from .distributed import DistEnv, barrier, broadcast_buffers, cleanup, init_distributed, main_process_first
+from .console import EpochDisplay, add_log_file, log_to_file, setup_logging
+from .data import build_datasets, eval_transform_line, resolve_num_classes
+from .distributed import (DistEnv, barrier, broadcast_buffers, cleanup, init_distributed, main_process_first,
+                          set_threads)
 from .engine import (EpochProgress, StepSettings, amp_settings, epoch_stats, evaluate, peak_memory_mb,
                      train_one_epoch)
-from .errors import ConfigError, UserError, cli_entry
+from .errors import ConfigError, UserError, cli_entry, failure_line
 from .finetune import finetune_variants, load_source, read_source
 from .firing_watch import FiringWatch
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
 from .losses import TETLoss
 from .models import compile_model
-from .preemption import EXIT_PREEMPTED, Preempted, StopRequest
+from .preemption import Preempted, StopRequest
 from .run_log import inductor_cache, log_epoch, log_header
-from .runfolder import (SUMMARY_FIELDS, output_dir, prepare_output, resume_path, settings_for_run, write_checkpoints,
-                        write_summary)
+from .runfolder import (SUMMARY_FIELDS, check_output_writable, output_dir, prepare_output, resume_path,
+                        settings_for_run, write_checkpoints, write_summary)
 from .schedule import build_scheduler, set_learning_rate
 from .zoo import create_dataset_model, reference_batch_sizes
 
@@ -53,10 +55,10 @@ log = logging.getLogger("msvit")
 
 
 def _check_dataset_classes(cfg: dict[str, Any]) -> None:
-    expected = dataset_num_classes(cfg["dataset"])
-    if cfg["num_classes"] is not None and cfg["num_classes"] != expected:
-        raise ConfigError(f"num_classes is {cfg['num_classes']} but {cfg['dataset']} has {expected} classes; "
-                          f"set --num-classes {expected}")
+    """num_classes null: the dataset's class count (an ImageFolder's: its train class folders); one that
+    contradicts the data is refused. Before the run folder is made: no image is read."""
+    cfg["num_classes"] = resolve_num_classes(cfg, train=True)
+
 
 def _check_coupled_batch(cfg: dict[str, Any]) -> None:
     """With the batch-coupled SSA the per-process batch is part of the network: say so when it differs
@@ -104,6 +106,39 @@ def _quiet_other_processes(env: DistEnv) -> None:
         logging.getLogger("timm").setLevel(logging.ERROR)
 
 
+def _finetune_source(cfg: dict[str, Any], variants: Sequence[str],
+                     checkpoint_path: Path | None) -> tuple[Sequence[str], Any]:
+    """With --finetune: the model variants it may start from and, for a new run, its checked source weights."""
+    if not cfg["finetune"]:
+        return variants, None
+    variants = finetune_variants(variants)
+    if checkpoint_path is not None:
+        log.info("resuming %s: the weights come from it; finetune %s is not read again", checkpoint_path,
+                 cfg["finetune"])
+        return variants, None
+    source = read_source(cfg, variants)  # checked before any data is read
+    cfg["finetune"] = source.path  # config.yaml records where the weights came from
+    return variants, source
+
+
+def _prepare_model(model: nn.Module, cfg: dict[str, Any], env: DistEnv) -> nn.Module:
+    """The run's options on the model (on its device): activation checkpointing, packed spikes, memory format,
+    SyncBatchNorm."""
+    cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
+    _check_coupled_batch(cfg)
+    if cfg["grad_checkpointing"]:
+        model.set_grad_checkpointing(True)
+    model.pack_saved_spikes = cfg["pack_saved_spikes"]
+    if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
+        model = model.to(memory_format=torch.channels_last)
+    if cfg["sync_bn"] and env.distributed:
+        if env.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log.warning("sync_bn needs CUDA devices; it is ignored on CPU")
+    return model
+
+
 @dataclass
 class _RunState:
     """What a checkpoint carries beyond the model, optimizer, scheduler, scaler and EMA."""
@@ -143,13 +178,12 @@ class _Training:
                 raise UserError(f"{path} is not a training checkpoint of this codebase (no {key!r}); "
                                 f"use it with test.py, or start a new run")
         load_checkpoint(self.model, ckpt)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._restore_optimizer(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         ema_weights = ckpt.get("state_dict_ema") or ckpt.get("ema")  # "ema": checkpoints before 2026-12
-        if self.ema is not None and ema_weights:
-            self.ema.module.load_state_dict(ema_weights)
+        if self.ema is not None:  # model_ema switched on at a resume: the average starts at the restored weights
+            self.ema.module.load_state_dict(ema_weights or self.model.state_dict())
         s = self.state
         s.num_updates = ckpt.get("num_updates", 0)
         s.best_top1, s.best_epoch = ckpt.get("best_top1", -1.0), ckpt.get("best_epoch", -1)
@@ -159,6 +193,17 @@ class _Training:
         s.progress = EpochProgress.from_state(position["progress"] if position else None, self.env.rank)
         at = f", batch {s.progress.batches}" if position else ""
         log.info("resumed from %s at epoch %d%s (update %d)", path, s.epoch, at, s.num_updates)
+
+    def _restore_optimizer(self, saved: dict[str, Any]) -> None:
+        """The optimizer's state (its moments) from the checkpoint, its settings from this run's: the saved
+        scheduler state is not loaded (as timm's train.py rebuilds its scheduler from the arguments), so a changed
+        epochs, lr, min_lr, warmup or cooldown takes effect from the resumed position. load_state_dict brings
+        back every group's saved `lr`, `initial_lr`, weight_decay, betas...: the fresh groups' values are put
+        back (the scheduler's base values, x each group's `lr_scale`, set `lr` before every update)."""
+        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved)
+        for group, settings in zip(self.optimizer.param_groups, fresh):
+            group.update(settings)
 
     def save(self, mid_epoch: bool, best: bool = False) -> None:
         """Rank 0 writes last.pth (and best.pth); every process calls it (mid-epoch, the sums are collected)."""
@@ -170,25 +215,17 @@ class _Training:
 def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     """Train with a resolved config; returns the final epoch's summary row and the best top-1.
     Raises Preempted after a stop signal, once the checkpoint is written."""
+    set_threads(cfg["threads"])  # first: every later torch call (data, model, the C LIF kernel) uses it
     env = init_distributed()
-    setup_logging(env.is_main)
+    setup_logging(env.is_main, keep_pending=True)
     _quiet_other_processes(env)
     _check_dataset_classes(cfg)
-    cfg["num_classes"] = cfg["num_classes"] or dataset_num_classes(cfg["dataset"])
     output = output_dir(cfg)
     checkpoint_path = resume_path(cfg, output)
-    source = None
-    if cfg["finetune"]:
-        variants = finetune_variants(variants)
-        if checkpoint_path is None:  # checked before any data is read
-            source = read_source(cfg, variants)
-            cfg["finetune"] = source.path  # config.yaml records where the weights came from
-        else:
-            log.info("resuming %s: the weights come from it; finetune %s is not read again", checkpoint_path,
-                     cfg["finetune"])
-    prepare_output(output, env.rank)
-    if env.is_main:
-        add_log_file(output / "log.txt")
+    variants, source = _finetune_source(cfg, variants, checkpoint_path)
+    if cfg["model"] not in variants:  # a typo is refused before any data is read, by the zoo's own check
+        create_dataset_model(cfg, variants)
+    check_output_writable(output)  # the folder itself is made once the data and the model are checked
     _clamp_workers(cfg)
     seed_everything(cfg["seed"] + env.rank)  # model initialisation
 
@@ -211,19 +248,10 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     if source is not None:
         load_source(model, source, cfg)
         del source
-    model = model.to(env.device)
-    cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
-    _check_coupled_batch(cfg)
-    if cfg["grad_checkpointing"]:
-        model.set_grad_checkpointing(True)
-    model.pack_saved_spikes = cfg["pack_saved_spikes"]
-    if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
-        model = model.to(memory_format=torch.channels_last)
-    if cfg["sync_bn"] and env.distributed:
-        if env.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            log.warning("sync_bn needs CUDA devices; it is ignored on CPU")
+    model = _prepare_model(model.to(env.device), cfg, env)
+    prepare_output(output, env.rank)  # a failed start (unknown model, missing data) leaves no run folder behind
+    if env.is_main:
+        add_log_file(output / "log.txt")  # with the lines logged so far
     lr = _learning_rate(cfg, env)
     optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
                                     eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]), momentum=cfg["momentum"],
@@ -290,7 +318,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
 
         def stopped(where: str) -> Preempted:
             return Preempted(f"stopped by {stop.name} {where}; {output / 'last.pth'} holds the position: continue "
-                             f"with --resume auto --output {output}")
+                             f"with --resume auto --output {output}", stop.exit_code)
 
         try:
             while state.epoch < total_epochs:
@@ -352,11 +380,16 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
 @cli_entry
 def main(config: str | Path, variants: Sequence[str], argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of `<dataset>/train.py`: the folder's YAML (`config`), overridden by the command line; a
-    resumed run starts from its run folder's config.yaml instead. Exits EXIT_PREEMPTED after a stop signal."""
+    resumed run starts from its run folder's config.yaml instead. Exits EXIT_PREEMPTED after SIGTERM/SIGUSR1,
+    EXIT_INTERRUPTED after Ctrl-C."""
     setup_logging(int(os.environ.get("RANK", "0")) == 0)
     cfg = settings_for_run(list(sys.argv[1:] if argv is None else argv), config)
     try:
         return run(cfg, variants)
     except Preempted as stop:
         log.info("%s", stop)
-        sys.exit(EXIT_PREEMPTED)
+        sys.exit(stop.exit_code)
+    except BaseException as exc:  # the line the console shows (cli_entry's, or a traceback's last) also in log.txt
+        if not isinstance(exc, SystemExit):
+            log_to_file(failure_line(exc))
+        raise

@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
+from .registry import ALL_ARCHS, unknown_model
 
 __all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "create_dataset_model", "describe_dataset_model",
            "reference_batch_sizes", "parameter_table", "dense_costs", "main"]
@@ -173,6 +174,8 @@ def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[st
     if not isinstance(cfg, dict):
         cfg = parse_args([], cfg)
     name = cfg.get("model")
+    if isinstance(name, str) and name not in ALL_ARCHS and name not in variants:  # a typo
+        raise unknown_model(name)
     if name not in variants:
         raise ConfigError(f"model {name!r} does not suit dataset {cfg.get('dataset')!r}; "
                           f"choose one of {', '.join(variants)}")

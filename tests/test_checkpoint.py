@@ -199,3 +199,81 @@ def test_baseline_release_files_in_timm_checkpoint_saver_layout(tmp_path, key_fi
         weight = source["module.block.1.attn.v_conv.weight"]  # a Conv1d [C, C, 1] here; SDT's is [C, C, 1, 1]
         assert torch.equal(model.block[1].attn.v_conv.weight, weight.reshape(model.block[1].attn.v_conv.weight.shape))
         assert torch.equal(model.head.bias, source["module.head.bias"])
+
+
+# ---- msvit.load_model: one call from a checkpoint to its model; timm's pretrained=True on the authors' files
+
+TINY = ["--model-kwargs", "{embed_dim: 32, num_heads: 2, depths: [1, 1, 1]}", "--time-step", "2"]
+
+
+def _run_checkpoint(path: Path, *argv: str, ema: bool = True) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A run's last.pth as train.py writes it (`config`: the resolved settings, num_classes set), with EMA weights
+    that differ from the raw ones; returns the raw and the EMA model."""
+    from msvit.config import parse_args
+    from msvit.zoo import create_dataset_model
+
+    cfg = parse_args([*TINY, *argv], Path(__file__).resolve().parents[1] / "cifar10" / "cifar10.yml")
+    cfg["num_classes"] = cfg["num_classes"] or 10
+    torch.manual_seed(0)
+    raw, average = create_dataset_model(cfg, [cfg["model"]]), create_dataset_model(cfg, [cfg["model"]])
+    torch.save(dict(model=raw.state_dict(), optimizer={}, scheduler={}, scaler=None,
+                    state_dict_ema=average.state_dict() if ema else None, epoch=0, num_updates=5, best_top1=10.0,
+                    best_epoch=0, metrics={}, config=cfg, position=None), path)
+    return raw.eval(), average.eval()
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return a.state_dict().keys() == b.state_dict().keys() and all(
+        torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_load_model_rebuilds_a_runs_model_with_its_weights(tmp_path):
+    raw, average = _run_checkpoint(tmp_path / "last.pth", "--batch-coupled-ssa", "false")
+    with pytest.raises(CheckpointError, match="39 missing keys"):  # what a default-size model gets
+        load_checkpoint(timm.create_model("msvit_cifar_4_384"), tmp_path / "last.pth")
+    model = msvit.load_model(tmp_path / "last.pth")
+    assert not model.training and model.T == 2 and model.num_classes == 10
+    assert model.config["embed_dim"] == 32 and model.config["batch_coupled_ssa"] is False
+    assert _same_weights(model, raw) and not _same_weights(model, average)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(images), raw(images))
+    assert _same_weights(msvit.load_model(tmp_path / "last.pth", use_ema=True), average)
+
+
+def test_load_model_overrides_and_legacy_widths(tmp_path):
+    _run_checkpoint(tmp_path / "last.pth", "--model-kwargs", "{depths: [1, 1, 1]}", "--dim", "32",
+                    "--num-heads", "2")  # the authors' recipes spell the width dim
+    model = msvit.load_model(tmp_path / "last.pth", T=3, batch_coupled_ssa=False)
+    assert model.T == 3 and model.config["batch_coupled_ssa"] is False and model.config["embed_dim"] == 32
+    _run_checkpoint(tmp_path / "plain.pth", ema=False)
+    with pytest.raises(CheckpointError, match="no EMA weights"):
+        msvit.load_model(tmp_path / "plain.pth", use_ema=True)
+
+
+def test_load_model_of_an_authors_file_needs_the_model_name(tmp_path):
+    upstream = {f"module.{k}": v for k, v in synthesize("upstream_qkformer_cifar100").items()}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"state_dict": upstream, "epoch": 5, "args": argparse.Namespace(lr=1e-3)}, path)
+    with pytest.raises(CheckpointError, match=r"no saved settings.*model=NAME"):
+        msvit.load_model(path)
+    with pytest.raises(msvit.errors.UserError, match="did you mean 'qkformer_cifar_4_384'"):
+        msvit.load_model(path, model="qkformer_cifar_4_38")
+    model = msvit.load_model(path, model="qkformer_cifar_4_384")
+    assert model.num_classes == 100 and not model.training  # the head's shape, not the registered 10
+    assert torch.equal(model.stage1[0].attn.q_conv.weight, upstream["module.stage1.0.tssa.q_conv.weight"])
+
+
+@pytest.mark.parametrize("key_file,wrapper", [("upstream_qkformer_cifar10", "state_dict"),
+                                              ("upstream_qkformer_cifar10", "model"),
+                                              ("upstream_sdt_cifar10_2_512", "state_dict")])
+def test_timm_pretrained_loads_an_authors_file(tmp_path, key_file, wrapper):
+    name, kwargs = UPSTREAM[key_file]
+    upstream = {f"module.{k}": v for k, v in synthesize(key_file).items()}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({wrapper: upstream, "epoch": 395, "args": argparse.Namespace(lr=1e-3)}, path)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    reference = timm.create_model(name, **kwargs)
+    load_checkpoint(reference, path)
+    assert _same_weights(model, reference)
+    assert not _same_weights(model, timm.create_model(name, **kwargs))  # the file's weights, not a fresh init

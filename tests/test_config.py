@@ -250,6 +250,34 @@ def test_help_shows_the_recipe_values_by_group(capsys, folder, epochs, lr):
     assert "(auto/cupy/torch)" in lines["neuron_backend"]
 
 
+def test_train_and_test_help_fit_their_program(capsys, monkeypatch):
+    """train.py --help lists every key; test.py --help only what evaluation reads, under test.py's usage."""
+    for program, script in (("train", "train.py"), ("test", "test.py")):
+        monkeypatch.setattr("sys.argv", [str(REPO / "cifar10" / script), "--help"])
+        with pytest.raises(SystemExit):
+            parse_args(["--help"], CIFAR10, program=program)
+        out = capsys.readouterr().out
+        usage = [line for line in out.splitlines() if "usage:" in line]
+        assert len(usage) == 1 and usage[0].startswith(f"usage: {script} "), usage
+        keys = {line.split()[0] for line in out.splitlines() if line.startswith("  --")}
+        training = {"--mixup", "--lr", "--warmup-epochs", "--resume", "--finetune", "--smoothing"}
+        if program == "train":
+            assert training < keys and "--use-ema" in keys
+        else:
+            assert not training & keys and {"--checkpoint", "--use-ema", "--model-kwargs", "--data-dir"} < keys
+            assert usage[0] == "usage: test.py --checkpoint PATH [--KEY VALUE ...]"
+
+
+def test_an_unknown_model_gets_the_closest_name_a_misfit_the_list():
+    with pytest.raises(ConfigError, match=r"'msvit_cifar_4_38' is not a registered model; "
+                                          r"did you mean 'msvit_cifar_4_384'\?$"):
+        create_dataset_model(parse_args(["--model", "msvit_cifar_4_38"], CIFAR10), ["msvit_cifar_4_384"])
+    with pytest.raises(ConfigError, match=r"'msvit_10_384' does not suit dataset 'cifar10'; choose one of "
+                                          r"msvit_cifar_4_384, qkformer_cifar_4_384$"):
+        create_dataset_model(parse_args(["--model", "msvit_10_384"], CIFAR10),
+                             ["msvit_cifar_4_384", "qkformer_cifar_4_384"])
+
+
 def test_help_follows_the_config_option(capsys, tmp_path: Path):
     other = write(tmp_path, "epochs: 7\n", "other.yml")
     assert help_lines(capsys, ["--config", str(other), "--help"], CIFAR10)["epochs"].split()[1] == "7"

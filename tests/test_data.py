@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -19,8 +20,10 @@ from fakedata import (C10DVS_CLASSES, C10DVS_COUNTS, aedat2_bytes, aedat3_bytes,
                       make_cifar10_dvs_events_np, make_dvs128_archive, make_dvs128_events_np, make_imagenet, py2,
                       random_events, write_py2_pickle)
 from msvit.data import (CIFAR10_DVS_SPLIT_FILE, DigitsDataset, DVSAugment, build_datasets, dataset_num_classes,
-                        read_dvs128_aedat)
+                        read_dvs128_aedat, resolve_num_classes)
+from msvit.distributed import DistEnv
 from msvit.errors import ConfigError, DataError, cli_entry, user_message
+from msvit.loaders import build_eval_loader
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -156,6 +159,49 @@ def test_more_classes_than_num_classes_is_an_error(tmp_path):
     make_imagenet(tmp_path)
     with pytest.raises(DataError, match="num_classes: 2"):
         build_datasets(imagenet_cfg(tmp_path, num_classes=1))
+
+
+def test_num_classes_of_an_image_folder_is_its_class_folder_count(tmp_path):
+    make_imagenet(tmp_path, wnids=("ant", "bee", "cat"))
+    (tmp_path / "train" / "cat" / "cat_0.JPEG").write_bytes(b"not read: the count lists folders only")
+    assert resolve_num_classes(imagenet_cfg(tmp_path, num_classes=None), train=True) == 3
+    assert resolve_num_classes(imagenet_cfg(tmp_path, num_classes=3), train=True) == 3
+    for wanted in (1000, 2):  # ImageNet-1K's count, or one that would crop the labels: refused, naming both
+        with pytest.raises(ConfigError) as info:
+            resolve_num_classes(imagenet_cfg(tmp_path, num_classes=wanted), train=True)
+        message = str(info.value)
+        assert f"num_classes is {wanted} but {tmp_path / 'train'} holds 3 class folders" in message
+        assert "--num-classes 3" in message and "null" in message
+    (tmp_path / "val" / "dog").mkdir()  # evaluation counts val/, which a checkpoint's head must fit
+    assert resolve_num_classes(imagenet_cfg(tmp_path, num_classes=None), train=False) == 4
+    with pytest.raises(DataError, match=r"val folder .* not found"):
+        resolve_num_classes(imagenet_cfg(tmp_path / "nothing", num_classes=None), train=False)
+
+
+def test_fixed_count_sets_keep_their_class_count():
+    for name, count in (("cifar10-dvs", 10), ("cifar100", 100), ("dvs128_gesture", 11), ("digits", 10)):
+        assert resolve_num_classes({"dataset": name, "num_classes": None}, train=True) == count
+        assert resolve_num_classes({"dataset": name, "num_classes": count}, train=False) == count
+        with pytest.raises(ConfigError, match=f"set --num-classes {count}"):
+            resolve_num_classes({"dataset": name, "num_classes": count + 1}, train=True)
+
+
+def test_an_empty_or_too_small_validation_split_is_refused(tmp_path):
+    make_cifar10_dvs_events_np(tmp_path, np.random.default_rng(11), counts={cls: 3 for cls in C10DVS_CLASSES})
+    cfg = dvs_cfg("cifar10_dvs", tmp_path, time_step=2, val_batch_size=4, workers=0, pin_mem=False)
+    _, val = build_datasets(cfg, train=False)
+    assert len(val) == 0  # 3 recordings per class: all train under the 90/10 split
+    with pytest.raises(DataError) as info:
+        build_eval_loader(val, cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+    message = str(info.value)
+    assert f"validation split of cifar10_dvs in {tmp_path} is empty (0 samples)" in message
+    assert "fewer than 10 recordings" in message and "\n" not in message
+    _, digits_val = build_datasets({"dataset": "digits"}, train=False)
+    digits = {"dataset": "digits", "val_batch_size": 8, "workers": 0, "pin_mem": False}
+    subset = torch.utils.data.Subset(digits_val, range(3))
+    with pytest.raises(DataError, match="has 3 samples, fewer than the 4 processes .*run fewer processes"):
+        build_eval_loader(subset, digits, DistEnv(1, 4, 1, torch.device("cpu")))
+    assert len(build_eval_loader(subset, digits, DistEnv(2, 3, 2, torch.device("cpu"))).sampler) == 1
 
 
 def read_all(dataset, workers: int) -> None:
@@ -365,6 +411,33 @@ def test_cifar10_dvs_frames_and_90_10_split(tmp_path):
             blocks[:, :, i, j] = full[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean((-2, -1))
     assert small.shape == (2, 2, 64, 64) and 0 < blocks[blocks > 0].min() < 1  # some blocks hold partial counts
     np.testing.assert_allclose(small.numpy(), blocks, rtol=0, atol=1e-6)
+
+
+def test_cifar10_dvs_integration_prints_no_line_per_sample(tmp_path, capfd, caplog):
+    make_cifar10_dvs_events_np(tmp_path, np.random.default_rng(9))
+    n = sum(C10DVS_COUNTS.values())
+    with caplog.at_level(logging.INFO, logger="msvit"):
+        build_datasets(dvs_cfg("cifar10_dvs", tmp_path, time_step=2))
+    out, err = capfd.readouterr()
+    # spikingjelly's loop printed 'Start to integrate [...]' and 'Frames [...] saved.' per sample; the msvit logger's
+    # one line may reach the console when an earlier test set up its handler
+    assert [line for line in (out + err).splitlines() if "integrating the events" not in line] == []
+    assert [r.getMessage() for r in caplog.records if "integrating" in r.getMessage()] == [
+        f"CIFAR10-DVS: integrating the events into 2 frames per sample in {tmp_path / 'frames_number_2_split_by_number'}"
+        f": {n} files (once; later runs reuse them)"]
+    assert len(list((tmp_path / "frames_number_2_split_by_number").rglob("*.npz"))) == n
+    assert not list(tmp_path.glob("*.partial"))
+    build_datasets(dvs_cfg("cifar10_dvs", tmp_path, time_step=2))  # reused: not even 'The directory [...] exists'
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_damaged_events_file_stops_the_integration_naming_it(tmp_path):
+    make_cifar10_dvs_events_np(tmp_path, np.random.default_rng(10))
+    bad = tmp_path / "events_np" / "dog" / "cifar10_dog_1.npz"
+    bad.write_bytes(b"not an npz file")
+    with pytest.raises(DataError, match=f"cannot read DVS events file {re.escape(str(bad))}"):
+        build_datasets(dvs_cfg("cifar10_dvs", tmp_path, time_step=2))
+    assert not (tmp_path / "frames_number_2_split_by_number").exists()  # not left for a later run to trust
 
 
 def test_cifar10_dvs_split_cache_is_written_reused_and_refreshed(tmp_path):

@@ -273,8 +273,7 @@ def _truncated_training_image(tmp: Path) -> Case:
     make_imagenet(tmp / "data", n_train=2, n_val=1)
     bad = tmp / "data" / "train" / "n01443537" / "n01443537_1.JPEG"
     bad.write_bytes(bad.read_bytes()[:-200])
-    # --epochs 2: with one, timm's scheduler warns on stderr that the cosine has no effect
-    args = ["--data-dir", tmp / "data", "--output", tmp / "run", *ONE_EPOCH, *RECIPES["imagenet"].args, "--epochs", "2"]
+    args = ["--data-dir", tmp / "data", "--output", tmp / "run", *ONE_EPOCH, *RECIPES["imagenet"].args]
     return "imagenet/train.py", args, [f"cannot read image {bad} (image file is truncated", "--resume auto"]
 
 
@@ -397,19 +396,128 @@ if shutil.which("nvidia-smi") is None:  # most likely no CUDA device either
 # Issue 23's cases, one table per area; each area's case functions sit just above its table.
 
 # ---- the training run's life: resume and extension, Ctrl-C, failed starts, threads
+def _resume_with_a_start_epoch(tmp: Path) -> Case:
+    """--start-epoch places a new run on its schedule: a resumed run (config.yaml, a last.pth) refuses it."""
+    run = tmp / "run"
+    run.mkdir()
+    save_config(parse_args([], ROOT / "cifar10" / "cifar10.yml"), run / "config.yaml")
+    (run / "last.pth").write_bytes(b"")  # refused before it is read
+    return ("cifar10/train.py", ["--resume", "auto", "--output", run, "--start-epoch", 3],
+            ["--start-epoch places a new run", "drop --start-epoch", "--epochs"])
+
+
+def _resume_with_another_optimizer(tmp: Path) -> Case:
+    """The run's last.pth holds AdamW's moments: another --opt cannot use them."""
+    script, args, _ = _resume_with_a_start_epoch(tmp)
+    return script, [*args[:-2], "--opt", "sgd"], ["--opt cannot change", "'adamw'", "--finetune"]
+
+
+def _unknown_model_before_the_data(tmp: Path) -> Case:
+    """A typo'd --model is refused before the (here missing) dataset is looked for."""
+    return ("cifar10/train.py", ["--model", "msvit_cifar_4_38", "--data-dir", tmp / "nothing", "--output", tmp / "run"],
+            ["msvit_cifar_4_38", "msvit_cifar_4_384"])
+
+
 LIFECYCLE_REFUSED: dict[str, Callable[[Path], Case]] = {
+    "resume-with-a-start-epoch": _resume_with_a_start_epoch,
+    "resume-with-another-optimizer": _resume_with_another_optimizer,
+    "train-unknown-model-before-the-data": _unknown_model_before_the_data,
 }
 
 # ---- evaluation and model choice: test.py, msvit.energy, msvit.maps, --finetune, help
+def _run_checkpoint(tmp: Path, *argv: str, weights: bool = False) -> Path:
+    """A cifar10 run's last.pth with its saved config (train.py's `config`), weights only where the case reads them."""
+    import torch
+
+    from msvit.zoo import create_dataset_model
+
+    cfg = parse_args(list(argv), ROOT / "cifar10" / "cifar10.yml")
+    cfg["num_classes"] = 10
+    state = create_dataset_model(cfg, [cfg["model"]]).state_dict() if weights else {}
+    torch.save({"model": state, "config": cfg, "epoch": 0}, tmp / "last.pth")
+    return tmp / "last.pth"
+
+
+def _test_with_a_model_name_typo(tmp: Path) -> Case:
+    return ("cifar10/test.py", ["--checkpoint", _run_checkpoint(tmp), "--model", "msvit_cifar_4_38"],
+            ["--model 'msvit_cifar_4_38' is not a registered model", "did you mean 'msvit_cifar_4_384'?"])
+
+
+def _test_with_another_model(tmp: Path) -> Case:
+    return ("cifar10/test.py", ["--checkpoint", _run_checkpoint(tmp), "--model", "qkformer_cifar_4_384"],
+            ["--model qkformer_cifar_4_384 is not the checkpoint's model", "trained as msvit_cifar_4_384",
+             "drop --model"])
+
+
+def _finetune_from_a_reduced_checkpoint(tmp: Path) -> Case:
+    path = _run_checkpoint(tmp, *TINY_STATIC, weights=True)
+    return ("cifar10/train.py", ["--finetune", path, "--output", tmp / "run"],
+            ["does not fit msvit_cifar_4_384", "It was trained as msvit_cifar_4_384 with model_kwargs {",
+             '--model msvit_cifar_4_384 --model-kwargs "{depths: [1, 1, 1], embed_dim: 32, num_heads: 2}"'])
+
+
 EVALUATION_REFUSED: dict[str, Callable[[Path], Case]] = {
+    "test-model-name-typo": _test_with_a_model_name_typo,
+    "test-model-not-the-checkpoints": _test_with_another_model,
+    "finetune-reduced-checkpoint-of-ours": _finetune_from_a_reduced_checkpoint,
+    "model-name-typo": _refused("cifar10/model.py", "--model", "qkformer_cifar_4_38",
+                                expect=["'qkformer_cifar_4_38' is not a registered model",
+                                        "did you mean 'qkformer_cifar_4_384'?"]),
+    "energy-compare-model-name-typo": _refused("-m msvit.energy", "--config", "digits/digits.yml", "--compare",
+                                               "msvit_cifar_4_38", expect=["--compare 'msvit_cifar_4_38'",
+                                                                           "did you mean 'msvit_cifar_4_384'?"]),
 }
 
 # ---- data: your own ImageFolder, empty or too small splits
+def _image_folder_with_another_num_classes(tmp: Path) -> Case:
+    _imagenet(tmp / "data")  # 2 class folders
+    return ("imagenet/train.py", ["--data-dir", tmp / "data", "--output", tmp / "run", "--num-classes", 5],
+            ["num_classes is 5", f"{tmp / 'data' / 'train'} holds 2 class folders", "--num-classes 2", "null"])
+
+
+_EMPTY_VAL_SPLIT = ["validation split of cifar10_dvs", "is empty (0 samples)", "add recordings"]
+
+
+def _cifar10_dvs_without_validation_samples(tmp: Path) -> Case:
+    # one recording per class: all ten train (the first ceil(90%) of each class), none validates
+    make_cifar10_dvs_events_np(tmp, np.random.default_rng(0), counts={cls: 1 for cls in C10DVS_CLASSES})
+    return "cifar10-dvs/train.py", ["--data-dir", tmp, "--output", tmp / "run", *ONE_EPOCH, *TINY_DVS], _EMPTY_VAL_SPLIT
+
+
+def _evaluation_without_validation_samples(tmp: Path) -> Case:
+    import torch
+
+    from msvit.models import MODEL_NAMES
+    from msvit.zoo import create_dataset_model
+
+    make_cifar10_dvs_events_np(tmp, np.random.default_rng(0), counts={cls: 1 for cls in C10DVS_CLASSES})
+    settings = ["--time-step", "2", *TINY_DVS]
+    model = create_dataset_model(parse_args(settings, ROOT / "cifar10-dvs" / "cifar10-dvs.yml"), MODEL_NAMES)
+    torch.save({"model": model.state_dict()}, tmp / "weights.pth")
+    return ("cifar10-dvs/test.py", ["--checkpoint", tmp / "weights.pth", "--data-dir", tmp, "--verify-data", "false",
+                                    *settings], _EMPTY_VAL_SPLIT)
+
+
 DATA_REFUSED: dict[str, Callable[[Path], Case]] = {
+    "image-folder-with-another-num-classes": _image_folder_with_another_num_classes,
+    "train-without-validation-samples": _cifar10_dvs_without_validation_samples,
+    "test-without-validation-samples": _evaluation_without_validation_samples,
 }
 
 # ---- the package as installed: optional dependencies
 PACKAGE_REFUSED: dict[str, Callable[[Path], Case]] = {
+    # tests/run_without.py runs the command as if the optional package were not installed
+    "energy-plot-without-matplotlib": lambda tmp: (
+        "tests/run_without.py matplotlib -m msvit.energy",
+        ["--config", "digits/digits.yml", "--batches", 1, "--plot", tmp / "figures"],
+        ["--plot needs matplotlib", 'pip install "msvit[figures]"']),
+    "maps-without-matplotlib": lambda tmp: (
+        "tests/run_without.py matplotlib -m msvit.maps",
+        ["--config", "digits/digits.yml", "--images", 1, "--out", tmp / "maps"],
+        ["needs matplotlib", 'pip install "msvit[figures]"']),
+    "digits-without-scikit-learn": lambda tmp: (
+        "tests/run_without.py sklearn digits/train.py", ["--output", tmp / "run"],
+        ["the digits dataset needs scikit-learn", 'pip install "msvit[demo]"']),
 }
 
 
@@ -539,6 +647,12 @@ def test_train_one_epoch_then_evaluate(started, folder):
         assert "TET loss (means 1, lambda 0.001)" in run.train.stdout + run.train.stderr
         saved = yaml.safe_load((run.output / "config.yaml").read_text())
         assert (saved["model"], saved["img_size"], saved["model_kwargs"]["dvs_mode"]) == ("sdt_dvs_2_256", 64, True)
+    if folder == "imagenet":  # num_classes null: the 2 class folders, in train.py's head and test.py's (no flag)
+        import torch
+
+        saved = yaml.safe_load((run.output / "config.yaml").read_text())
+        head = torch.load(run.output / "last.pth", map_location="cpu", weights_only=False)["model"]["head.weight"]
+        assert recipe["num_classes"] is None and saved["num_classes"] == 2 and head.shape[0] == 2
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
     # last.pth holds the model that the epoch's evaluation measured, on the same validation set
     assert metrics["top1"] == pytest.approx(float(summary["eval_top1"]), abs=1e-3)

@@ -615,3 +615,34 @@ def test_zoo_dense_costs_of_a_baseline_by_hand():
     assert row["dense_gflops"] * 1e9 > 4 * 32 * 32 * 64
     spent = row["mac_mj"] + 0.9e-9 * 3 * row["dense_gflops"] * 1e9 * row["implied_rate"]
     assert spent == pytest.approx(0.05)
+
+
+def test_energy_help_is_one_usage_of_this_program(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        msvit.energy.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "usage:" in line] == [
+        line for line in msvit.energy.cli.USAGE.splitlines() if "usage:" in line]
+    assert out.startswith("usage: python -m msvit.energy ") and "maps.py" not in out and "zoo.py" not in out
+    assert "\n  --val-batch-size " in out and "\n  --model-kwargs " in out
+    assert "--mixup" not in out and "--warmup-epochs" not in out and "--compare-ssa-coupling" not in out
+
+
+def test_energy_compare_applies_test_pys_model_rule(digits_checkpoint, tmp_path, capsys):
+    """A model name with a typo, a --model that is not the checkpoint's: refused; another dataset: a warning."""
+    refusals = ((["--compare", "msvit_cifar_4_38"],
+                 ["--compare 'msvit_cifar_4_38'", "did you mean 'msvit_cifar_4_384'"]),
+                (["--compare", str(digits_checkpoint), "--model", "qkformer_cifar_4_384"],
+                 ["--model qkformer_cifar_4_384", "trained as msvit_cifar_4_384"]))
+    for argv, parts in refusals:
+        with pytest.raises(SystemExit) as exit_:
+            msvit.energy.main(["--config", str(DIGITS), *argv])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and all(p in err for p in parts), err
+    saved = torch.load(digits_checkpoint, weights_only=False)
+    saved["config"] = {**saved["config"], "dataset": "cifar100"}
+    torch.save(saved, tmp_path / "cifar100.pth")
+    msvit.energy.main(["--config", str(DIGITS), "--compare", str(tmp_path / "cifar100.pth"), "--batches", "1",
+                       "--workers", "0", "--json"])
+    assert "trained on cifar100 but runs here on digits" in capsys.readouterr().err

@@ -49,3 +49,40 @@ def test_the_command_line_changes_t_and_the_batch(checkpoint, capsys):
 def test_the_text_report_names_t_and_the_batch(checkpoint, capsys):
     msvit.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(checkpoint), "--time-step", "3"])
     assert "msvit_cifar_4_384 on digits (T 3, batch 40):" in capsys.readouterr().out
+
+
+def test_a_model_given_on_the_command_line_must_be_the_checkpoints(checkpoint, capsys):
+    for model, parts in (("msvit_cifar_4_38", ["--model 'msvit_cifar_4_38'", "did you mean 'msvit_cifar_4_384'?"]),
+                         ("qkformer_cifar_4_384", ["--model qkformer_cifar_4_384", "trained as msvit_cifar_4_384"])):
+        with pytest.raises(SystemExit) as exit_:
+            msvit.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(checkpoint), "--model", model, "--json"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and all(part in err for part in parts), err
+    assert evaluate(capsys, "--checkpoint", checkpoint, "--model", "msvit_cifar_4_384")["n"] == 360  # its own
+
+
+def test_a_checkpoint_of_another_dataset_is_evaluated_with_a_warning(checkpoint, tmp_path, capsys):
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["config"] = {**saved["config"], "dataset": "cifar10"}  # as if trained on CIFAR-10: 10 classes too
+    torch.save(saved, tmp_path / "cifar10.pth")
+    evaluate(capsys, "--checkpoint", checkpoint)
+    assert "another dataset" not in capsys.readouterr().err
+    msvit.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(tmp_path / "cifar10.pth"), "--json"])
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 360
+    assert "trained on cifar10 but runs here on digits, another dataset" in err
+
+
+def test_test_py_help_lists_the_evaluation_settings_only(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", [str(DIGITS.parent / "test.py"), "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        msvit.evaluate.main(DIGITS, VARIANTS)
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "usage:" in line] == [
+        "usage: test.py --checkpoint PATH [--KEY VALUE ...]"]
+    for key in ("--checkpoint", "--model-kwargs", "--data-dir", "--val-batch-size", "--use-ema", "--time-step"):
+        assert f"\n  {key} " in out, key
+    for key in ("--mixup", "--lr", "--warmup-epochs", "--epochs", "--resume", "--layer "):
+        assert f"\n  {key}" not in out, key

@@ -10,6 +10,7 @@ import yaml
 
 import msvit.train
 from msvit.config import parse_args
+from msvit.errors import ConfigError
 from msvit.finetune import HEAD_STD, finetune_variants, load_source, read_source
 from msvit.runfolder import settings_for_run
 from msvit.schedule import epoch_learning_rates
@@ -116,3 +117,20 @@ def test_a_fine_tuning_run_end_to_end(source, tmp_path):
     resumed = settings_for_run([*TINY, "--resume", "auto", "--output", str(run)], DIGITS)
     assert resumed["finetune"] == str(copy.resolve())  # recorded, but a resumed run takes last.pth's weights
     assert msvit.train.run(resumed, VARIANTS)["best_top1"] == ckpt["best_top1"]  # nothing left to train
+
+
+def test_a_reduced_checkpoint_of_ours_says_how_it_was_built(tmp_path):
+    """Our checkpoint names its model and arguments: the refusal gives the options that build it, and they work."""
+    reduced = digits_cfg("--model-kwargs", "{embed_dim: 16, num_heads: 2, depths: [1, 1, 1]}", "--mlp-ratio", "2")
+    path = tmp_path / "best.pth"
+    torch.save({"model": create_dataset_model(reduced, VARIANTS).state_dict(), "config": reduced}, path)
+    with pytest.raises(ConfigError) as refused:
+        read_source(digits_cfg("--finetune", str(path)), VARIANTS)
+    message = str(refused.value)
+    assert "Models whose tensors fit it" not in message
+    assert "It was trained as msvit_cifar_4_384 with model_kwargs {" in message, message
+    assert ": pass --model msvit_cifar_4_384 --model-kwargs \"{" in message and message.endswith('}"')
+    flow = message.split('--model-kwargs "')[1].rstrip('"')  # the options given: they build the checkpoint's model
+    source = read_source(digits_cfg("--finetune", str(path), "--model", "msvit_cifar_4_384", "--model-kwargs", flow),
+                         VARIANTS)
+    assert source.settings["model_kwargs"]["embed_dim"] == 16 and not source.head

@@ -210,3 +210,25 @@ def test_command_line_on_the_digits_recipe(tmp_path):
         assert set(sheet["stage_spikes"]) == {"stage1", "stage2", "stage3"} and 0 <= sheet["prediction"] < 10
         with Image.open(path) as png:  # T 2, 2 heads, 3 queries of 4x4 SSA tokens: 4 columns, 7 rows
             assert png.size == (4 * CELL_W, HEADER_H + 7 * CELL_H)
+
+
+def test_maps_help_is_one_usage_of_this_program(capsys):
+    import msvit.maps
+
+    with pytest.raises(SystemExit) as exit_:
+        msvit.maps.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "usage:" in line] == [
+        "usage: python -m msvit.maps --config FILE [--checkpoint PATH] [--images N | --files IMAGE ...]"]
+    assert "maps.py" not in out and "zoo.py" not in out and "\n  --model-kwargs " in out
+    assert "--mixup" not in out and "--energy" not in out
+
+
+def test_maps_refuses_a_model_name_with_a_typo(capsys):
+    import msvit.maps
+
+    with pytest.raises(SystemExit) as exit_:
+        msvit.maps.main(["--config", str(ROOT / "digits" / "digits.yml"), "--model", "qkformer_cifar_4_38"])
+    assert exit_.value.code == 2
+    assert "did you mean 'qkformer_cifar_4_384'?" in capsys.readouterr().err

@@ -1,9 +1,13 @@
-"""Stopping and resuming a run on scikit-learn's digits, in-process: a signal mid-epoch and at an epoch end, a
+"""Stopping and resuming a run on scikit-learn's digits, in-process: Ctrl-C mid-epoch, a signal at an epoch end, a
 crash after a periodic mid-epoch checkpoint, and a disk that fills up all end, once resumed with nothing but
-`--resume auto --output RUN`, with the weights and the summary of an uninterrupted run."""
+`--resume auto --output RUN`, with the weights and the summary of an uninterrupted run. A run extended with a
+longer schedule continues on the new schedule; best.pth is a hard link to an epoch's last.pth."""
 import csv
 import errno
+import math
+import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -13,8 +17,10 @@ import torch
 import msvit.checkpoint
 import msvit.train
 from faulty_train import with_fault
-from msvit.loaders import ResumableSampler
-from msvit.preemption import EXIT_PREEMPTED
+from msvit.config import parse_args
+from msvit.loaders import ResumableSampler, make_loader
+from msvit.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopRequest
+from msvit.runfolder import write_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "digits" / "digits.yml"
@@ -82,7 +88,7 @@ def test_the_log_file_holds_the_header_and_a_line_every_log_interval_updates(str
     assert "devices: 1 x cpu: C kernel; float32; compile off" in text and "T 2, SSA batch-coupled" in text
     progress = [line for line in log if "  update " in line]
     # time-stamped; update/total, loss, lr, img/s, data-wait share, ETA; every 10 updates of both epochs
-    pattern = (r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch [01]/1  update (\d+)/44  loss \d+\.\d{4}  "
+    pattern = (r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch [01] \([12]/2\)  update (\d+)/44  loss \d+\.\d{4}  "
                r"lr \d\.\d{3}e[-+]\d\d  \d+ img/s  data \d+%  ETA \d+:\d\d:\d\d$")
     assert [int(re.match(pattern, line).group(1)) for line in progress] == [10, 20, 30, 40] * 2, progress
 
@@ -100,13 +106,14 @@ def test_resumable_sampler_continues_the_epoch_order():
     assert list(other) != list(full)
 
 
-def test_signal_mid_epoch_then_resume_from_the_run_folder_alone(straight, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_mid_epoch_then_resume_from_the_run_folder_alone(straight, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     monkeypatch.setattr(msvit.train, "create_optimizer_v2", with_fault(
-        msvit.train.create_optimizer_v2, 30, lambda: signal.raise_signal(signal.SIGUSR1)))
-    assert train([*ARGS, "--output", run]) == EXIT_PREEMPTED
-    out = capsys.readouterr().out
-    assert "stopped by SIGUSR1 at epoch 0, batch 30/44 (update 30)" in out and "--resume auto --output" in out
+        msvit.train.create_optimizer_v2, 30, lambda: os.kill(os.getpid(), signal.SIGINT)))
+    assert train([*ARGS, "--output", run]) == EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert "stopped by Ctrl-C (SIGINT) at epoch 0, batch 30/44 (update 30)" in out and "--resume auto --output" in out
+    assert "Traceback" not in err
     saved = torch.load(run / "last.pth", weights_only=True)
     assert saved["epoch"] == -1 and saved["num_updates"] == 30
     assert saved["position"]["epoch"] == 0 and saved["position"]["progress"]["batches"] == 30
@@ -147,11 +154,11 @@ def test_crash_after_a_periodic_checkpoint_then_resume(straight, tmp_path, monke
     run = tmp_path / "run"
 
     def crash():
-        raise KeyboardInterrupt  # the node dies: no checkpoint of its own
+        raise RuntimeError("node lost")  # the node dies: no checkpoint of its own
 
     monkeypatch.setattr(msvit.train, "create_optimizer_v2",
                         with_fault(msvit.train.create_optimizer_v2, UPDATES_PER_EPOCH + 19, crash))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RuntimeError):
         train([*ARGS, "--output", run, "--checkpoint-interval", 8])
     saved = torch.load(run / "last.pth", weights_only=True)
     assert saved["num_updates"] == 56 and saved["position"]["epoch"] == 1  # the 7th checkpoint: update 56 of all
@@ -161,10 +168,26 @@ def test_crash_after_a_periodic_checkpoint_then_resume(straight, tmp_path, monke
     assert_same_run(run, straight)
 
 
-def test_resume_auto_starts_a_new_run_when_there_is_no_checkpoint(tmp_path, capsys):
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_settings(tmp_path, monkeypatch, capsys):
+    """--resume auto starts a new run in an empty folder; killed before any last.pth, the folder's config.yaml
+    (1 epoch of 8x8 digits) is what `--resume auto --output RUN` alone restarts, not digits.yml (8 epochs, 16x16)."""
     run = tmp_path / "new"
-    assert train([*ARGS, "--epochs", 1, "--resume", "auto", "--output", run]) == 0
-    assert "no last.pth in" in capsys.readouterr().out and len(summary(run)) == 1
+
+    def crash():
+        raise RuntimeError("node lost")
+
+    monkeypatch.setattr(msvit.train, "create_optimizer_v2", with_fault(msvit.train.create_optimizer_v2, 3, crash))
+    with pytest.raises(RuntimeError):
+        train([*ARGS, "--epochs", 1, "--resume", "auto", "--output", run])
+    assert "no last.pth in" in capsys.readouterr().out
+    assert not (run / "last.pth").exists() and (run / "config.yaml").is_file()
+    assert (run / "log.txt").read_text().splitlines()[-1].endswith("RuntimeError: node lost")
+    monkeypatch.undo()
+    assert train(["--resume", "auto", "--output", run]) == 0
+    assert "restarting (no last.pth yet) with the settings of" in capsys.readouterr().out
+    assert len(summary(run)) == 1
+    saved = torch.load(run / "last.pth", weights_only=True)["config"]
+    assert (saved["epochs"], saved["img_size"], saved["batch_size"]) == (1, 8, 32)
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
@@ -172,9 +195,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys
     save = torch.save
     calls = []
 
-    def fill_the_disk(obj, f):  # the second epoch's last.pth (after epoch 0's last.pth and best.pth)
+    def fill_the_disk(obj, f):  # the second epoch's last.pth (epoch 0's best.pth is a link to its last.pth)
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             f.write(b"part of a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
         save(obj, f)
@@ -184,6 +207,102 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot write ") and "No space left on device" in err[0]
     assert "--resume auto --output" in err[0]
+    assert (run / "log.txt").read_text().splitlines()[-1].endswith(err[0])  # the error line is in log.txt too
     monkeypatch.undo()
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 0
     assert sorted(p.name for p in run.glob("*.tmp")) == []
+
+
+def cosine_lr(t: float, epochs: int, peak: float, lr_min: float, warmup: int = 0, warmup_lr: float = 0.0) -> float:
+    """The rate at epoch `t` of a cosine over `epochs` with a linear warmup inside it, written out by hand."""
+    if t < warmup:
+        return warmup_lr + t * (peak - warmup_lr) / warmup
+    return lr_min + 0.5 * (peak - lr_min) * (1 + math.cos(math.pi * t / epochs))
+
+
+def test_extending_a_finished_run_continues_on_the_new_schedule(straight, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    assert train(["--resume", "auto", "--output", run, "--epochs", 4, "--lr", 0.02, "--min-lr", 0.001,
+                  "--weight-decay", 0.05]) == 0
+    assert ("changed on the command line: epochs 2 -> 4, lr 0.01 -> 0.02, min_lr 0.0001 -> 0.001, weight_decay "
+            "0.01 -> 0.05") in capsys.readouterr().out
+    rows = summary(run)
+    assert rows[:2] == summary(straight)  # the trained epochs are kept
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[2:] == pytest.approx([cosine_lr(t, 4, 0.02, 0.001) for t in (2, 3)], rel=1e-5)
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert saved["epoch"] == 3 and saved["num_updates"] == 4 * UPDATES_PER_EPOCH
+    assert {group["initial_lr"] for group in saved["optimizer"]["param_groups"]} == {0.02}
+    assert {group["weight_decay"] for group in saved["optimizer"]["param_groups"]} == {0.0, 0.05}  # biases, norms: 0
+
+
+def test_best_pth_is_a_hard_link_that_later_checkpoints_leave_intact(straight, tmp_path, monkeypatch):
+    best = torch.load(straight / "best.pth", weights_only=True)
+    assert best["epoch"] == best["best_epoch"]  # the improving epoch's own checkpoint
+    same = os.path.samefile(straight / "best.pth", straight / "last.pth")
+    assert same == (best["epoch"] == 1)  # linked while no later last.pth replaced it
+
+    write_checkpoints({"epoch": 0, "w": torch.ones(3)}, tmp_path, best=True)
+    assert os.path.samefile(tmp_path / "best.pth", tmp_path / "last.pth")
+    write_checkpoints({"epoch": 1, "position": {"epoch": 1}, "w": torch.zeros(3)}, tmp_path, best=False)  # mid-epoch
+    assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 0
+    assert torch.equal(torch.load(tmp_path / "best.pth", weights_only=True)["w"], torch.ones(3))
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links: a copy
+    write_checkpoints({"epoch": 2, "w": torch.full((3,), 2.0)}, tmp_path, best=True)
+    assert not os.path.samefile(tmp_path / "best.pth", tmp_path / "last.pth")
+    assert (tmp_path / "best.pth").read_bytes() == (tmp_path / "last.pth").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+
+
+def test_stop_signals_exit_codes_and_a_second_ctrl_c():
+    cpu = torch.device("cpu")
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGUSR1)
+        signal.raise_signal(signal.SIGTERM)  # another kind (torchrun's agent after a Ctrl-C) only confirms the stop
+        assert stop.agreed(cpu) and stop.name == "SIGUSR1" and stop.exit_code == EXIT_PREEMPTED
+    with StopRequest() as stop:
+        assert not stop.agreed(cpu)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.agreed(cpu) and stop.exit_code == EXIT_INTERRUPTED == 130
+        with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C: stop now
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class _SigintDisposition(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> bool:
+        return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process():
+    cfg = {"workers": 1, "pin_mem": False}
+    env = msvit.train.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    loader = make_loader(_SigintDisposition(), cfg, env, 2, torch.utils.data.SequentialSampler(range(2)), False)
+    assert next(iter(loader)).tolist() == [True, True]
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the main process still gets it
+
+
+def test_ctrl_c_before_training_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    def interrupted(cfg):
+        raise KeyboardInterrupt  # Ctrl-C while the data is read (or converted)
+
+    monkeypatch.setattr(msvit.train, "build_datasets", interrupted)
+    assert train([*ARGS, "--output", tmp_path / "run"]) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "interrupted\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_model_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default run folder: output/digits/<model>-<time> here
+    assert train([*ARGS, "--model", "msvit_cifar_4_38"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "msvit_cifar_4_38" in err[0] and "msvit_cifar_4_384" in err[0]
+    assert list(tmp_path.iterdir()) == []

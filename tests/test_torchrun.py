@@ -69,8 +69,8 @@ def straight(tmp_path_factory) -> Path:
     assert "global batch 32 = 16 per process x 2 processes x 1 accumulation" in proc.stdout
     assert "2 x cpu: C kernel" in proc.stdout
     assert proc.stdout.count("44 updates per epoch") == 1  # one header, from rank 0
-    # a library's warning comes from rank 0 alone (timm's scheduler: a one-epoch cosine does nothing)
-    assert proc.stderr.count("Cosine annealing scheduler will have no effect") == 1
+    # timm's warning that a one-epoch cosine does nothing is not shown, on any rank
+    assert "Cosine annealing" not in proc.stderr
     return tmp / "run"
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import msvit.checkpoint
+import msvit.console
 import msvit.run_log
 import msvit.runfolder
 import msvit.train
@@ -210,3 +211,17 @@ def test_firing_watch_logs_rates_and_warns_once_of_dead_layers(tmp_path, caplog)
     with off.measuring():
         assert not any(m._forward_hooks for m in model.modules())
     assert off.read() is None
+
+
+def test_a_one_epoch_schedule_is_quiet_and_singular(caplog):
+    """timm warns that a one-step cosine has no effect; for a 1-epoch run that is meant, so the warning is dropped
+    (the rate is unchanged: the peak), and the header says '1 epoch'."""
+    cfg = parse_args(["--epochs", "1", "--warmup-epochs", "0", "--cooldown-epochs", "0"], DIGITS)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg["lr"])
+    with caplog.at_level("WARNING", logger="timm"):
+        scheduler = msvit.train.build_scheduler(cfg, optimizer, 10)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("timm")] == []
+    scheduler.step(0)
+    assert optimizer.param_groups[0]["lr"] == cfg["lr"]
+    assert msvit.run_log._schedule_line(cfg, cfg["lr"]).startswith("schedule: 1 epoch; no warmup; cosine")
+    assert msvit.console.epoch_label(0, 1) == "epoch 0 (1/1)"

@@ -6,6 +6,8 @@
     with `DVSAugment` on the training split when `cfg['dvs_aug']` is true.
 
 Missing or malformed data raises `DataError` with a one-line message naming the problem and the fix.
+`resolve_num_classes(cfg, train)` gives the classifier's outputs (an ImageFolder set: its class folders' count);
+`check_eval_split` refuses a validation split that is empty or smaller than the number of processes.
 
 One module per source (`cifar`, `imagenet`, `dvs128_gesture`, `cifar10_dvs`, `digits`); `registry` maps dataset
 names to them; `events` holds the on-disk DVS pipeline both DVS sets share, `dvs_augment` their augmentation,
@@ -16,9 +18,10 @@ from .digits import DigitsDataset
 from .dvs128_gesture import read_dvs128_aedat
 from .dvs_augment import DVSAugment
 from .events import FramesToTensor
-from .registry import build_datasets, dataset_num_classes, eval_transform_line
+from .registry import build_datasets, check_eval_split, dataset_num_classes, eval_transform_line, resolve_num_classes
 from .transforms import image_transforms
 
-__all__ = ["build_datasets", "dataset_num_classes", "eval_transform_line", "image_transforms", "DVSAugment",
+__all__ = ["build_datasets", "dataset_num_classes", "resolve_num_classes", "check_eval_split", "eval_transform_line",
+           "image_transforms", "DVSAugment",
            "FramesToTensor", "DigitsDataset", "cifar10_dvs_split", "CIFAR10_DVS_SPLIT_FILE", "read_dvs128_aedat",
            "read_cifar10_dvs_aedat"]

@@ -60,7 +60,7 @@ def _convert(extract_root: Path, events_np: Path) -> None:
         for src in sorted((extract_root / cls).iterdir()):
             if src.is_file() and src.suffix == ".aedat":
                 jobs.append(functools.partial(_convert_file, src, partial / cls / f"{src.stem}.npz"))
-    run_all(jobs)
+    run_all(jobs, f"CIFAR10-DVS: converting the recordings of {extract_root} to {events_np}")
     partial.rename(events_np)
 
 

@@ -112,7 +112,7 @@ def _prepare_events(root: Path, verify: bool) -> None:
                     raise DataError(f"{needed} listed in {trials.name} is missing: delete {root / 'extract'} "
                                     f"and rerun to extract {archive} again")
             jobs.append(functools.partial(_split_trial, aedat, labels_csv, partial / split))
-    run_all(jobs)
+    run_all(jobs, f"DVS128 Gesture: cutting the recordings of {aedat_dir} into gestures in {root / 'events_np'}")
     partial.rename(events_np)
 
 

@@ -8,11 +8,15 @@ The archive -> `events_np` conversion is done here rather than by spikingjelly 0
 (a) deletes a manually downloaded archive whose MD5 differs, (b) swallows every error raised in its thread pool,
 leaving an empty or partial `events_np` that later runs trust, (c) cannot read CIFAR10-DVS at all with numpy 2.4
 (binary-mode `np.fromstring` now raises), and (d) parses DVS128 Gesture one event at a time in Python.
-Frame integration is still spikingjelly's.
+Frame integration is spikingjelly's function, called here file by file (`integrate_frames`): its datasets' own loop
+prints two lines per sample (about 20,000 for CIFAR10-DVS) and swallows every error; here one log line, a progress
+bar on a terminal, and the folder appears only once complete.
 """
 from __future__ import annotations
 
-import importlib
+import contextlib
+import functools
+import io
 import logging
 import os
 import shutil
@@ -25,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from ..console import progress_bar
 from ..errors import ConfigError, DataError
 from .common import first_line
 from .dvs_augment import DVSAugment
@@ -86,12 +91,9 @@ def import_spikingjelly_datasets() -> None:
     'spikingjelly.dataset.__init__: No module named ...' at INFO on the root logger, which any INFO-level
     logging setup (the CLIs') prints to stderr, ahead of the real output or of a one-line `error: ...`.
     """
-    previous = logging.root.manager.disable
-    logging.disable(max(previous, logging.INFO))
-    try:
-        importlib.import_module("spikingjelly.datasets")  # cached: later imports of its submodules are silent
-    finally:
-        logging.disable(previous)
+    from ..neurons import import_spikingjelly  # the one quiet way in (nor does it leave a root handler)
+
+    import_spikingjelly("spikingjelly.datasets")  # cached: later imports of its submodules are silent
 
 
 # ------------------------------------------------------------------------- archives -> events_np files
@@ -100,12 +102,16 @@ def save_events(path: Path, events: Mapping[str, np.ndarray]) -> None:
     np.savez_compressed(path, t=events["t"], x=events["x"], y=events["y"], p=events["p"])
 
 
-def run_all(jobs: Iterable[Callable[[], None]]) -> None:
-    """Run jobs on a few threads (numpy and zlib release the GIL) and re-raise the first error."""
+def run_all(jobs: Iterable[Callable[[], None]], desc: str = "") -> None:
+    """Run jobs on a few threads (numpy and zlib release the GIL) and re-raise the first error; with `desc`, one
+    log line naming the work and, on a terminal, a progress bar on stderr."""
+    jobs = list(jobs)
+    if desc:
+        logging.getLogger("msvit").info("%s: %d files (once; later runs reuse them)", desc, len(jobs))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         futures = [pool.submit(job) for job in jobs]
         try:
-            for future in futures:
+            for future in progress_bar(futures, desc, enabled=bool(desc)):
                 future.result()
         except BaseException:
             for future in futures:  # do not convert the rest after a failure
@@ -172,16 +178,50 @@ def _check_frames_complete(events_root: Path, frames_root: Path) -> None:
                         f"left by an interrupted or failed integration: delete that folder and rerun")
 
 
+def _read_events(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {key: npz[key] for key in ("t", "x", "y", "p")}
+
+
+def _integrate_file(src: Path, out_dir: Path, time_step: int, events_np: Path) -> None:
+    from spikingjelly.datasets import integrate_events_file_to_frames_file_by_fixed_frames_number as integrate
+
+    try:  # print_save False: no line per sample
+        integrate(_read_events, str(src), str(out_dir), "number", time_step, SENSOR_SIZE, SENSOR_SIZE, False)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read DVS events file {src} ({first_line(exc)}): delete {events_np} "
+                        f"to convert the archive again") from None
+
+
+def integrate_frames(events_np: Path, frames: Path, time_step: int, label: str) -> None:
+    """`events_np` -> `frames`, the same tree of `.npz` files, each sample integrated into `time_step` frames by
+    spikingjelly's function, split by event count. Written into `<frames>.partial`, renamed once complete."""
+    partial = frames.with_name(f"{frames.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    jobs = []
+    for folder in sorted([events_np, *(p for p in events_np.rglob("*") if p.is_dir())]):
+        out_dir = partial / folder.relative_to(events_np)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        jobs += [functools.partial(_integrate_file, src, out_dir, time_step, events_np)
+                 for src in sorted(folder.glob("*.npz")) if src.is_file()]
+    run_all(jobs, f"{label}: integrating the events into {time_step} frames per sample in {frames}")
+    partial.rename(frames)
+
+
 def open_frames(make: Callable[[bool], Any], want_train: bool, root: Path, time_step: int,
                 label: str) -> tuple[Any, Any]:
-    """`(make(True) or None, make(False))`: spikingjelly datasets, which integrate `events_np` into frames on
-    first use; the frames folder is checked for completeness before (a leftover) and after (a swallowed error),
-    and the first sample of each for its number of frames, so that a mismatch stops the run before it starts."""
+    """`(make(True) or None, make(False))`: spikingjelly datasets over the frames folder, which is integrated
+    first when absent (`integrate_frames`); the folder is checked for completeness (a leftover of an interrupted
+    run of older code), and the first sample of each for its number of frames, so that a mismatch stops the run
+    before it starts. spikingjelly's own lines ('The directory [...] already exists.') are dropped."""
     events_np, frames = root / "events_np", root / f"frames_number_{time_step}_split_by_number"
     if frames.is_dir():
         _check_frames_complete(events_np, frames)
+    elif events_np.is_dir():
+        integrate_frames(events_np, frames, time_step, label)
     try:
-        sets = (make(True) if want_train else None, make(False))
+        with contextlib.redirect_stdout(io.StringIO()):
+            sets = (make(True) if want_train else None, make(False))
     except FileNotFoundError as exc:  # torchvision's DatasetFolder: a class folder without any .npz file
         if frames.is_dir():
             _check_frames_complete(events_np, frames)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .meter import E_AC_PJ, E_MAC_PJ, EnergyMeter
-from .text import format_report
+from .text import format_report, model_label
 
 __all__ = ["run", "main", "USAGE"]
 
@@ -28,6 +29,8 @@ USAGE = """usage: python -m msvit.energy --config FILE [--checkpoint PATH | --co
   --json             print one JSON object instead of tables ({"reports": [...]} with --compare)
   --e-mac-pj, --e-ac-pj  energy of a multiply-accumulate / an accumulate in pJ
 """
+# the settings of test.py that this program does not read, or lists above
+_NOT_READ = ("energy", "compare_ssa_coupling", "compile", "compile_mode", "threads", "checkpoint", "json")
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -50,7 +53,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     has one, except the keys `given` on the command line that evaluation may change), run the evaluation set
     (or its first `batches` batches) and return the report."""
     from ..checkpoint import load_checkpoint, read_checkpoint
-    from ..config import restore_run_settings
+    from ..config import restore_run_settings, warn_other_dataset
     from ..console import setup_logging
     from ..data import build_datasets
     from ..distributed import cleanup, init_distributed, main_process_first
@@ -72,6 +75,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
         model = create_dataset_model(cfg, ALL_MODEL_NAMES)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
+            warn_other_dataset(cfg, checkpoint)
         model.to(env.device).eval()
         with main_process_first(env):
             _, val_set = build_datasets(cfg, train=False)
@@ -86,14 +90,15 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
         report = meter.report()
     finally:
         cleanup()
-    return {"model": cfg["model"], "dataset": cfg["dataset"], "checkpoint": cfg["checkpoint"] or None,
+    return {"model": cfg["model"], "model_kwargs": _architecture(cfg), "dataset": cfg["dataset"],
+            "checkpoint": cfg["checkpoint"] or None,
             "batch_coupled_ssa": model.config["batch_coupled_ssa"], **report}
 
 
 def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """The labelled reports: one for the configured checkpoint, or one per --compare item."""
     from ..errors import ConfigError
-    from ..registry import ALL_MODEL_NAMES
+    from ..registry import ALL_MODEL_NAMES, closest_model, unknown_model
 
     if extra.compare is None:
         if extra.labels is not None:
@@ -111,6 +116,8 @@ def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> l
         one = copy.deepcopy(cfg)
         if item in ALL_MODEL_NAMES and not Path(item).exists():
             one["model"], keys = item, [*given, "model"]
+        elif not Path(item).exists() and closest_model(item) and not re.search(r"[/\\.]", item):
+            raise unknown_model(item, where="--compare")  # a model name with a typo, not a missing file
         else:
             one["checkpoint"], keys = item, given
         report = run(one, extra.batches, extra.e_mac_pj, extra.e_ac_pj, keys)
@@ -122,9 +129,18 @@ def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> l
     return runs
 
 
+def _architecture(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The arguments the registered model was built with beyond the run's own (T, classes, neuron and SSA
+    settings): model_kwargs and the legacy dim/num_heads/mlp_ratio, which make it another network."""
+    from ..config import model_kwargs
+
+    run_keys = ("T", "num_classes", "neuron_backend", "batch_coupled_ssa")
+    return {key: value for key, value in model_kwargs(cfg).items() if key not in run_keys}
+
+
 def _label(report: dict[str, Any]) -> str:
     checkpoint = report.get("checkpoint")
-    return report["model"] + (f" ({Path(checkpoint).name})" if checkpoint else "")
+    return model_label(report) + (f" ({Path(checkpoint).name})" if checkpoint else "")
 
 
 def _check_plot_folder(folder: str | None) -> None:
@@ -132,16 +148,21 @@ def _check_plot_folder(folder: str | None) -> None:
 
     if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
         raise ConfigError(f"--plot {folder} is a file: give a folder for the figures")
+    if folder is not None:  # before measuring, which can take long
+        from ..plotting import require_matplotlib
+
+        require_matplotlib("--plot")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from ..config import command_line_keys, parse_args
+    from ..config import EVALUATION_KEYS, command_line_keys, parse_args, print_program_help
     from ..console import print_json, stdout_to_stderr
     from ..errors import UserError, user_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(USAGE)
+        print_program_help(USAGE, [k for k in EVALUATION_KEYS if k not in _NOT_READ])
+        sys.exit(0)
     try:
         extra, rest = _split_argv(argv)
         cfg = parse_args(rest, None)

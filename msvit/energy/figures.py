@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..plotting import STAGE_COLOURS, pyplot, save_figure
+from ..plotting import STAGE_COLOURS, new_figure, save_figure, style
 from .meter import stage_of
 from .report import KINDS, RATE_ROWS
 
@@ -82,9 +82,10 @@ def _union(lists: Any) -> list[str]:
 
 
 def _draw_firing(labels: Sequence[str], data: Sequence[dict[str, Any]]) -> Any:
-    plt = pyplot()
-    fig, axes = plt.subplots(len(data), 1, figsize=figure_size("firing_rates", data), squeeze=False,
-                             layout="constrained")
+    from matplotlib import colormaps
+
+    fig = new_figure(figure_size("firing_rates", data), layout="constrained")
+    axes = fig.subplots(len(data), 1, squeeze=False)
     top = max([r for d in data for r in d["firing"]["rates"] if r is not None]
               + [r for d in data for steps in d["firing"]["per_step"] for r in (steps or [])] + [0.05])
     for ax, label, d in zip(axes[:, 0], labels, data):
@@ -93,7 +94,7 @@ def _draw_firing(labels: Sequence[str], data: Sequence[dict[str, Any]]) -> Any:
         ax.bar(x, [r or 0.0 for r in firing["rates"]], color=[_stage_colour(s) for s in firing["stages"]],
                alpha=0.55, width=0.8, label="mean over T")
         T = max(len(steps or []) for steps in firing["per_step"])
-        cmap = plt.get_cmap("viridis")
+        cmap = colormaps["viridis"]
         for t in range(T):
             ax.plot(x, [steps[t] if steps else None for steps in firing["per_step"]], marker="o", markersize=2.5,
                     linewidth=0.8, color=cmap(t / max(T - 1, 1) * 0.85), label=f"t={t + 1}")
@@ -108,10 +109,20 @@ def _draw_firing(labels: Sequence[str], data: Sequence[dict[str, Any]]) -> Any:
         ax.set_xlim(-0.7, len(firing["names"]) - 0.3)
         ax.set_ylim(0, top * 1.2)
         ax.set_ylabel("firing rate")
-        ax.set_title(f"{label}: firing rate of every spiking layer (network {_fmt(firing['network'])})", loc="left")
+        ax.set_title(_fit(f"{label}: firing rate of every spiking layer (network {_fmt(firing['network'])})",
+                          fig.get_figwidth() - 1.5), loc="left")  # the legend takes about 1.5 inches
         ax.grid(axis="x", visible=False)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper")
     return fig
+
+
+def _fit(text: str, inches: float, at: str = ": ") -> str:
+    """`text` on one line, or broken after its first `at` when wider than `inches` (about 13 characters of a
+    10-point title per inch): a reduced model's label, with its arguments, is long."""
+    if len(text) <= 13 * inches or at not in text:
+        return text
+    head, tail = text.split(at, 1)
+    return f"{head}{at.rstrip()}\n{tail}" if at == ": " else f"{head}\n{at.lstrip()}{tail}"
 
 
 def _fmt(value: float | None) -> str:
@@ -119,8 +130,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _draw_energy(labels: Sequence[str], data: Sequence[dict[str, Any]]) -> Any:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=figure_size("energy", data), layout="constrained")
+    fig = new_figure(figure_size("energy", data), layout="constrained")
+    ax = fig.subplots()
     stages = _union(d["energy"]["stages"] for d in data)
     runs = len(data)
     width = 0.8 / runs
@@ -144,15 +155,14 @@ def _draw_energy(labels: Sequence[str], data: Sequence[dict[str, Any]]) -> Any:
     ax.legend()
     ax.grid(axis="x", visible=False)
     totals = ", ".join(f"{label} {d['energy']['energy_mj']:.4g} mJ" for label, d in zip(labels, data))
-    ax.set_title(f"energy per image by stage: {totals}" if runs > 1 else f"{labels[0]}: energy per image "
-                 f"{data[0]['energy']['energy_mj']:.4g} mJ", loc="left")
+    ax.set_title(f"energy per image by stage: {totals}" if runs > 1 else _fit(
+        f"{labels[0]}: energy per image {data[0]['energy']['energy_mj']:.4g} mJ", fig.get_figwidth() - 0.6), loc="left")
     return fig
 
 
 def _draw_firing_table(labels: Sequence[str], data: Sequence[dict[str, Any]]) -> Any:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(data), figsize=figure_size("firing_table", data), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(figure_size("firing_table", data), layout="constrained")
+    axes = fig.subplots(1, len(data), squeeze=False)
     top = max([v for d in data for row in d["firing_table"]["rates"] for v in row if v is not None] + [0.05])
     image = None
     for ax, label, d in zip(axes[0], labels, data):
@@ -167,7 +177,7 @@ def _draw_firing_table(labels: Sequence[str], data: Sequence[dict[str, Any]]) ->
                       [f"{s}\n{a}" for s, a in zip(table["stages"], table["attention"])])
         ax.set_yticks(range(len(table["labels"])), table["labels"])
         ax.grid(visible=False)
-        ax.set_title(label, loc="left")
+        ax.set_title(_fit(label, 1.1 * len(table["stages"]) + 0.6, at=" ("), loc="left")
     fig.colorbar(image, ax=list(axes[0]), label="firing rate", shrink=0.8)
     fig.suptitle("firing rates, QKFormer Table 4 layout (mean over each stage's blocks)", fontsize=10)
     return fig
@@ -177,7 +187,9 @@ _DRAW = {"firing_rates": _draw_firing, "energy": _draw_energy, "firing_table": _
 
 
 def write_figures(runs: Sequence[tuple[str, dict[str, Any]]], folder: str | Path) -> list[Path]:
-    """Draw every figure for the labelled reports `runs` into `folder` (created); returns the PNG paths."""
+    """Draw every figure for the labelled reports `runs` into `folder` (created); returns the PNG paths. The
+    caller's matplotlib backend and rcParams are left as they were (`msvit.plotting`)."""
     labels = [label for label, _ in runs]
     data = [figure_data(report) for _, report in runs]
-    return [save_figure(_DRAW[name](labels, data), Path(folder) / f"{name}.png") for name in FIGURES]
+    with style():  # the style applies while the artists are made, not only when saving
+        return [save_figure(_DRAW[name](labels, data), Path(folder) / f"{name}.png") for name in FIGURES]

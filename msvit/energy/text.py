@@ -2,11 +2,22 @@
 `test.py --energy` prints."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .report import RATE_ROWS
 
-__all__ = ["format_report", "format_totals", "format_firing"]
+__all__ = ["format_report", "format_totals", "format_firing", "model_label"]
+
+
+def model_label(report: dict[str, Any]) -> str:
+    """The report's model as the text and the figures name it: the registered name, followed by the arguments
+    that changed it (`report['model_kwargs']`) when there are any, so a reduced model is not taken for the full
+    one: 'msvit_cifar_4_384 (embed_dim 32, depths [1, 1, 1])'."""
+    kwargs = report.get("model_kwargs") or {}
+    args = ", ".join(f"{key} {value if isinstance(value, str) else json.dumps(value)}"
+                     for key, value in kwargs.items())
+    return f"{report['model']} ({args})" if args else str(report["model"])
 
 
 def _si(value: float | None) -> str:
@@ -74,7 +85,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as readable tables: layers, stages and total, the firing rates (QKFormer Table 4) as means
     and per time step, and every neuron's rate."""
     lines = []
-    title = f"{report['model']}: " if report.get("model") else ""
+    title = f"{model_label(report)}: " if report.get("model") else ""
     ssa = ("" if "batch_coupled_ssa" not in report
            else f", SSA {'batch-coupled' if report['batch_coupled_ssa'] else 'per sample'}")
     lines.append(f"{title}energy per image over {report['images']} images, T={report['T']}{ssa}, "
