@@ -93,6 +93,11 @@ def extract_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> 
             raise CheckpointError(f"no state_dict in checkpoint: expected one of {', '.join(keys)} "
                                   f"among its keys ({', '.join(map(str, list(checkpoint)[:8]))})")
         state = checkpoint[found]
+    return _without_prefixes(state)
+
+
+def _without_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """`state` with the wrappers' key prefixes (`module.` of DDP, `_orig_mod.` of torch.compile) removed."""
     out = {}
     for key, value in state.items():
         for prefix in _PREFIXES:
@@ -123,13 +128,7 @@ def to_model_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> d
 def release_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
     """timm's `pretrained_filter_fn` of the registered models: the weights of a file that timm read
     (`pretrained_cfg_overlay=dict(file=PATH)`), in any of the authors' layouts, under `model`'s names."""
-    state = {}
-    for key, value in state_dict.items():
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        state[key] = value
-    return to_model_keys(model, state)
+    return to_model_keys(model, _without_prefixes(state_dict))
 
 
 def _listing(label: str, keys: list[str], limit: int = 6) -> str:

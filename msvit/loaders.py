@@ -2,7 +2,7 @@
 
 Training is resumable at any batch: `SeededSamples` makes each sample's augmentation a function of (seed,
 epoch, index) alone, whichever worker or rank loads it, and `ResumableSampler` starts an epoch's shuffled
-order at a given batch. Together they let a run stopped mid-epoch continue with exactly the batches, and
+order after a given number of samples. Together they let a run stopped mid-epoch continue with exactly the batches, and
 the augmented images, that an uninterrupted run would have seen.
 Evaluation: every process evaluates its own shard, each sample exactly once (`ShardSampler`).
 """
@@ -62,21 +62,36 @@ class SeededSamples(Dataset):
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler whose epoch can start at batch `start_batch` (of `batch_size`) of its order."""
+    """DistributedSampler whose epoch can start after the first `start_sample` samples of its shuffled order, counted
+    over all processes. With the geometry of the stopped run (batch size, process count) each process continues its
+    own share at its next batch, exactly; with another (a job requeued on other GPUs) the processes share the rest
+    of the order, so the epoch still trains each sample once."""
 
     def __init__(self, dataset: Dataset, env: DistEnv, seed: int, batch_size: int) -> None:
         super().__init__(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
-        self.batch_size, self.start_batch = batch_size, 0
+        self.batch_size, self.start_sample = batch_size, 0
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0, start_sample: int | None = None) -> None:
+        """Start `epoch` at this geometry's batch `start_batch`, or after `start_sample` samples of its order."""
         super().set_epoch(epoch)
-        self.start_batch = start_batch
+        self.start_sample = start_batch * self.batch_size * self.num_replicas if start_sample is None else start_sample
+
+    def _rest(self) -> list[int]:
+        """The epoch's order (DistributedSampler's: a seeded permutation repeated up to `total_size`) after
+        `start_sample`, padded likewise to a multiple of the process count: every process gets as many batches."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        rest = (order * -(-self.total_size // len(order)))[self.start_sample:self.total_size]
+        padded = len(rest) + (-len(rest)) % self.num_replicas
+        return (rest * -(-padded // len(rest)))[:padded] if rest else []
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start_batch * self.batch_size:])
+        return iter(self._rest()[self.rank::self.num_replicas])
 
     def __len__(self) -> int:
-        return max(super().__len__() - self.start_batch * self.batch_size, 0)
+        remaining = max(self.total_size - self.start_sample, 0)
+        return -(-remaining // self.num_replicas)
 
 
 class ShardSampler(Sampler[int]):

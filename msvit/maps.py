@@ -216,7 +216,7 @@ USAGE = """usage: python -m msvit.maps --config FILE [--checkpoint PATH] [--imag
 """
 # the settings of test.py that this program does not read, or lists above
 _NOT_READ = ("energy", "compare_ssa_coupling", "compile", "compile_mode", "amp", "amp_dtype", "batch_size",
-             "threads", "checkpoint", "json")
+             "checkpoint", "json")
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -266,6 +266,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .checkpoint import load_checkpoint, read_checkpoint
     from .config import restore_run_settings, warn_other_dataset
     from .console import log, setup_logging
+    from .distributed import set_threads
     from .models import MODEL_NAMES
     from .registry import BASELINE_NAMES
     from .zoo import create_dataset_model
@@ -284,6 +285,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
         raise ConfigError(f"--images must be 1 or more, got {opts.images}")
     if opts.queries < 1:
         raise ConfigError(f"--queries must be 1 or more, got {opts.queries}")
+    set_threads(cfg["threads"])
     setup_logging(True)
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
     restore_run_settings(cfg, checkpoint, list(given))

@@ -139,6 +139,21 @@ def _prepare_model(model: nn.Module, cfg: dict[str, Any], env: DistEnv) -> nn.Mo
     return model
 
 
+def _check_left_to_train(epoch: int, batches: int, cfg: dict[str, Any]) -> None:
+    """A resumed run at `epoch` (`batches` into it) whose schedule ends before that is refused; one at the end of
+    its schedule says that nothing is left to train."""
+    total = cfg["epochs"] + cfg["cooldown_epochs"]
+    begun = epoch + (1 if batches else 0)
+    if begun > total:
+        where = f"epoch {epoch}, batch {batches}" if batches else f"the end of epoch {epoch - 1}"
+        raise ConfigError(f"the schedule ends after {total} epoch{'s' * (total != 1)} (epochs + cooldown_epochs), before the checkpoint's "
+                          f"position ({where}): nothing is left to train; give --epochs {begun - cfg['cooldown_epochs']} "
+                          f"or more to continue the run")
+    if begun == total and not batches:
+        log.info("the run has finished its %d epochs: nothing is left to train (to train longer, give --epochs N: "
+                 "the schedule is recomputed for N)", total)
+
+
 @dataclass
 class _RunState:
     """What a checkpoint carries beyond the model, optimizer, scheduler, scaler and EMA."""
@@ -148,6 +163,7 @@ class _RunState:
     best_epoch: int = -1
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
     progress: EpochProgress = field(default_factory=EpochProgress)
+    resume_sample: int | None = None  # the resumed epoch starts after this many samples of its order
     stopping: bool = False
 
 
@@ -170,7 +186,8 @@ class _Training:
                     state_dict_ema=self.ema.module.state_dict() if self.ema is not None else None,
                     epoch=s.epoch - 1 if mid_epoch else s.epoch, num_updates=s.num_updates, best_top1=s.best_top1,
                     best_epoch=s.best_epoch, metrics=s.metrics, config=self.cfg,
-                    position=dict(epoch=s.epoch, progress=progress.state_dict()) if mid_epoch else None)
+                    position=dict(epoch=s.epoch, progress=progress.state_dict(), world_size=self.env.world_size)
+                    if mid_epoch else None)
 
     def restore(self, ckpt: dict[str, Any], path: Path) -> None:
         for key in ("optimizer", "scheduler", "epoch"):
@@ -191,8 +208,24 @@ class _Training:
         position = ckpt.get("position")
         s.epoch = position["epoch"] if position else ckpt["epoch"] + 1
         s.progress = EpochProgress.from_state(position["progress"] if position else None, self.env.rank)
+        if position:
+            s.resume_sample = self._samples_done(ckpt, position)
         at = f", batch {s.progress.batches}" if position else ""
         log.info("resumed from %s at epoch %d%s (update %d)", path, s.epoch, at, s.num_updates)
+
+    def _samples_done(self, ckpt: dict[str, Any], position: dict[str, Any]) -> int:
+        """The samples of the resumed epoch's order trained before the checkpoint, over all processes. A run
+        resumed with another batch size or process count continues after them, its batch count converted."""
+        saved_batch = (ckpt.get("config") or {}).get("batch_size", self.cfg["batch_size"])
+        saved_world = position.get("world_size", self.env.world_size)  # checkpoints before 2026-12: not saved
+        done = self.state.progress.batches * saved_batch * saved_world
+        now = (self.cfg["batch_size"], self.env.world_size)
+        if (saved_batch, saved_world) != now:
+            self.state.progress.batches = done // (now[0] * now[1])
+            log.info("the checkpoint was saved mid-epoch at batch %d x %d process(es), this run has %d x %d: the "
+                     "epoch continues after the %d samples of its order already trained", saved_batch, saved_world,
+                     now[0], now[1], done)
+        return done
 
     def _restore_optimizer(self, saved: dict[str, Any]) -> None:
         """The optimizer's state (its moments) from the checkpoint, its settings from this run's: the saved
@@ -271,6 +304,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     training = _Training(cfg, env, model, optimizer, scheduler, scaler, ema, output)
     if ckpt is not None:
         training.restore(ckpt, checkpoint_path)
+        _check_left_to_train(training.state.epoch, training.state.progress.batches, cfg)
     else:
         training.state.epoch = cfg["start_epoch"]
     del ckpt
@@ -323,7 +357,9 @@ def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
         try:
             while state.epoch < total_epochs:
                 epoch = state.epoch
-                train_loader.sampler.set_epoch(epoch, start_batch=state.progress.batches)
+                train_loader.sampler.set_epoch(epoch, start_batch=state.progress.batches,
+                                               start_sample=state.resume_sample)
+                state.resume_sample = None
                 train_set.set_epoch(epoch)
                 set_learning_rate(scheduler, cfg, epoch, state.progress.batches, batches_per_epoch)
                 if mixup_fn is not None and cfg["mixup_off_epoch"] and epoch >= cfg["mixup_off_epoch"]:

@@ -398,12 +398,8 @@ if shutil.which("nvidia-smi") is None:  # most likely no CUDA device either
 # ---- the training run's life: resume and extension, Ctrl-C, failed starts, threads
 def _resume_with_a_start_epoch(tmp: Path) -> Case:
     """--start-epoch places a new run on its schedule: a resumed run (config.yaml, a last.pth) refuses it."""
-    run = tmp / "run"
-    run.mkdir()
-    save_config(parse_args([], ROOT / "cifar10" / "cifar10.yml"), run / "config.yaml")
-    (run / "last.pth").write_bytes(b"")  # refused before it is read
-    return ("cifar10/train.py", ["--resume", "auto", "--output", run, "--start-epoch", 3],
-            ["--start-epoch places a new run", "drop --start-epoch", "--epochs"])
+    script, args, _ = _resume_with_another_network(tmp)
+    return script, [*args[:-2], "--start-epoch", 3], ["--start-epoch places a new run", "drop --start-epoch", "--epochs"]
 
 
 def _resume_with_another_optimizer(tmp: Path) -> Case:

@@ -9,10 +9,12 @@ import os
 import re
 import shutil
 import signal
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 import msvit.checkpoint
 import msvit.train
@@ -104,6 +106,34 @@ def test_resumable_sampler_continues_the_epoch_order():
     other = ResumableSampler(dataset, env, 5, 8)
     other.set_epoch(4)
     assert list(other) != list(full)
+    torch_order = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=5)
+    torch_order.set_epoch(3)
+    assert list(full) == list(torch_order)  # DistributedSampler's order: checkpoints of earlier versions resume exactly
+
+
+def test_resumable_sampler_shares_the_rest_of_the_epoch_among_another_number_of_processes():
+    """Stopped after 4 batches of 8 on 2 processes, resumed on 3 processes at batch 5: the epoch trains every sample,
+    and the processes get equally many (DDP's collectives would hang otherwise)."""
+    dataset = list(range(103))
+
+    def sampler(rank: int, world: int, batch: int) -> ResumableSampler:
+        env = msvit.train.DistEnv(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
+        return ResumableSampler(dataset, env, seed=5, batch_size=batch)
+
+    trained = []
+    for rank in range(2):
+        before = sampler(rank, 2, 8)
+        before.set_epoch(3)
+        trained += list(before)[:4 * 8]
+    rest = []
+    for rank in range(3):
+        after = sampler(rank, 3, 5)
+        after.set_epoch(3, start_sample=4 * 8 * 2)
+        assert len(list(after)) == len(after) == -(-(104 - 64) // 3)  # 104: the order padded for 2 processes
+        rest += list(after)
+    assert sorted(set(trained + rest)) == dataset  # every sample of the epoch
+    # and three twice: the 2-process order's padding (its first sample again), and the two that pad the rest to 42
+    assert sorted(Counter(Counter(trained + rest).values()).items()) == [(1, 100), (2, 3)]
 
 
 def test_ctrl_c_mid_epoch_then_resume_from_the_run_folder_alone(straight, tmp_path, monkeypatch, capsys):
@@ -306,3 +336,33 @@ def test_an_unknown_model_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "msvit_cifar_4_38" in err[0] and "msvit_cifar_4_384" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_resumed_mid_epoch_at_another_batch_size_trains_the_rest_of_the_epoch(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    monkeypatch.setattr(msvit.train, "create_optimizer_v2", with_fault(
+        msvit.train.create_optimizer_v2, 30, lambda: signal.raise_signal(signal.SIGTERM)))
+    assert train([*ARGS, "--output", run]) == EXIT_PREEMPTED
+    monkeypatch.undo()
+    updates = count_updates(monkeypatch)
+    capsys.readouterr()
+    assert train(["--resume", "auto", "--output", run, "--batch-size", 16]) == 0
+    out = capsys.readouterr().out
+    assert ("saved mid-epoch at batch 32 x 1 process(es), this run has 16 x 1: the epoch continues after the 960 "
+            "samples") in out
+    # 1437 digits: the 477 after the first 960 make 29 full batches of 16, then epoch 1 has 89
+    assert updates[0] == 477 // 16 + 1437 // 16
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert saved["epoch"] == 1 and saved["position"] is None and saved["num_updates"] == 30 + updates[0]
+
+
+def test_a_schedule_shorter_than_the_position_is_refused_and_a_finished_run_says_so(straight, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    last = (run / "last.pth").read_bytes()
+    assert train(["--resume", "auto", "--output", run, "--epochs", 1]) == 2
+    err = capsys.readouterr().err
+    assert "error: the schedule ends after 1 epoch (epochs + cooldown_epochs)" in err and "give --epochs 2 or more" in err
+    assert train(["--resume", "auto", "--output", run]) == 0
+    assert "the run has finished its 2 epochs: nothing is left to train" in capsys.readouterr().out
+    assert (run / "last.pth").read_bytes() == last and summary(run) == summary(straight)

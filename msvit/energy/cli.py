@@ -30,7 +30,7 @@ USAGE = """usage: python -m msvit.energy --config FILE [--checkpoint PATH | --co
   --e-mac-pj, --e-ac-pj  energy of a multiply-accumulate / an accumulate in pJ
 """
 # the settings of test.py that this program does not read, or lists above
-_NOT_READ = ("energy", "compare_ssa_coupling", "compile", "compile_mode", "threads", "checkpoint", "json")
+_NOT_READ = ("energy", "compare_ssa_coupling", "compile", "compile_mode", "checkpoint", "json")
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -56,7 +56,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     from ..config import restore_run_settings, warn_other_dataset
     from ..console import setup_logging
     from ..data import build_datasets
-    from ..distributed import cleanup, init_distributed, main_process_first
+    from ..distributed import cleanup, init_distributed, main_process_first, set_threads
     from ..engine import amp_settings
     from ..errors import ConfigError
     from ..loaders import build_eval_loader
@@ -67,6 +67,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
         raise ConfigError("no dataset or model configured: pass --config <dataset>/<dataset>.yml")
     if batches < 0:
         raise ConfigError(f"--batches must be 0 (the whole set) or more, got {batches}")
+    set_threads(cfg["threads"])
     env = init_distributed()
     setup_logging(env.is_main)
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
