@@ -81,7 +81,7 @@ def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple
             f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, T {cfg['time_step']}, "
             f"SSA {'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}"
             + (f"; TET loss (means {cfg['tet_means']:g}, lambda {cfg['tet_lambda']:g})" if cfg["tet"] else ""),
-            f"data: {sizes[0]:,} train / {sizes[1]:,} val samples; global batch "
+            f"data: {sizes[0]:,} train / {sizes[1]:,} val samples, {cfg['num_classes']:,} classes; global batch "
             f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} "
             f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates "
             f"per epoch; {cfg['workers']} loader workers per process",

@@ -157,7 +157,7 @@ def test_the_header_says_what_runs_and_warns_of_a_schedule_longer_than_the_run(c
                              msvit.train.amp_settings(cfg, env.device), Path("run"))
     out = capsys.readouterr().out
     assert f"workers 100000 is more than the {len(os.sched_getaffinity(0))} CPUs" in out
-    assert "50,000 train / 10,000 val samples; global batch 64 = 64 per process x 1 process" in out
+    assert "50,000 train / 10,000 val samples, 10 classes; global batch 64 = 64 per process x 1 process" in out
     assert "11 epochs (1 + 10 cooldown at 1e-05); warmup 20 epochs from 1e-05 inside the cosine" in out
     assert "cosine from peak lr 0.001 to 1e-05; stepped per epoch" in out
     assert "float32 (amp applies to CUDA only); compile off" in out  # the recipe's amp: true, on a CPU
