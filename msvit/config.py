@@ -176,6 +176,11 @@ _EVALUATION_ABOUT = ("Our checkpoints carry their run's settings: the network (m
                      "--time-step and the data options given here win, a --model other than the checkpoint's is "
                      "refused. The authors' checkpoints carry none: the recipe and the command line name the model.")
 
+# what model.py reads: the network and the input size; it builds the model and prints its size
+MODEL_PROGRAM_KEYS = tuple(key for key, setting in SETTINGS.items()
+                           if setting.group == "model" and NO_EFFECT not in setting.help) + ("img_size",)
+_MODEL_ABOUT = "model.py builds the configured model and prints its size; it reads no data."
+
 
 def _print_help(config_path: str | None, default_config: str | Path | None = None,
                 keys: Sequence[str] | None = None, usage: str = "[--config FILE] [--KEY VALUE ...]",
@@ -239,7 +244,7 @@ def parse_args(argv: list[str] | None = None,
 
     Returns every key of DEFAULTS plus `config`, the YAML path used (None without one).
     `--help` prints the keys with their values after the recipe and exits 0 (`program` 'test': only the keys
-    that test.py reads, `EVALUATION_KEYS`); a bad option or setting (see `check_config`) raises ConfigError.
+    that test.py reads, `EVALUATION_KEYS`; 'model': those of model.py, `MODEL_PROGRAM_KEYS`); a bad option or setting (see `check_config`) raises ConfigError.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     config_path = None if default_config is None else str(default_config)
@@ -252,6 +257,8 @@ def parse_args(argv: list[str] | None = None,
         if program == "test":
             _print_help(recipe, default_config, EVALUATION_KEYS, "--checkpoint PATH [--KEY VALUE ...]",
                         _EVALUATION_ABOUT)
+        elif program == "model":
+            _print_help(recipe, default_config, MODEL_PROGRAM_KEYS, about=_MODEL_ABOUT)
         else:
             _print_help(recipe, default_config)
         raise SystemExit(0)

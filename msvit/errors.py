@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from typing import Callable, TypeVar
 
-__all__ = ["EXIT_INTERRUPTED", "UserError", "ConfigError", "DataError", "user_message", "failure_line", "cli_entry"]
+__all__ = ["EXIT_INTERRUPTED", "UserError", "ConfigError", "DataError", "MissingPackageError", "require",
+           "user_message", "failure_line", "cli_entry"]
 
 F = TypeVar("F", bound=Callable[..., object])
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C (msvit.preemption uses it too)
@@ -22,6 +24,24 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, FileNotFoundError):
     """A dataset folder or archive that is missing or malformed."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional dependency that a command needs is not installed."""
+
+
+def require(module: str, package: str, extra: str, purpose: str) -> None:
+    """Raise a `MissingPackageError` naming `package` and the extra that installs it when `module` cannot be
+    imported: the optional dependencies (pyproject.toml's extras) are needed only by some commands."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        install = f'pip install "msvit[{extra}]"'
+        if exc.name == module:  # absent (a broken install names another module: say what failed)
+            raise MissingPackageError(f"{purpose} needs {package}: {install}") from None
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise MissingPackageError(f"{purpose} needs {package}, which could not be imported ({detail}): "
+                                  f"{install}") from None
 
 
 def user_message(exc: UserError) -> str:

@@ -267,6 +267,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .config import restore_run_settings, warn_other_dataset
     from .console import log, setup_logging
     from .distributed import set_threads
+    from .loaders import seed_everything
     from .models import MODEL_NAMES
     from .registry import BASELINE_NAMES
     from .zoo import create_dataset_model
@@ -292,6 +293,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     if cfg["model"] in BASELINE_NAMES:  # one stage, and a real-valued stream in two of the three families
         raise ConfigError(f"msvit.maps draws the hierarchical models (MSViT, QKFormer), not {cfg['model']}: the "
                           f"baselines' sheets are not built yet; python -m msvit.energy gives their firing rates")
+    seed_everything(cfg["seed"])  # without a checkpoint the weights are random: the same ones every run
     model = create_dataset_model(cfg, MODEL_NAMES)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])

@@ -12,22 +12,16 @@ turns its absence into one `error: ...` line.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
+from .errors import require
 
-__all__ = ["DPI", "MissingPackageError", "new_figure", "require", "require_matplotlib", "save_figure", "style",
-           "STAGE_COLOURS"]
+__all__ = ["DPI", "new_figure", "require_matplotlib", "save_figure", "style", "STAGE_COLOURS"]
 
 DPI = 100
 # one colour per stage group (patch embedding and its blocks share it), cycled
 STAGE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
-
-
-class MissingPackageError(UserError, ImportError):
-    """An optional dependency that a command needs is not installed."""
 
 
 _STYLE = {
@@ -47,20 +41,6 @@ _STYLE = {
 def require_matplotlib(purpose: str = "drawing figures") -> None:
     """Raise a `MissingPackageError` (one line, exit 2 in the CLIs) when matplotlib is not installed."""
     require("matplotlib", "matplotlib", "figures", purpose)
-
-
-def require(module: str, package: str, extra: str, purpose: str) -> None:
-    """Raise a `MissingPackageError` naming `package` and the extra that installs it when `module` cannot be
-    imported: the optional dependencies (pyproject.toml's extras) are needed only by some commands."""
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        install = f'pip install "msvit[{extra}]"'
-        if exc.name == module:  # absent (a broken install names another module: say what failed)
-            raise MissingPackageError(f"{purpose} needs {package}: {install}") from None
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise MissingPackageError(f"{purpose} needs {package}, which could not be imported ({detail}): "
-                                  f"{install}") from None
 
 
 @contextlib.contextmanager

@@ -36,7 +36,8 @@ SETTINGS: dict[str, Setting] = {
     "model": Setting(None, "model", "registered model; the folder's model.py lists those that suit its dataset"),
     "model_kwargs": Setting({}, "model", "more model arguments, a YAML mapping checked against the model, e.g. "
                             "{embed_dim: 192, num_heads: 4, depths: [1, 1, 1]}; wins over dim/num_heads/mlp_ratio"),
-    "num_classes": Setting(None, "model", "classifier outputs; null: the dataset's class count"),
+    "num_classes": Setting(None, "model", "classifier outputs; null: the dataset's class count (an ImageFolder's: its class "
+                         "folders)"),
     "time_step": Setting(4, "model", "T: time steps the network runs each input for (DVS: frames per sample)"),
     "batch_coupled_ssa": Setting(True, "model", "SSA's output neuron integrates along T*B as in the authors' "
                                  "release (true) or per sample (false)"),

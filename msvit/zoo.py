@@ -191,7 +191,7 @@ def describe_dataset_model(config: str | Path, variants: Sequence[str],
     """`python <dataset>/model.py [--key value ...]`: build the configured model and print its size."""
     from .config import parse_args
 
-    cfg = parse_args(list(sys.argv[1:] if argv is None else argv), config)
+    cfg = parse_args(list(sys.argv[1:] if argv is None else argv), config, program="model")
     model = create_dataset_model(cfg, variants)
     print(f"{cfg['model']} for {cfg['dataset']}: {count_parameters(model):,} parameters, "
           f"input {model.pretrained_cfg['input_size']}, T={model.T}, {model.num_classes} classes "

@@ -251,8 +251,9 @@ def test_help_shows_the_recipe_values_by_group(capsys, folder, epochs, lr):
 
 
 def test_train_and_test_help_fit_their_program(capsys, monkeypatch):
-    """train.py --help lists every key; test.py --help only what evaluation reads, under test.py's usage."""
-    for program, script in (("train", "train.py"), ("test", "test.py")):
+    """train.py --help lists every key; test.py --help only what evaluation reads, under test.py's usage; model.py
+    --help the network's keys."""
+    for program, script in (("train", "train.py"), ("test", "test.py"), ("model", "model.py")):
         monkeypatch.setattr("sys.argv", [str(REPO / "cifar10" / script), "--help"])
         with pytest.raises(SystemExit):
             parse_args(["--help"], CIFAR10, program=program)
@@ -263,6 +264,9 @@ def test_train_and_test_help_fit_their_program(capsys, monkeypatch):
         training = {"--mixup", "--lr", "--warmup-epochs", "--resume", "--finetune", "--smoothing"}
         if program == "train":
             assert training < keys and "--use-ema" in keys
+        elif program == "model":
+            assert keys == {"--config", "--model", "--model-kwargs", "--num-classes", "--time-step", "--batch-coupled-ssa",
+                            "--neuron-backend", "--dim", "--num-heads", "--mlp-ratio", "--img-size"}, keys
         else:
             assert not training & keys and {"--checkpoint", "--use-ema", "--model-kwargs", "--data-dir"} < keys
             assert usage[0] == "usage: test.py --checkpoint PATH [--KEY VALUE ...]"

@@ -462,6 +462,19 @@ def test_energy_compare_plots_both_models(tmp_path, capsys):
     assert all(Path(p).stat().st_size > 10_000 for p in printed["figures"])
 
 
+def test_energy_of_random_weights_is_the_same_every_run(capsys):
+    """Without a checkpoint the model's weights come from the run's seed, not from whatever ran before."""
+    argv = ["--config", str(DIGITS), "--batches", "1", "--workers", "0", "--img-size", "8", "--json"]
+    reports = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # the global generator's state before the call differs
+        reports.append(msvit.energy.main(argv))
+    capsys.readouterr()
+    assert reports[0]["firing_rate"] == reports[1]["firing_rate"] and reports[0]["energy_mj"] == reports[1]["energy_mj"]
+    torch.manual_seed(1)
+    assert msvit.energy.main([*argv, "--seed", "7"])["firing_rate"] != reports[0]["firing_rate"]
+
+
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised digits model in our checkpoint format, at 8x8."""

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as nnf
 from torch.utils.data import Dataset
 
+from ..errors import require
 from .common import Built
 
 __all__ = ["DigitsDataset", "build_digits"]
@@ -27,8 +28,6 @@ class DigitsDataset(Dataset):
     def __init__(self, train: bool, img_size: int = 32, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), augment: bool = False,
                  generator: torch.Generator | None = None) -> None:
-        from ..plotting import require
-
         require("sklearn", "scikit-learn", "demo", "the digits dataset")  # one line, not a traceback
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split

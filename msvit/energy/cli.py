@@ -59,7 +59,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     from ..distributed import cleanup, init_distributed, main_process_first, set_threads
     from ..engine import amp_settings
     from ..errors import ConfigError
-    from ..loaders import build_eval_loader
+    from ..loaders import build_eval_loader, seed_everything
     from ..registry import ALL_MODEL_NAMES
     from ..zoo import create_dataset_model
 
@@ -73,6 +73,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
     restore_run_settings(cfg, checkpoint, list(given))
     try:
+        seed_everything(cfg["seed"])  # without a checkpoint the weights are random: the same ones every run
         model = create_dataset_model(cfg, ALL_MODEL_NAMES)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint, use_ema=cfg["use_ema"])
