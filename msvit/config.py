@@ -320,12 +320,17 @@ DATA_KEYS = ("data_dir", "verify_data", "workers", "pin_mem", "val_batch_size", 
 
 def restore_run_settings(cfg: dict[str, Any], checkpoint: Any, given: tuple[str, ...] | list[str] = ()) -> None:
     """Take the network (MODEL_KEYS) and the data settings (DATA_KEYS) from the config saved in one of our
-    checkpoints, except the keys `given` on the command line that evaluation may change. A `--model` given on
-    the command line must be registered and, for one of our checkpoints, the one it was trained as (ConfigError)."""
+    checkpoints, except the keys `given` on the command line that evaluation may change, and a null num_classes
+    from a run on the same dataset (an ImageFolder's class count). A `--model` given on the command line must be
+    registered and, for one of our checkpoints, the one it was trained as (ConfigError)."""
     _check_given_model(cfg, checkpoint, given)
     keys = [k for k in MODEL_KEYS if not (k in given and k in EVAL_MAY_CHANGE)]
     restore_model_settings(cfg, checkpoint, keys=tuple(keys))
     restore_model_settings(cfg, checkpoint, keys=tuple(k for k in DATA_KEYS if k not in given))
+    saved = _saved_config(checkpoint) or {}
+    if cfg.get("num_classes") is None and saved.get("num_classes") and saved.get("dataset") and cfg.get("dataset") \
+            and _dataset_key(saved["dataset"]) == _dataset_key(cfg["dataset"]):
+        cfg["num_classes"] = saved["num_classes"]  # an ImageFolder run's count (the imagenet recipes say null)
 
 
 def _saved_config(checkpoint: Any) -> Mapping[str, Any] | None:

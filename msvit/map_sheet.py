@@ -131,7 +131,7 @@ def _draw(maps: dict[str, Any], image: np.ndarray | None, title: str) -> Any:
     sheet = _Sheet(maps)
     fig = sheet.fig
     fig.text(0.5, 1 - 8 / sheet.height, title, ha="center", va="top", fontsize=9, fontweight="bold", wrap=True)
-    fig.text(0.5, 1 - 34 / sheet.height, _legend(maps), ha="center", va="top", fontsize=7.5, color="#444444",
+    fig.text(0.5, 1 - 40 / sheet.height, _legend(maps), ha="center", va="top", fontsize=7.5, color="#444444",
              wrap=True)
 
     frames = np.ndim(maps["input"]) == 4

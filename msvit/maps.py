@@ -267,6 +267,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .config import restore_run_settings, warn_other_dataset
     from .console import log, setup_logging
     from .distributed import set_threads
+    from .energy.text import model_label  # a reduced model named with its arguments, as the energy figures do
     from .loaders import seed_everything
     from .models import MODEL_NAMES
     from .registry import BASELINE_NAMES
@@ -322,12 +323,12 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
             i = start + offset
             label, file = labels[i], opts.files[i] if opts.files else None
             subject = file or f"{dataset} evaluation image {i}: label {_class(label, classes)}"
-            title = f"{subject}, predicted {_class(maps['prediction'], classes)}  -  {cfg['model']}, {weights}"
+            title = f"{subject}, predicted {_class(maps['prediction'], classes)}  -  {model_label(cfg)}, {weights}"
             image = input_display(maps["input"], *(norm or (None, None)))
             path = draw_sheet(maps, out / _sheet_name(i, label, file), image=image, title=title)
             totals = {stage["name"]: float(stage["spikes"].sum()) for stage in maps["stages"]}
             sheets.append({"path": str(path), "index": i, **({"file": file} if file else {}), "label": label,
-                           "prediction": maps["prediction"], "stage_spikes": totals})
+                           "prediction": maps["prediction"], "stage_spikes": totals, "title": title})
             log.info("wrote %s (%s, predicted %d)", path, file or f"label {label}", maps["prediction"])
     return {"model": cfg["model"], "dataset": dataset, "checkpoint": cfg["checkpoint"] or None,
             "block": opts.block, "queries": opts.queries, "batch_coupled_ssa": model.config["batch_coupled_ssa"],

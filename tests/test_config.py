@@ -9,7 +9,7 @@ import yaml
 
 import msvit
 from msvit.config import (DEFAULTS, GROUPS, NO_EFFECT, SETTINGS, ArgumentParser, ConfigError, check_model_kwargs,
-                          load_config, model_kwargs, parse_args, parse_model_kwargs, save_config)
+                          load_config, model_kwargs, parse_args, parse_model_kwargs, restore_run_settings, save_config)
 from msvit.errors import UserError
 from msvit.neurons import cupy_unavailable_reason
 from msvit.zoo import create_dataset_model
@@ -488,3 +488,18 @@ def test_baseline_recipes_carry_the_release_settings(path, facts):
     with torch.device("meta"):
         model = create_dataset_model(cfg, msvit.ALL_MODEL_NAMES)
     assert not model.config["batch_coupled_ssa"]
+
+
+def test_a_null_class_count_comes_from_a_run_on_the_same_dataset():
+    """An ImageFolder run's class count (the imagenet recipes say null) reaches test.py, msvit.energy and msvit.maps;
+    a run on another dataset, or a count on the command line, leaves it alone."""
+    imagenet = REPO / "imagenet" / "imagenet.yml"
+    run = {**parse_args([], imagenet), "num_classes": 100}
+    cfg = parse_args([], imagenet)
+    assert cfg["num_classes"] is None
+    restore_run_settings(cfg, {"config": run}, [])
+    assert cfg["num_classes"] == 100
+    for argv, saved, expected in ((["--num-classes", "5"], run, 5), ([], {**run, "dataset": "cifar10"}, None)):
+        cfg = parse_args(argv, imagenet)
+        restore_run_settings(cfg, {"config": saved}, argv[:1] and ["num_classes"])
+        assert cfg["num_classes"] == expected

@@ -204,6 +204,8 @@ def test_command_line_on_the_digits_recipe(tmp_path):
     assert result["dataset"] == "digits" and result["checkpoint"] is None and result["block"] == -1
     sheets = result["sheets"]
     assert [s["index"] for s in sheets] == [0, 1] and all(isinstance(s["label"], int) for s in sheets)
+    # the reduced model is named with its arguments, not taken for the full one
+    assert all(s["title"].endswith("msvit_cifar_4_384 (embed_dim 32, num_heads 2), random weights") for s in sheets)
     for sheet in sheets:
         path = Path(sheet["path"])
         assert path.parent == tmp_path and path.name == f"image_{sheet['index']:03d}_label_{sheet['label']}.png"
