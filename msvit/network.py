@@ -11,7 +11,7 @@ from torch import nn
 
 from .grad_checkpoint import checkpointed
 from .neurons import reset_neurons
-from .spike_bits import packed_saved_spikes
+from .neurons.spike_bits import packed_saved_spikes
 from .timm_contract import check_timm_arguments, classifier_head, pool_features
 
 __all__ = ["SpikingNetwork"]
@@ -46,7 +46,7 @@ class SpikingNetwork(nn.Module):
         recomputes its activations there (same spikes and gradients, far less memory, one more forward)."""
         self.grad_checkpointing = enable
 
-    # spikes saved for backward as bits (`msvit.spike_bits`); off on the reference path
+    # spikes saved for backward as bits (`msvit.neurons.spike_bits`); off on the reference path
     pack_saved_spikes = True
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

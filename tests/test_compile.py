@@ -1,6 +1,6 @@
 """torch.compile: every family traces as one graph, with no graph break, in both ways a compiled LIF can run
 (`LIF.compiled_as`: spikingjelly's per-step loop, which inductor fuses, by default; or the C kernel as custom
-operators with fake-tensor and autograd registrations, `msvit.cpu_lif`), and a compiled training step gives
+operators with fake-tensor and autograd registrations, `msvit.neurons.lif_cpu`), and a compiled training step gives
 the eager step's spikes and, to float rounding, its gradients."""
 import copy
 from pathlib import Path
@@ -12,7 +12,7 @@ import torch
 import msvit.evaluate
 import msvit.train
 from busy import excite_ssa
-from msvit import cpu_lif
+from msvit.neurons import lif_cpu
 from msvit.config import parse_args
 from msvit.neurons import LIF
 
@@ -21,7 +21,7 @@ SMALL = dict(T=2, num_classes=5, embed_dim=32, num_heads=2)
 INPUTS = {"msvit_cifar_4_384": lambda: torch.rand(3, 3, 32, 32) * 2 - 1,
           "qkformer_cifar_4_384": lambda: torch.rand(3, 3, 32, 32) * 2 - 1,
           "msvit_dvs_2_256": lambda: (torch.rand(3, 2, 2, 32, 32) > 0.7).float()}
-KERNEL = pytest.param("kernel", marks=pytest.mark.skipif(cpu_lif.kernel() is None, reason="no C kernel here"))
+KERNEL = pytest.param("kernel", marks=pytest.mark.skipif(lif_cpu.kernel() is None, reason="no C kernel here"))
 CASES = [(name, True, training) for name in INPUTS for training in (True, False)] + [("msvit_cifar_4_384", False, True)]
 
 
@@ -61,7 +61,7 @@ def step(model, x, target):
 @pytest.mark.parametrize("compiled_as, backend", [("loop", "aot_eager"), ("kernel", "aot_eager"),
                                                   ("loop", "inductor")], indirect=["compiled_as"])
 def test_a_compiled_training_step_equals_the_eager_step(compiled_as, backend):
-    if compiled_as == "kernel" and cpu_lif.kernel() is None:
+    if compiled_as == "kernel" and lif_cpu.kernel() is None:
         pytest.skip("no C kernel here")
     torch.manual_seed(0)
     # one block per stage: inductor's first compilation of it takes about a minute on 2 cores, not three

@@ -21,11 +21,12 @@ import msvit.energy
 import msvit.evaluate
 import msvit.train
 from busy import calibrate_batch_norms, excite_ssa
-from msvit import cpu_lif
+from msvit.neurons import lif_cpu
 from msvit.console import rounded
 from msvit.config import parse_args
 from msvit.layers import SpikingSelfAttention, TokenAttention
-from msvit.neurons import LIF, _FusedLIF
+from msvit.neurons import LIF
+from msvit.neurons.lif import _FusedLIF
 from msvit.zoo import create_dataset_model
 
 DIGITS = Path(__file__).resolve().parents[1] / "digits" / "digits.yml"
@@ -52,11 +53,11 @@ def lif(request, monkeypatch):
     spikingjelly's own node (the reference path)."""
     neuron = LIF(backend="torch")
     if request.param == "c-kernel":
-        if cpu_lif.kernel() is None:
-            pytest.skip(f"no C compiler for the CPU LIF kernel ({cpu_lif.unavailable_reason()})")
-        assert neuron._function(torch.zeros(2, 1)) is cpu_lif.CpuLIF
+        if lif_cpu.kernel() is None:
+            pytest.skip(f"no C compiler for the CPU LIF kernel ({lif_cpu.unavailable_reason()})")
+        assert neuron._function(torch.zeros(2, 1)) is lif_cpu.CpuLIF
     elif request.param == "torch-ops":
-        monkeypatch.setattr(cpu_lif, "kernel", lambda: None)
+        monkeypatch.setattr(lif_cpu, "kernel", lambda: None)
         assert neuron._function(torch.zeros(2, 1)) is _FusedLIF
     else:
         neuron.fused = False

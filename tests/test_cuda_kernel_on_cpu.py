@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from msvit import cuda_lif
+from msvit.neurons import lif_cuda
 from msvit.neurons import LIF
 
 # the CUDA names the kernels use, for one host thread standing in for every CUDA thread in turn
@@ -62,16 +62,16 @@ class EmulatedKernel:
 
 @pytest.fixture(scope="module")
 def cpu_libraries(tmp_path_factory):
-    """One shared library per dtype, built from `cuda_lif.source(dtype)`."""
+    """One shared library per dtype, built from `lif_cuda.source(dtype)`."""
     compiler = os.environ.get("CXX") or "c++"
     if shutil.which(compiler) is None:
         pytest.skip(f"needs a C++ compiler ({compiler} not found)")
     folder = tmp_path_factory.mktemp("cuda-on-cpu")
     (folder / "cuda_fp16.h").write_text(CUDA_STAND_IN)
     libraries = {}
-    for dtype in cuda_lif.SUPPORTED_DTYPES:
+    for dtype in lif_cuda.SUPPORTED_DTYPES:
         name = str(dtype).split(".")[-1]
-        (folder / f"{name}.cpp").write_text(cuda_lif.source(dtype))
+        (folder / f"{name}.cpp").write_text(lif_cuda.source(dtype))
         built = folder / f"{name}.so"
         proc = subprocess.run([compiler, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", f"-I{folder}",
                                str(folder / f"{name}.cpp"), "-o", str(built)], capture_output=True, text=True)
@@ -88,10 +88,10 @@ def launched(cpu_libraries, monkeypatch):
     names: list[str] = []
 
     def functions(dtype, device_index):
-        return {name: EmulatedKernel(cpu_libraries[dtype], name, names) for name in cuda_lif.kernel_names(dtype)}
+        return {name: EmulatedKernel(cpu_libraries[dtype], name, names) for name in lif_cuda.kernel_names(dtype)}
 
-    monkeypatch.setattr(cuda_lif, "_functions", functions)
-    monkeypatch.setattr(cuda_lif, "_on_torch_stream", lambda device: contextlib.nullcontext())  # no CUDA stream
+    monkeypatch.setattr(lif_cuda, "_functions", functions)
+    monkeypatch.setattr(lif_cuda, "_on_torch_stream", lambda device: contextlib.nullcontext())  # no CUDA stream
     return names
 
 
@@ -104,8 +104,8 @@ def _cupy_lif(x_seq, split, tau):
     """The spikes and final membrane of the CuPy kernels, called as `LIF` calls them, and what they save."""
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        spikes, v = cuda_lif.CupyLIF.apply(x_seq[:split], torch.zeros_like(x_seq[0]), tau, 1.0, 4.0)
-        more, v = cuda_lif.CupyLIF.apply(x_seq[split:], v, tau, 1.0, 4.0)
+        spikes, v = lif_cuda.CupyLIF.apply(x_seq[:split], torch.zeros_like(x_seq[0]), tau, 1.0, 4.0)
+        more, v = lif_cuda.CupyLIF.apply(x_seq[split:], v, tau, 1.0, 4.0)
     return torch.cat([spikes, more]), v, saved
 
 
@@ -151,7 +151,7 @@ def test_cuda_kernels_match_spikingjelly_node(launched, dtype, shape, offset, ex
 
 def test_paired_kernels_only_where_pairs_are_aligned():
     half = torch.zeros(4, 6, dtype=torch.float16)
-    assert cuda_lif._paired(half, half[0])
-    assert not cuda_lif._paired(half.float(), half[0].float())                      # float32 moves singly
-    assert not cuda_lif._paired(half[:, :5].contiguous(), half[0, :5].contiguous())  # an odd count per step
-    assert not cuda_lif._paired(torch.zeros(25, dtype=torch.float16)[1:].view(4, 6), half[0])  # 2-byte aligned
+    assert lif_cuda._paired(half, half[0])
+    assert not lif_cuda._paired(half.float(), half[0].float())                      # float32 moves singly
+    assert not lif_cuda._paired(half[:, :5].contiguous(), half[0, :5].contiguous())  # an odd count per step
+    assert not lif_cuda._paired(torch.zeros(25, dtype=torch.float16)[1:].view(4, 6), half[0])  # 2-byte aligned

@@ -9,22 +9,23 @@ import torch
 
 import msvit
 from busy import calibrate_batch_norms, excite_ssa
-from msvit import cpu_lif
+from msvit.neurons import lif_cpu
 from msvit.layers import SpikingSelfAttention, cifar_stem, imagenet_stem
-from msvit.neurons import LIF, _FusedLIF
+from msvit.neurons import LIF
+from msvit.neurons.lif import _FusedLIF
 
-needs_cpu_kernel = pytest.mark.skipif(cpu_lif.kernel() is None,
-                                      reason=f"no C compiler for the CPU LIF kernel ({cpu_lif.unavailable_reason()})")
+needs_cpu_kernel = pytest.mark.skipif(lif_cpu.kernel() is None,
+                                      reason=f"no C compiler for the CPU LIF kernel ({lif_cpu.unavailable_reason()})")
 
 
 @pytest.fixture(params=["c-kernel", "torch-ops"])
 def implementation(request, monkeypatch):
     """Each fused CPU implementation in turn: the C kernel, and the torch operations it falls back to."""
     if request.param == "c-kernel":
-        if cpu_lif.kernel() is None:
-            pytest.skip(f"no C compiler for the CPU LIF kernel ({cpu_lif.unavailable_reason()})")
-        return cpu_lif.CpuLIF
-    monkeypatch.setattr(cpu_lif, "kernel", lambda: None)
+        if lif_cpu.kernel() is None:
+            pytest.skip(f"no C compiler for the CPU LIF kernel ({lif_cpu.unavailable_reason()})")
+        return lif_cpu.CpuLIF
+    monkeypatch.setattr(lif_cpu, "kernel", lambda: None)
     return _FusedLIF
 
 
@@ -212,14 +213,14 @@ def test_cpu_kernel_is_independent_of_threads_and_backward_can_run_twice():
 def test_cpu_kernel_falls_back_to_torch_ops_when_it_cannot_be_built(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("MSVIT_CACHE_DIR", str(tmp_path / "cache"))
-    cpu_lif._load.cache_clear()
+    lif_cpu._load.cache_clear()
     try:
-        assert cpu_lif.kernel() is None and "no-such-compiler" in cpu_lif.unavailable_reason()
+        assert lif_cpu.kernel() is None and "no-such-compiler" in lif_cpu.unavailable_reason()
         x = torch.randn(4, 3, 5) + 0.8
         assert LIF(backend="torch")._function(x) is _FusedLIF
         monkeypatch.setenv("MSVIT_CPU_KERNEL", "0")
-        cpu_lif._load.cache_clear()
-        assert cpu_lif.kernel() is None and "MSVIT_CPU_KERNEL=0" in cpu_lif.unavailable_reason()
+        lif_cpu._load.cache_clear()
+        assert lif_cpu.kernel() is None and "MSVIT_CPU_KERNEL=0" in lif_cpu.unavailable_reason()
     finally:
         monkeypatch.undo()
-        cpu_lif._load.cache_clear()
+        lif_cpu._load.cache_clear()

@@ -1,4 +1,4 @@
-"""Spikes saved for backward as bits (`msvit.spike_bits`): exact round trips, the same training step as with
+"""Spikes saved for backward as bits (`msvit.neurons.spike_bits`): exact round trips, the same training step as with
 dense saved spikes for every family, and nothing packed that is not (or no longer) a spike tensor."""
 import copy
 import weakref
@@ -12,10 +12,10 @@ import msvit
 import msvit.network
 import msvit.train
 from busy import excite_ssa
-from msvit import spike_bits
+from msvit.neurons import spike_bits
 from msvit.config import parse_args
 from msvit.neurons import LIF
-from msvit.spike_bits import mark_spikes, pack_bits, packed_saved_spikes, unpack_bits
+from msvit.neurons.spike_bits import mark_spikes, pack_bits, packed_saved_spikes, unpack_bits
 
 FAMILIES = ("msvit_cifar_4_384", "qkformer_cifar_4_384", "msvit_dvs_2_256")
 SMALL = dict(T=2, num_classes=5, embed_dim=32, num_heads=2)

@@ -4,8 +4,8 @@ Every neuron in MSViT and QKFormer is the same leaky integrate-and-fire unit
 (tau 2, hard reset to 0, detached reset, sigmoid surrogate with alpha 4); only
 the threshold differs. `tau` is an argument for the releases that change it
 (Spikingformer's DVS models use 1.5); every backend takes it per call. On the GPU the CuPy backend runs the loop over time as one
-CUDA kernel (`msvit.cuda_lif`); the torch backend runs everywhere, on CPU as a C
-kernel (`msvit.cpu_lif`) where a compiler works, else as one autograd node of torch
+CUDA kernel (`msvit.neurons.lif_cuda`); the torch backend runs everywhere, on CPU as a C
+kernel (`msvit.neurons.lif_cpu`) where a compiler works, else as one autograd node of torch
 operations. `LIF.fused = False` switches to spikingjelly 0.0.0.0.14's own node (its
 per-step torch loop or its CuPy kernel), the reference all are tested against.
 """
@@ -21,10 +21,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from . import cpu_lif
-from .cuda_lif import SUPPORTED_DTYPES, CupyLIF
+from . import lif_cpu
+from .lif_cuda import SUPPORTED_DTYPES, CupyLIF
 from .spike_bits import mark_spikes
-from .errors import ConfigError, UserError
+from ..errors import ConfigError, UserError
 
 
 @contextlib.contextmanager
@@ -100,7 +100,7 @@ def implementation(model: nn.Module, device: torch.device, dtype: torch.dtype = 
     if device.type == "cuda" and requested != {"torch"} and cupy_unavailable_reason() is None:
         return "CuPy kernel" if dtype in SUPPORTED_DTYPES else "torch operations (dtype not in the CuPy kernel)"
     if device.type == "cpu" and dtype == torch.float32:
-        reason = cpu_lif.unavailable_reason()
+        reason = lif_cpu.unavailable_reason()
         return "C kernel" if reason is None else f"torch operations (C kernel unavailable: {reason})"
     return "torch operations"
 
@@ -197,18 +197,18 @@ class LIF(sj_neuron.MultiStepLIFNode):
     def _kernel_in_graph(self, x_seq: torch.Tensor) -> bool:
         """Whether a compiled graph runs the C kernel's custom operators for this input (else the torch loop)."""
         return (self.compiled_as == "kernel" and x_seq.device.type == "cpu" and x_seq.dtype == torch.float32
-                and cpu_lif.available())
+                and lif_cpu.available())
 
     def _function(self, x_seq: torch.Tensor) -> type[torch.autograd.Function]:
         """The fused implementation for this input: the CuPy kernel (float32/float16 on CUDA), the C
         kernel (float32 on CPU, where a compiler works; as custom operators inside torch.compile), else the
         loop of torch operations."""
         if torch.compiler.is_compiling():  # reached only where _kernel_in_graph
-            return cpu_lif.CpuLIFOp
+            return lif_cpu.CpuLIFOp
         if self.backend == "cupy":
             return CupyLIF if x_seq.dtype in SUPPORTED_DTYPES else _FusedLIF
-        if x_seq.device.type == "cpu" and x_seq.dtype == torch.float32 and cpu_lif.available():
-            return cpu_lif.CpuLIF
+        if x_seq.device.type == "cpu" and x_seq.dtype == torch.float32 and lif_cpu.available():
+            return lif_cpu.CpuLIF
         return _FusedLIF
 
     def _resolve(self, x: torch.Tensor) -> str:
