@@ -12,7 +12,7 @@ from torch import nn
 from .errors import UserError
 
 __all__ = ["EMA_KEYS", "CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "save_checkpoint",
-           "extract_state_dict", "to_native_keys", "to_model_keys", "load_model", "release_filter"]
+           "extract_state_dict", "to_native_keys", "to_model_keys", "release_filter"]
 
 # Where a state_dict sits inside a checkpoint dict, in order of preference.
 _MODEL_KEYS = ("model", "state_dict", "state_dict_ema", "model_ema")
@@ -163,50 +163,3 @@ def load_checkpoint(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
     fitting = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
     model.load_state_dict(fitting, strict=False)
     return LoadResult(missing, unexpected, mismatched)
-
-
-def load_model(path: str | os.PathLike | Mapping[str, Any], use_ema: bool = False, **overrides: Any) -> nn.Module:
-    """The model of a checkpoint with its weights, in eval mode: one call from a run's best.pth / last.pth.
-
-    Our checkpoints carry their run's settings: the model is rebuilt as it was trained (its name, model_kwargs,
-    the legacy dim/num_heads/mlp_ratio, num_classes, T and the SSA setting). The authors' carry none: pass
-    `model=NAME` (and any argument their release differs in, e.g. `mlp_ratio=1`); num_classes comes from the
-    head's weight. `overrides` are the model's keyword arguments on top (`T=2`, `batch_coupled_ssa=False`,
-    `model=...` for another registered model that takes the same tensors). `use_ema`: the EMA weights."""
-    import timm
-
-    from .config import DEFAULTS
-    from .registry import ALL_ARCHS, unknown_model
-    from .validation import check_model_kwargs, model_arguments
-
-    checkpoint = path if isinstance(path, Mapping) else read_checkpoint(path)
-    state = extract_state_dict(checkpoint, use_ema=use_ema)
-    saved = checkpoint.get("config") if isinstance(checkpoint.get("config"), Mapping) else None
-    overrides = dict(overrides)
-    name = overrides.pop("model", None) or (saved or {}).get("model")
-    if name is None:
-        raise CheckpointError(f"{_source(path)} carries no saved settings (an authors' release, or bare weights): "
-                              f"pass the model it holds, load_model(path, model=NAME), e.g. model="
-                              f"'qkformer_cifar_4_384'; python -m msvit.zoo lists the registered models")
-    if name not in ALL_ARCHS:
-        raise CheckpointError(str(unknown_model(name)))
-    kwargs: dict[str, Any] = {}  # the authors': the registered model's own arguments (the release's)
-    labels: dict[str, str] = {}
-    if saved is not None:
-        # the kernel is not the network: the default (auto) runs anywhere, a run's cupy would not on a CPU
-        cfg = {**DEFAULTS, **{k: v for k, v in saved.items() if k in DEFAULTS and k != "neuron_backend"}}
-        if "batch_coupled_ssa" not in saved:
-            cfg["batch_coupled_ssa"] = False  # saved before the setting existed: its SSA ran per sample
-        kwargs, labels = model_arguments(cfg)
-    head = state.get("head.weight")
-    if "num_classes" not in kwargs and isinstance(head, torch.Tensor) and head.dim() == 2:
-        kwargs["num_classes"], labels["num_classes"] = head.shape[0], "num_classes"
-    kwargs.update(overrides)
-    labels.update({key: key for key in overrides})
-    model = timm.create_model(name, **check_model_kwargs(name, kwargs, labels))
-    load_checkpoint(model, checkpoint, use_ema=use_ema)
-    return model.eval()
-
-
-def _source(path: Any) -> str:
-    return "the checkpoint" if isinstance(path, Mapping) else f"checkpoint {os.fspath(path)}"

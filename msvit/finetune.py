@@ -25,7 +25,8 @@ from torch import nn
 from .checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_model_keys
 from .errors import ConfigError
 from .registry import ALL_ARCHS
-from .validation import model_kwargs, yaml_flow
+from .settings import DEFAULTS
+from .validation import architecture_kwargs, model_kwargs, yaml_flow
 from .zoo import create_dataset_model
 
 __all__ = ["FinetuneSource", "read_source", "load_source", "finetune_variants"]
@@ -115,10 +116,7 @@ def _misfits(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tenso
 
 def _trained_as(settings: Mapping[str, Any]) -> str:
     """What one of our checkpoints was trained as (its saved config), and the options that build it."""
-    legacy = (("dim", "embed_dim"), ("num_heads", "num_heads"), ("mlp_ratio", "mlp_ratio"))
-    widths = {name: settings[key] for key, name in legacy if settings.get(key) is not None}
-    widths.update(settings.get("model_kwargs") or {})
-    flow = yaml_flow(widths)  # {} : the model's own arguments
+    flow = yaml_flow(architecture_kwargs({**DEFAULTS, **settings}))  # {} : the model's own arguments
     return (f"It was trained as {settings['model']} with model_kwargs {flow}: pass --model {settings['model']} "
             f"--model-kwargs \"{flow}\"")
 

@@ -268,6 +268,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .console import log, setup_logging
     from .distributed import set_threads
     from .energy.text import model_label  # a reduced model named with its arguments, as the energy figures do
+    from .validation import architecture_kwargs
     from .loaders import seed_everything
     from .models import MODEL_NAMES
     from .registry import BASELINE_NAMES
@@ -317,13 +318,14 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     norm = _normalisation(cfg, dataset)
     step = max(int(cfg["val_batch_size"]), 1)
     weights = "random weights" if checkpoint is None else Path(cfg["checkpoint"]).name
+    name = model_label(dict(model=cfg["model"], model_kwargs=architecture_kwargs(cfg)))  # a reduced model's arguments
     for start in range(0, len(inputs), step):
         batch = torch.stack(inputs[start:start + step]).to(device)
         for offset, maps in enumerate(collect_maps(model, batch, opts.block, opts.queries)):
             i = start + offset
             label, file = labels[i], opts.files[i] if opts.files else None
             subject = file or f"{dataset} evaluation image {i}: label {_class(label, classes)}"
-            title = f"{subject}, predicted {_class(maps['prediction'], classes)}  -  {model_label(cfg)}, {weights}"
+            title = f"{subject}, predicted {_class(maps['prediction'], classes)}  -  {name}, {weights}"
             image = input_display(maps["input"], *(norm or (None, None)))
             path = draw_sheet(maps, out / _sheet_name(i, label, file), image=image, title=title)
             totals = {stage["name"]: float(stage["spikes"].sum()) for stage in maps["stages"]}

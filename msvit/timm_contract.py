@@ -14,6 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
 
+from .checkpoint import release_filter  # the authors' key layouts -> ours, for pretrained=True
 from .errors import ConfigError
 
 __all__ = ["GLOBAL_POOLS", "CIFAR_MEAN", "CIFAR_STD", "square_size", "argument_namer", "check_timm_arguments",
@@ -162,8 +163,6 @@ def build_registered(cls: type[nn.Module], variant: str, arch: Mapping[str, Any]
                      **kwargs: Any) -> nn.Module:
     """timm's builder for a registered `variant` (its `arch` arguments, then the caller's), with the pretrained
     config kept in step with what was actually built (e.g. num_classes=100, img_size=64)."""
-    from .checkpoint import release_filter  # the authors' key layouts -> ours, for pretrained=True
-
     if not _BUILDER_TAKES_CACHE_DIR:
         kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
     kwargs.setdefault("pretrained_filter_fn", release_filter)

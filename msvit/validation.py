@@ -13,8 +13,8 @@ import yaml
 from .errors import ConfigError
 from .settings import ALIASES, CHOICES, DEFAULTS, MINIMUM, TYPES
 
-__all__ = ["check_config", "check_model_kwargs", "model_arguments", "model_kwargs", "check_value", "accepted_types",
-           "key_suggestion", "yaml_flow", "option_flag"]
+__all__ = ["check_config", "check_model_kwargs", "model_arguments", "model_kwargs", "architecture_kwargs",
+           "check_value", "accepted_types", "key_suggestion", "yaml_flow", "option_flag"]
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
                dict: "a mapping", None: "null"}
@@ -225,6 +225,14 @@ def model_arguments(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, s
     kwargs.update(cfg["model_kwargs"])
     labels.update({key: f"model_kwargs.{key}" for key in cfg["model_kwargs"]})
     return kwargs, labels
+
+
+def architecture_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments that make `cfg`'s model another network than the registered one: model_kwargs and the legacy
+    dim/num_heads/mlp_ratio, without the run's own (T, num_classes, the neuron backend, the SSA setting)."""
+    kwargs, labels = model_arguments(cfg)
+    run_keys = ("time_step", "num_classes", "neuron_backend", "batch_coupled_ssa")
+    return {key: value for key, value in kwargs.items() if labels[key] not in run_keys}
 
 
 def model_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:

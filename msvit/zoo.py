@@ -2,21 +2,25 @@
 release each follows, and `python -m msvit.zoo`, which builds every model and prints its parameter table."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import timm
+import torch
 from torch import nn
 
+from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, read_checkpoint
+from .config import (DEFAULTS, ArgumentParser, check_model_kwargs, load_config, model_arguments, parse_args)
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
 from .registry import ALL_ARCHS, unknown_model
 
-__all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "create_dataset_model", "describe_dataset_model",
-           "reference_batch_sizes", "parameter_table", "dense_costs", "main"]
+__all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "check_dataset_model", "create_dataset_model",
+           "describe_dataset_model", "reference_batch_sizes", "load_model", "parameter_table", "dense_costs", "main"]
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,6 @@ def dataset_models(dataset: str) -> tuple[str, ...]:
 def reference_batch_sizes(cfg: dict[str, Any]) -> tuple[int, int, str] | None:
     """The per-process (train, eval) batch that a batch-coupled model of `cfg` is meant to run at, and where
     it comes from: the authors' release for a published model, else the YAML recipe (None without one)."""
-    from .config import load_config
-
     rows = [e for e in ZOO if e.model == cfg.get("model") and e.dataset == cfg.get("dataset")]
     # a row at the run's input size with a known batch (the 384 fine-tune), else the model's first row
     sized = [e for e in rows if e.release_batch is not None and e.kwargs.get("img_size") == cfg.get("img_size")]
@@ -164,33 +166,77 @@ def reference_batch_sizes(cfg: dict[str, Any]) -> tuple[int, int, str] | None:
     return train, recipe.get("val_batch_size") or train, "the recipe"
 
 
-def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[str],
-                         **overrides: Any) -> nn.Module:
-    """Build the configured model (`cfg`: a resolved config or a YAML path), checking it is one of
-    the `variants` that suit the dataset and its arguments (`config.check_model_kwargs`); `overrides` go
-    to the model on top of the config."""
-    from .config import check_model_kwargs, model_arguments, parse_args
-
-    if not isinstance(cfg, dict):
-        cfg = parse_args([], cfg)
+def check_dataset_model(cfg: Mapping[str, Any], variants: Sequence[str]) -> None:
+    """A ConfigError unless `cfg['model']` is one of the `variants` that suit the dataset: a typo gets the closest
+    registered name, another registered model the list."""
     name = cfg.get("model")
     if isinstance(name, str) and name not in ALL_ARCHS and name not in variants:  # a typo
         raise unknown_model(name)
     if name not in variants:
         raise ConfigError(f"model {name!r} does not suit dataset {cfg.get('dataset')!r}; "
                           f"choose one of {', '.join(variants)}")
+
+
+def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[str],
+                         **overrides: Any) -> nn.Module:
+    """Build the configured model (`cfg`: a resolved config or a YAML path), checking it is one of
+    the `variants` that suit the dataset and its arguments (`config.check_model_kwargs`); `overrides` go
+    to the model on top of the config."""
+    if not isinstance(cfg, dict):
+        cfg = parse_args([], cfg)
+    check_dataset_model(cfg, variants)
+    name = cfg["model"]
     kwargs, labels = model_arguments(cfg)
     kwargs.update(overrides)
     labels.update({key: key for key in overrides})
     return timm.create_model(name, **check_model_kwargs(name, kwargs, labels))
 
 
+def load_model(path: str | os.PathLike | Mapping[str, Any], use_ema: bool = False, **overrides: Any) -> nn.Module:
+    """The model of a checkpoint with its weights, in eval mode: one call from a run's best.pth / last.pth.
+
+    Our checkpoints carry their run's settings: the model is rebuilt as it was trained (its name, model_kwargs,
+    the legacy dim/num_heads/mlp_ratio, num_classes, T and the SSA setting). The authors' carry none: pass
+    `model=NAME` (and any argument their release differs in, e.g. `mlp_ratio=1`); num_classes comes from the
+    head's weight. `overrides` are the model's keyword arguments on top (`T=2`, `batch_coupled_ssa=False`,
+    `model=...` for another registered model that takes the same tensors). `use_ema`: the EMA weights."""
+    checkpoint = path if isinstance(path, Mapping) else read_checkpoint(path)
+    state = extract_state_dict(checkpoint, use_ema=use_ema)
+    saved = checkpoint.get("config") if isinstance(checkpoint.get("config"), Mapping) else None
+    overrides = dict(overrides)
+    name = overrides.pop("model", None) or (saved or {}).get("model")
+    if name is None:
+        raise CheckpointError(f"{_source(path)} carries no saved settings (an authors' release, or bare weights): "
+                              f"pass the model it holds, load_model(path, model=NAME), e.g. model="
+                              f"'qkformer_cifar_4_384'; python -m msvit.zoo lists the registered models")
+    if name not in ALL_ARCHS:
+        raise CheckpointError(str(unknown_model(name)))
+    kwargs: dict[str, Any] = {}  # the authors': the registered model's own arguments (the release's)
+    labels: dict[str, str] = {}
+    if saved is not None:
+        # the kernel is not the network: the default (auto) runs anywhere, a run's cupy would not on a CPU
+        cfg = {**DEFAULTS, **{k: v for k, v in saved.items() if k in DEFAULTS and k != "neuron_backend"}}
+        if "batch_coupled_ssa" not in saved:
+            cfg["batch_coupled_ssa"] = False  # saved before the setting existed: its SSA ran per sample
+        kwargs, labels = model_arguments(cfg)
+    head = state.get("head.weight")
+    if "num_classes" not in kwargs and isinstance(head, torch.Tensor) and head.dim() == 2:
+        kwargs["num_classes"], labels["num_classes"] = head.shape[0], "num_classes"
+    kwargs.update(overrides)
+    labels.update({key: key for key in overrides})
+    model = timm.create_model(name, **check_model_kwargs(name, kwargs, labels))
+    load_checkpoint(model, checkpoint, use_ema=use_ema)
+    return model.eval()
+
+
+def _source(path: Any) -> str:
+    return "the checkpoint" if isinstance(path, Mapping) else f"checkpoint {os.fspath(path)}"
+
+
 @cli_entry
 def describe_dataset_model(config: str | Path, variants: Sequence[str],
                            argv: Sequence[str] | None = None) -> None:
     """`python <dataset>/model.py [--key value ...]`: build the configured model and print its size."""
-    from .config import parse_args
-
     cfg = parse_args(list(sys.argv[1:] if argv is None else argv), config, program="model")
     model = create_dataset_model(cfg, variants)
     print(f"{cfg['model']} for {cfg['dataset']}: {count_parameters(model):,} parameters, "
@@ -218,11 +264,8 @@ def dense_costs(entry: ZooEntry) -> dict[str, Any]:
     at T 1): the MACs of its dense layers (the stem's first convolution; a head reading real values) in mJ, the
     FLOPs per image and time step of its spiking layers and attention products, and the mean input rate that the
     published energy would need at the model's T: (published - MACs) / (E_AC x T x FLOPs)."""
-    import torch
-
     from .bench.step import make_batch
     from .energy import E_AC_PJ, EnergyMeter
-    from .registry import ALL_ARCHS
     from .timm_contract import input_kind
 
     model = timm.create_model(entry.model, **{**entry.kwargs, "T": 1}).eval()
@@ -242,8 +285,6 @@ def dense_costs(entry: ZooEntry) -> dict[str, Any]:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> None:
-    from .config import ArgumentParser
-
     parser = ArgumentParser(description="Build every registered model (MSViT, QKFormer, the baselines) and print "
                                         "its parameters.")
     parser.add_argument("--model", nargs="*", help="only these model names")

@@ -199,14 +199,15 @@ def test_threads_must_be_positive():
 def test_a_reduced_model_is_labelled_with_its_arguments():
     """The energy text and figures name the arguments that made a reduced model, not just its registered name."""
     from msvit.config import parse_args
-    from msvit.energy.cli import _architecture, _label
+    from msvit.energy.cli import _label
     from msvit.energy.text import model_label
+    from msvit.validation import architecture_kwargs
 
     cfg = parse_args(["--model", "msvit_cifar_4_384", "--model-kwargs", "{embed_dim: 32, depths: [1, 1, 1]}",
                       "--num-heads", "2", "--time-step", "2"])
-    report = {"model": cfg["model"], "model_kwargs": _architecture(cfg), "checkpoint": None}
+    report = {"model": cfg["model"], "model_kwargs": architecture_kwargs(cfg), "checkpoint": None}
     assert report["model_kwargs"] == {"num_heads": 2, "embed_dim": 32, "depths": [1, 1, 1]}  # not T or classes
     assert _label(report) == "msvit_cifar_4_384 (num_heads 2, embed_dim 32, depths [1, 1, 1])"
-    full = {"model": "msvit_cifar_4_384", "model_kwargs": _architecture(parse_args(["--model", "msvit_cifar_4_384"]))}
+    full = {"model": "msvit_cifar_4_384", "model_kwargs": architecture_kwargs(parse_args(["--model", "msvit_cifar_4_384"]))}
     assert model_label(full) == "msvit_cifar_4_384"
     assert _label({**report, "checkpoint": "/runs/a/best.pth"}).endswith("depths [1, 1, 1]) (best.pth)")

@@ -54,6 +54,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     (or its first `batches` batches) and return the report."""
     from ..checkpoint import load_checkpoint, read_checkpoint
     from ..config import restore_run_settings, warn_other_dataset
+    from ..validation import architecture_kwargs
     from ..console import setup_logging
     from ..data import build_datasets
     from ..distributed import cleanup, init_distributed, main_process_first, set_threads
@@ -92,7 +93,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
         report = meter.report()
     finally:
         cleanup()
-    return {"model": cfg["model"], "model_kwargs": _architecture(cfg), "dataset": cfg["dataset"],
+    return {"model": cfg["model"], "model_kwargs": architecture_kwargs(cfg), "dataset": cfg["dataset"],
             "checkpoint": cfg["checkpoint"] or None,
             "batch_coupled_ssa": model.config["batch_coupled_ssa"], **report}
 
@@ -129,15 +130,6 @@ def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> l
         runs = [(f"{label} ({i + 1})" if labels.count(label) > 1 else label, report)
                 for i, (label, report) in enumerate(runs)]
     return runs
-
-
-def _architecture(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The arguments the registered model was built with beyond the run's own (T, classes, neuron and SSA
-    settings): model_kwargs and the legacy dim/num_heads/mlp_ratio, which make it another network."""
-    from ..config import model_kwargs
-
-    run_keys = ("T", "num_classes", "neuron_backend", "batch_coupled_ssa")
-    return {key: value for key, value in model_kwargs(cfg).items() if key not in run_keys}
 
 
 def _label(report: dict[str, Any]) -> str:

@@ -68,7 +68,6 @@ V_RESET = 0.0
 SURROGATE_ALPHA = 4.0
 
 
-
 @functools.lru_cache(maxsize=None)
 def cupy_unavailable_reason() -> str | None:
     """Why the CuPy backend cannot run here, or None when it can.
