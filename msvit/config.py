@@ -342,7 +342,7 @@ def _check_given_model(cfg: Mapping[str, Any], checkpoint: Any, given: tuple[str
     """Refuse a `--model` that is not registered (naming the closest) or that is not the checkpoint's."""
     if "model" not in given:
         return
-    from .registry import ALL_ARCHS, unknown_model
+    from .models._registry import ALL_ARCHS, unknown_model
 
     if cfg["model"] not in ALL_ARCHS:
         raise unknown_model(cfg["model"], where="--model")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import load_checkpoint, read_checkpoint
+from .models._checkpoint import load_checkpoint, read_checkpoint
 from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings, warn_other_dataset
 from .data import build_datasets, eval_transform_line, resolve_num_classes
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first, set_threads

@@ -22,9 +22,9 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from .checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_model_keys
+from .models._checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_model_keys
 from .errors import ConfigError
-from .registry import ALL_ARCHS
+from .models._registry import ALL_ARCHS
 from .settings import DEFAULTS
 from .validation import architecture_kwargs, model_kwargs, yaml_flow
 from .zoo import create_dataset_model

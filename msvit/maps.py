@@ -263,7 +263,7 @@ def _samples(cfg: dict[str, Any], dataset: str, opts: argparse.Namespace) -> tup
 def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()) -> dict[str, Any]:
     """Build the configured model (architecture and data settings from the checkpoint's saved config when it has
     one), collect the maps of the chosen images in batches of val_batch_size and write one sheet per image."""
-    from .checkpoint import load_checkpoint, read_checkpoint
+    from .models._checkpoint import load_checkpoint, read_checkpoint
     from .config import restore_run_settings, warn_other_dataset
     from .console import log, setup_logging
     from .distributed import set_threads
@@ -271,7 +271,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .validation import architecture_kwargs
     from .loaders import seed_everything
     from .models import MODEL_NAMES
-    from .registry import BASELINE_NAMES
+    from .models._registry import BASELINE_NAMES
     from .zoo import create_dataset_model
 
     if not cfg.get("dataset") or not cfg.get("model"):

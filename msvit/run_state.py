@@ -15,7 +15,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .models._checkpoint import load_checkpoint
 from .distributed import DistEnv
 from .engine import EpochProgress
 from .errors import ConfigError, UserError

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .checkpoint import save_checkpoint
+from .models._checkpoint import save_checkpoint
 from .config import command_line_keys, parse_args
 from .errors import ConfigError, UserError
 from .settings import NETWORK_KEYS

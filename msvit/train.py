@@ -26,7 +26,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .checkpoint import read_checkpoint
+from .models._checkpoint import read_checkpoint
 from .config import restore_model_settings, save_config
 from .console import EpochDisplay, add_log_file, log_to_file, setup_logging
 from .data import build_datasets, eval_transform_line, resolve_num_classes

@@ -13,11 +13,13 @@ import timm
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, read_checkpoint
+from .models._checkpoint import CheckpointError, extract_state_dict, load_checkpoint, read_checkpoint
 from .config import (DEFAULTS, ArgumentParser, check_model_kwargs, load_config, model_arguments, parse_args)
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
-from .registry import ALL_ARCHS, unknown_model
+from .models._inputs import make_batch
+from .models._timm import input_kind
+from .models._registry import ALL_ARCHS, unknown_model
 
 __all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "check_dataset_model", "create_dataset_model",
            "describe_dataset_model", "reference_batch_sizes", "load_model", "parameter_table", "dense_costs", "main"]
@@ -41,7 +43,7 @@ class ZooEntry:
     published_energy_mj: float | None = None  # per image, as MSViT's ImageNet table quotes it (each paper's own rule)
 
 
-# The baselines (msvit.baselines): no batch coupling, so no release batch; published figures from each paper
+# The baselines (msvit.models: spikformer, spikingformer, spike_driven_transformer): no batch coupling, so no release batch; published figures from each paper
 # (ImageNet Spikformer/SDT rows as MSViT's table quotes them), parameter counts from the authors' code.
 _SPK, _SKF, _SDT = "ZK-Zhou/spikformer", "zhouchenlin2096/Spikingformer", "BICLab/Spike-Driven-Transformer"
 _SKF_CKPT = "Baidu pan (password abcd), linked from the Spikingformer README"
@@ -264,9 +266,7 @@ def dense_costs(entry: ZooEntry) -> dict[str, Any]:
     at T 1): the MACs of its dense layers (the stem's first convolution; a head reading real values) in mJ, the
     FLOPs per image and time step of its spiking layers and attention products, and the mean input rate that the
     published energy would need at the model's T: (published - MACs) / (E_AC x T x FLOPs)."""
-    from .bench.step import make_batch
     from .energy import E_AC_PJ, EnergyMeter
-    from .timm_contract import input_kind
 
     model = timm.create_model(entry.model, **{**entry.kwargs, "T": 1}).eval()
     kind = input_kind({**ALL_ARCHS[entry.model], **entry.kwargs})

@@ -1,4 +1,4 @@
-"""The baselines (msvit.baselines): exact parameter counts both ways, hand-computed pieces (SDSA with and without
+"""The baselines (msvit.models: spikformer, spikingformer, spike_driven_transformer): exact parameter counts both ways, hand-computed pieces (SDSA with and without
 the DVS erosion, the SPS pool order, the membrane shortcut, tau 1.5), batch independence, the optimised path
 against the reference path, one compiled graph, and timm's contract. Their parity with the authors' own code was
 measured at development time (README, 'The baselines'); their key layouts are in test_checkpoint."""
@@ -13,9 +13,9 @@ from torch import nn
 
 import msvit
 from busy import calibrate_batch_norms, excite_ssa
-from msvit.baselines import BASELINE_ARCHS
-from msvit.baselines.membrane import MembraneMLP
-from msvit.baselines.sdt import SpikeDrivenSelfAttention
+from msvit.models import BASELINE_ARCHS
+from msvit.layers import MembraneMLP
+from msvit.layers import SpikeDrivenSelfAttention
 from msvit.errors import ConfigError
 from msvit.layers import SpikingSelfAttention
 from msvit.neurons import LIF

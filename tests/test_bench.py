@@ -49,12 +49,9 @@ def test_dvs_models_get_event_frames_and_model_defaults():
     assert r["T"] == 16 and r["input_shape"] == [2, 16, 2, 16, 16] and r["num_classes"] == 11
 
 
-def test_reference_switch_is_called_or_explained(monkeypatch):
-    monkeypatch.delattr(msvit, "use_reference_implementation", raising=False)
-    with pytest.raises(UserError, match="use_reference_implementation"):
-        tiny_run(reference=True)
+def test_reference_runs_switch_the_model_once(monkeypatch):
     called = []
-    monkeypatch.setattr(msvit, "use_reference_implementation", lambda m: called.append(m), raising=False)
+    monkeypatch.setattr("msvit.bench.step.use_reference_implementation", lambda m: called.append(m))
     assert tiny_run(reference=True, repeats=1)["reference"] and len(called) == 1
 
 
@@ -202,7 +199,7 @@ def test_gpu_report_script_parses_and_rejects_unknown_parts(tmp_path):
 def test_alternate_times_both_paths_on_one_model(monkeypatch):
     calls = []
     real_switch = msvit.use_reference_implementation
-    monkeypatch.setattr(msvit, "use_reference_implementation",
+    monkeypatch.setattr("msvit.bench.step.use_reference_implementation",
                         lambda model, enabled=True: calls.append(enabled) or real_switch(model, enabled))
     r = tiny_run(alternate=True, warmup=1, repeats=2)
     assert calls == [True, False] * 4  # each step pair, then each path's held memory, ending optimised
@@ -225,7 +222,7 @@ def test_alternate_with_compile_times_reference_eager_and_compiled(monkeypatch):
     monkeypatch.setattr(torch, "compile", quick_compile)
     calls = []
     real_switch = msvit.use_reference_implementation
-    monkeypatch.setattr(msvit, "use_reference_implementation",
+    monkeypatch.setattr("msvit.bench.step.use_reference_implementation",
                         lambda model, enabled=True: calls.append(enabled) or real_switch(model, enabled))
     r = tiny_run(compile=True, alternate=True, warmup=1, repeats=2, compile_mode="reduce-overhead")
     assert compiled == ["reduce-overhead"] and r["compile"] and r["compile_s"] > 0

@@ -25,7 +25,7 @@ UPSTREAM = {
     "upstream_qkformer_10_768": ("qkformer_10_768", {}),
     "upstream_qkformer_cifar10dvs": ("qkformer_dvs_2_256", dict(num_classes=10, mlp_ratio=1)),
     "upstream_qkformer_dvs128": ("qkformer_dvs_2_256", dict(num_classes=11, mlp_ratio=4)),
-    # the baselines (msvit.baselines): their releases' layouts, dead parameters included
+    # the baselines (Spikformer, Spikingformer, SDT): their releases' layouts, dead parameters included
     "upstream_spikformer_8_384": ("spikformer_8_384", {}),
     "upstream_spikformer_8_512": ("spikformer_8_512", {}),
     "upstream_spikformer_8_768": ("spikformer_8_768", {}),

@@ -10,7 +10,8 @@ import torch
 import msvit
 from busy import calibrate_batch_norms, excite_ssa
 from msvit.neurons import lif_cpu
-from msvit.layers import SpikingSelfAttention, cifar_stem, imagenet_stem
+from msvit.layers import SpikingSelfAttention
+from msvit.layers.stems import cifar_stem, imagenet_stem
 from msvit.neurons import LIF
 from msvit.neurons.lif import _FusedLIF
 

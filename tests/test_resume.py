@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-import msvit.checkpoint
+import msvit.models._checkpoint
 import msvit.train
 from faulty_train import with_fault
 from msvit.config import parse_args
@@ -232,7 +232,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys
             raise OSError(errno.ENOSPC, "No space left on device")
         save(obj, f)
 
-    monkeypatch.setattr(msvit.checkpoint.torch, "save", fill_the_disk)
+    monkeypatch.setattr(msvit.models._checkpoint.torch, "save", fill_the_disk)
     assert train([*ARGS, "--output", run]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot write ") and "No space left on device" in err[0]

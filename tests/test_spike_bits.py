@@ -9,7 +9,7 @@ import timm
 import torch
 
 import msvit
-import msvit.network
+import msvit.models._network
 import msvit.train
 from busy import excite_ssa
 from msvit.neurons import spike_bits
@@ -154,7 +154,7 @@ def test_train_py_setting_reaches_the_model(flag, packing, tmp_path, monkeypatch
     def recording(enabled=True):
         seen.append(enabled)
         return packed_saved_spikes(enabled)
-    monkeypatch.setattr(msvit.network, "packed_saved_spikes", recording)
+    monkeypatch.setattr(msvit.models._network, "packed_saved_spikes", recording)
     digits = Path(__file__).resolve().parents[1] / "digits" / "digits.yml"
     tiny = ["--img-size", "8", "--workers", "0", "--epochs", "1", "--output", str(tmp_path / "run"), *flag]
     msvit.train.run(parse_args(tiny, digits), ("msvit_cifar_4_384", "qkformer_cifar_4_384"))

@@ -14,7 +14,7 @@ from msvit.config import check_model_kwargs
 from msvit.errors import ConfigError
 from msvit.models import ARCHS, SpikingTransformer
 from msvit.neurons import LIF
-from msvit.timm_contract import GLOBAL_POOLS
+from msvit.models._timm import GLOBAL_POOLS
 
 NAMES = msvit.MODEL_NAMES
 # an image model and an event-frame model, for the checks that need not run on every model

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import msvit.checkpoint
+import msvit.models._checkpoint
 import msvit.console
 import msvit.run_log
 import msvit.runfolder
@@ -74,7 +74,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
     args = ("--epochs", "3", "--mixup", "0.4", "--smoothing", "0.1")
     msvit.train.run(tiny_cfg(tmp_path / "straight", *args), VARIANTS)
 
-    real_save = msvit.checkpoint.save_checkpoint
+    real_save = msvit.models._checkpoint.save_checkpoint
 
     def crash_after_epoch_1(checkpoint, path):
         real_save(checkpoint, path)
@@ -112,7 +112,7 @@ def test_existing_run_folder_is_not_overwritten_without_resume(tmp_path):
 
 def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pth"
-    msvit.checkpoint.save_checkpoint({"epoch": 4, "model": {"w": torch.ones(3)}}, path)
+    msvit.models._checkpoint.save_checkpoint({"epoch": 4, "model": {"w": torch.ones(3)}}, path)
 
     def torn_write(obj, f):
         f.write(b"half a checkpoint")
@@ -120,7 +120,7 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", torn_write)
     with pytest.raises(OSError, match="disk full"):
-        msvit.checkpoint.save_checkpoint({"epoch": 5, "model": {"w": torch.zeros(3)}}, path)
+        msvit.models._checkpoint.save_checkpoint({"epoch": 5, "model": {"w": torch.zeros(3)}}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temporary file left behind

@@ -25,7 +25,8 @@ table.
 from .cli import build_parser, child_argv, format_table, main, run_child
 from .lif import format_lif, lif_bandwidth
 from .memory import held_megabytes, live_bytes_counter
-from .step import DEFAULT_BATCH, benchmark, check_counts, make_batch, mixed_precision, train_step
+from ..models._inputs import make_batch
+from .step import DEFAULT_BATCH, benchmark, check_counts, mixed_precision, train_step
 from .watch import firing_watch_cost
 
 __all__ = ["DEFAULT_BATCH", "benchmark", "build_parser", "check_counts", "child_argv", "format_lif", "format_table",

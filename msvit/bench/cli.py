@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from ..config import COMPILE_MODES, ArgumentParser, parse_model_kwargs
 from ..console import print_json, stdout_to_stderr
 from ..errors import UserError, cli_entry
-from ..registry import ALL_MODEL_NAMES
+from ..models._registry import ALL_MODEL_NAMES
 from ..neurons import BACKENDS
 from .device import check_device
 from .lif import LIF_DTYPES, LIF_SHAPE, format_lif, lif_bandwidth

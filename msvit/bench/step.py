@@ -16,9 +16,10 @@ from torch import nn
 
 from ..config import COMPILE_MODES, check_model_kwargs
 from ..errors import UserError
-from ..models import compile_model, count_parameters, set_batch_coupled_ssa
-from ..registry import ALL_ARCHS, ALL_MODEL_NAMES
-from ..timm_contract import input_kind
+from ..models import compile_model, count_parameters, set_batch_coupled_ssa, use_reference_implementation
+from ..models._inputs import make_batch
+from ..models._registry import ALL_ARCHS, ALL_MODEL_NAMES
+from ..models._timm import input_kind
 from ..neurons import LIF
 from .device import check_device, cpu_name
 from .memory import held_megabytes, live_bytes_counter, rss_peak_mb
@@ -41,27 +42,6 @@ def check_counts(batch_size: int | None = None, warmup: int = 0, repeats: int = 
                              ("--threads", threads, 1), ("--profile", profile_rows, 0)):
         if value is not None and value < low:
             raise UserError(f"{flag} must be {low} or more, got {value}")
-
-
-def make_batch(stem: str, batch_size: int, T: int, in_chans: int, img_size: int, num_classes: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random normal images `[B, C, H, W]`, or small integer event counts `[B, T, C, H, W]` for DVS."""
-    if stem == "dvs":
-        inputs = torch.randint(0, 4, (batch_size, T, in_chans, img_size, img_size), device=device).float()
-    else:
-        inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
-    return inputs, torch.randint(0, num_classes, (batch_size,), device=device)
-
-
-def reference_switch() -> Callable[[nn.Module], Any]:
-    """`msvit.use_reference_implementation`, which switches a model to the unoptimised forward path."""
-    import msvit
-
-    switch = getattr(msvit, "use_reference_implementation", None)
-    if switch is None:
-        raise UserError("--reference needs msvit.use_reference_implementation(model), "
-                        "which this version of msvit does not provide yet")
-    return switch
 
 
 def train_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
@@ -159,7 +139,7 @@ def benchmark(model_name: str, batch_size: int | None = None, T: int | None = No
         raise UserError(f"--compile-mode {compile_mode} needs --compile")
     if alternate_ssa and batch_coupled_ssa is not None:
         raise UserError("--alternate-ssa times both SSA settings; drop --batch-coupled-ssa")
-    switch = reference_switch() if reference or alternate else None
+    switch = use_reference_implementation if reference or alternate else None
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -12,7 +12,8 @@ import torch
 
 from ..firing_watch import FiringWatch
 from .device import check_device, cpu_name
-from .step import DEFAULT_BATCH, check_counts, check_model_name, create_bench_model, make_batch
+from ..models._inputs import make_batch
+from .step import DEFAULT_BATCH, check_counts, check_model_name, create_bench_model
 
 __all__ = ["firing_watch_cost", "format_watch_cost"]
 

@@ -52,7 +52,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     """Build the configured model (architecture and data settings from the checkpoint's saved config when it
     has one, except the keys `given` on the command line that evaluation may change), run the evaluation set
     (or its first `batches` batches) and return the report."""
-    from ..checkpoint import load_checkpoint, read_checkpoint
+    from ..models._checkpoint import load_checkpoint, read_checkpoint
     from ..config import restore_run_settings, warn_other_dataset
     from ..validation import architecture_kwargs
     from ..console import setup_logging
@@ -61,7 +61,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     from ..engine import amp_settings
     from ..errors import ConfigError
     from ..loaders import build_eval_loader, seed_everything
-    from ..registry import ALL_MODEL_NAMES
+    from ..models._registry import ALL_MODEL_NAMES
     from ..zoo import create_dataset_model
 
     if not cfg.get("dataset") or not cfg.get("model"):
@@ -101,7 +101,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
 def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """The labelled reports: one for the configured checkpoint, or one per --compare item."""
     from ..errors import ConfigError
-    from ..registry import ALL_MODEL_NAMES, closest_model, unknown_model
+    from ..models._registry import ALL_MODEL_NAMES, closest_model, unknown_model
 
     if extra.compare is None:
         if extra.labels is not None:

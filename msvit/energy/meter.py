@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..baselines.membrane import MembraneMLP
-from ..baselines.stem import LayerStem
+from ..layers import MembraneMLP
+from ..layers import LayerStem
 from ..layers import MLP, AttentionBase, PatchEmbed
 from ..neurons import LIF
 from .products import attention_products

@@ -16,7 +16,7 @@ Product = tuple[str, nn.Module, Callable[[int], int]]  # (name, driving neuron, 
 
 def attention_products(attn: AttentionBase) -> list[Product]:
     """The products of `attn` (QKTA/MSSA, SSA, or the Spike-driven Transformer's SDSA)."""
-    from ..baselines.sdt import SpikeDrivenSelfAttention
+    from ..layers import SpikeDrivenSelfAttention
 
     dim, heads = attn.dim, attn.num_heads
     if isinstance(attn, TokenAttention):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..baselines.sdt import SpikeDrivenSelfAttention
+from ..layers import SpikeDrivenSelfAttention
 from ..layers import SpikingSelfAttention
 from .meter import Readings, stage_of
 

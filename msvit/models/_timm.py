@@ -14,8 +14,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from torch import nn
 
-from .checkpoint import release_filter  # the authors' key layouts -> ours, for pretrained=True
-from .errors import ConfigError
+from ..errors import ConfigError
+from ._checkpoint import release_filter  # the authors' key layouts -> ours, for pretrained=True
 
 __all__ = ["GLOBAL_POOLS", "CIFAR_MEAN", "CIFAR_STD", "square_size", "argument_namer", "check_timm_arguments",
            "classifier_head", "pool_features", "override_batch_norms", "stage_group_matcher", "input_kind",

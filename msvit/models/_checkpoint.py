@@ -9,7 +9,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["EMA_KEYS", "CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint", "save_checkpoint",
            "extract_state_dict", "to_native_keys", "to_model_keys", "release_filter"]

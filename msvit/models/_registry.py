@@ -1,6 +1,6 @@
 """Every registered model of the package, by name: its class, its architecture arguments and their check.
-MSViT and QKFormer are `msvit.models.SpikingTransformer` (`ARCHS`); the baselines are one class per family
-(`msvit.baselines`)."""
+MSViT and QKFormer are `SpikingTransformer` (`ARCHS`); the baselines (Spikformer, Spikingformer, the Spike-driven
+Transformer) are one class per family (`BASELINE_ARCHS`)."""
 from __future__ import annotations
 
 import difflib
@@ -9,14 +9,25 @@ from typing import Any, Mapping, get_type_hints
 
 from torch import nn
 
-from .baselines import BASELINE_ARCHS, BASELINE_CLASSES
-from .baselines.base import check_arguments as check_baseline_arguments, constructor_parameters
-from .errors import ConfigError
-from .models import ARCHS, SpikingTransformer, check_arguments
+from ..errors import ConfigError
+from ._one_stage import check_arguments as check_baseline_arguments, constructor_parameters
+from .msvit import MSVIT_ARCHS, SpikingTransformer, check_arguments
+from .qkformer import QKFORMER_ARCHS
+from .spike_driven_transformer import SDT_ARCHS, SpikeDrivenTransformer
+from .spikformer import SPIKFORMER_ARCHS, Spikformer
+from .spikingformer import SPIKINGFORMER_ARCHS, Spikingformer
 
-__all__ = ["ALL_ARCHS", "ALL_MODEL_NAMES", "BASELINE_NAMES", "model_class", "model_parameters",
+__all__ = ["ARCHS", "MODEL_NAMES", "ALL_ARCHS", "ALL_MODEL_NAMES", "BASELINE_ARCHS", "BASELINE_NAMES", "model_class",
+           "model_parameters",
            "check_model_arguments", "closest_model", "unknown_model"]
 
+# MSViT and QKFormer: `SpikingTransformer`; the one-stage families (the baselines): a class each
+ARCHS: dict[str, dict[str, Any]] = {**MSVIT_ARCHS, **QKFORMER_ARCHS}
+MODEL_NAMES = tuple(ARCHS)
+BASELINE_CLASSES = {**{name: Spikformer for name in SPIKFORMER_ARCHS},
+                    **{name: Spikingformer for name in SPIKINGFORMER_ARCHS},
+                    **{name: SpikeDrivenTransformer for name in SDT_ARCHS}}
+BASELINE_ARCHS: dict[str, dict[str, Any]] = {**SPIKFORMER_ARCHS, **SPIKINGFORMER_ARCHS, **SDT_ARCHS}
 ALL_ARCHS: dict[str, dict[str, Any]] = {**ARCHS, **BASELINE_ARCHS}
 ALL_MODEL_NAMES = tuple(ALL_ARCHS)
 BASELINE_NAMES = tuple(BASELINE_ARCHS)

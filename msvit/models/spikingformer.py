@@ -15,10 +15,8 @@ from typing import Any
 from timm.models import register_model
 from torch import nn
 
-from ..layers import Block, SpikingSelfAttention
-from .base import OneStageTransformer, baseline_configs, create_baseline
-from .membrane import MembraneMLP
-from .stem import LayerStem, StemLayer, pooled_layers
+from ..layers import Block, LayerStem, MembraneMLP, SpikingSelfAttention, StemLayer, pooled_layers
+from ._one_stage import OneStageTransformer, baseline_configs, create_baseline
 
 __all__ = ["Spikingformer", "SPIKINGFORMER_ARCHS"]
 

@@ -12,11 +12,11 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from ..errors import ConfigError
+from ..layers import LayerStem
 from ..neurons import TAU, validate_backend
-from ..network import SpikingNetwork
-from ..timm_contract import (argument_namer, build_registered, check_timm_arguments, classifier_head,
-                             override_batch_norms, pretrained_config, square_size)
-from .stem import LayerStem
+from ._network import SpikingNetwork
+from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head, override_batch_norms,
+                    pretrained_config, square_size)
 
 __all__ = ["OneStageTransformer", "check_arguments", "constructor_parameters", "create_baseline", "baseline_configs"]
 

@@ -15,9 +15,8 @@ from timm.models import register_model
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import SSA_SCALE, Block, SpikingSelfAttention
-from .base import OneStageTransformer, baseline_configs, create_baseline
-from .stem import LayerStem, StemLayer, pooled_layers
+from ..layers import SSA_SCALE, Block, LayerStem, SpikingSelfAttention, StemLayer, pooled_layers
+from ._one_stage import OneStageTransformer, baseline_configs, create_baseline
 
 __all__ = ["Spikformer", "SPIKFORMER_ARCHS"]
 

@@ -18,50 +18,12 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from ..layers import AttentionBase, Block
+from ..layers import Block, LayerStem, MembraneMLP, SpikeDrivenSelfAttention, StemLayer, pooled_layers
 from ..neurons import LIF, reset_neurons
-from ..timm_contract import pool_features
-from .base import OneStageTransformer, baseline_configs, create_baseline
-from .membrane import MembraneMLP
-from .stem import LayerStem, StemLayer, pooled_layers
+from ._one_stage import OneStageTransformer, baseline_configs, create_baseline
+from ._timm import pool_features
 
-__all__ = ["SpikeDrivenSelfAttention", "SpikeDrivenTransformer", "SDT_ARCHS", "erode"]
-
-MASK_THRESHOLD = 0.5  # the release's talking_heads_lif
-
-
-def erode(x: torch.Tensor) -> torch.Tensor:
-    """The release's `Erode`: a 3x3 max-pool (stride 1, padding 1) over the last two dimensions of a 5-D tensor."""
-    return nn.functional.max_pool3d(x, (1, 3, 3), 1, (0, 1, 1))
-
-
-def _erode_heads(x: torch.Tensor) -> torch.Tensor:
-    """`erode` of `[T, B, h, d, N]` in the release's `[T, B, h, N, d]` layout: the same values either way (a
-    square pool), but the gradient of tied maxima goes to the first in the release's order."""
-    return erode(x.transpose(-1, -2)).transpose(-1, -2)
-
-
-class SpikeDrivenSelfAttention(AttentionBase):
-    """SDSA: `x + BN(proj(Q * LIF_0.5(sum_tokens K*V)))` less the `x`, which the block adds (membrane shortcut)."""
-
-    def __init__(self, dim: int, num_heads: int, neuron_backend: str = "auto", dvs_mode: bool = False) -> None:
-        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, MASK_THRESHOLD, neuron_backend, membrane=True)
-        self.dvs_mode = bool(dvs_mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, C, H, W = x.shape
-        q, k, v = self.branches(("q", "k", "v"), self.tokens(x), T)  # [T, B, C, N]
-        if self.dvs_mode:
-            k, v = (erode(s.reshape(T, B, C, H, W)).flatten(3) for s in (k, v))
-        q, k, v = (self.split_heads(s) for s in (q, k, v))  # [T, B, h, d, N]
-        kv = _erode_heads(k * v) if self.dvs_mode else k * v
-        mask = self.attn_lif(kv.sum(-1, keepdim=True))  # [T, B, h, d, 1]: which channels pass, per head
-        y = _erode_heads(q * mask) if self.dvs_mode else q * mask
-        return self.project(y.flatten(2, 3), x.shape)
-
-    def extra_repr(self) -> str:
-        return f"SDSA, heads={self.num_heads}" + (", dvs_mode (eroded)" if self.dvs_mode else "")
-
+__all__ = ["SpikeDrivenTransformer", "SDT_ARCHS"]
 
 class SpikeDrivenTransformer(OneStageTransformer):
     """Spike-driven Transformer-`depth`-`embed_dim`. `pooling_stat`: which of MS_SPS's four layers max-pool

@@ -1,4 +1,6 @@
-"""MSViT and QKFormer: one hierarchical spiking transformer, configured per family, registered with timm.
+"""MSViT (Hua et al., IJCAI 2025): QKFormer's hierarchical spiking transformer with multi-scale spiking attention
+(MSSA) as its token attention, registered with timm. `SpikingTransformer` is the one hierarchical class; QKFormer
+(`qkformer.py`) is the same class with QK token attention and its own widths.
 
 After `import msvit`, `timm.create_model('msvit_10_384', T=4, num_classes=1000)` builds a model.
 Smaller members of a family come from `embed_dim`, `depths`, `num_heads` and `img_size`.
@@ -12,16 +14,16 @@ import torch
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from .data.transforms import eval_crop_pct
-from .errors import ConfigError
-from .layers import STEMS, AttentionBase, Block, SpikingSelfAttention, TokenAttention
-from .network import SpikingNetwork
-from .neurons import LIF, validate_backend
-from .timm_contract import (CIFAR_MEAN, CIFAR_STD, argument_namer, build_registered, check_timm_arguments,
-                            classifier_head, override_batch_norms, pretrained_config, square_size, stage_group_matcher)
+from ..data.transforms import eval_crop_pct
+from ..errors import ConfigError
+from ..layers import STEMS, Block, SpikingSelfAttention, TokenAttention
+from ..neurons import LIF, validate_backend
+from ._network import SpikingNetwork
+from ._timm import (CIFAR_MEAN, CIFAR_STD, argument_namer, build_registered, check_timm_arguments, classifier_head,
+                    override_batch_norms, pretrained_config, square_size, stage_group_matcher)
 
-__all__ = ["SpikingTransformer", "ARCHS", "MODEL_NAMES", "check_arguments", "compile_model", "count_parameters",
-           "use_reference_implementation", "set_batch_coupled_ssa"]
+__all__ = ["SpikingTransformer", "MSVIT_ARCHS", "check_arguments", "create_hierarchical", "hierarchical_configs",
+           "CIFAR_SHAPE", "IMAGENET_SHAPE", "DVS_SHAPE"]
 
 TOKEN_ATTENTIONS = ("mssa", "qkta")
 # the lowest value of the integer arguments
@@ -80,7 +82,7 @@ class SpikingTransformer(SpikingNetwork):
     Input: `[B, C, H, W]` images (repeated over `T` time steps) or `[B, T, C, H, W]` event frames.
     Every forward starts and ends with all neurons at rest, so calls are independent.
 
-    timm's contract (`msvit.timm_contract`): `drop_rate` (dropout before the head), `global_pool`, `bn_momentum`
+    timm's contract (`msvit.models._timm`): `drop_rate` (dropout before the head), `global_pool`, `bn_momentum`
     and `bn_eps`, `drop_block_rate` (None or 0 only) as arguments, None meaning "not set"; `forward_features`.
 
     `batch_coupled_ssa=True` (the default) reproduces the authors' release, whose SSA output neuron
@@ -149,88 +151,46 @@ class SpikingTransformer(SpikingNetwork):
         return stage_group_matcher(coarse)
 
 
+CIFAR_SHAPE = dict(stem="cifar", img_size=32, in_chans=3, num_classes=10, T=4, embed_dim=384,
+                   depths=(1, 1, 2), num_heads=8, mlp_ratio=4.0)
+IMAGENET_SHAPE = dict(stem="imagenet", img_size=224, in_chans=3, num_classes=1000, T=4, depths=(1, 2, 7))
+# The shapes of the hierarchical models per input, shared with QKFormer (`qkformer.py`).
+# DVS defaults are the DVS128 Gesture model (11 classes, mlp 4); CIFAR10-DVS uses num_classes=10, mlp_ratio=1.
+DVS_SHAPE = dict(stem="dvs", img_size=128, in_chans=2, num_classes=11, T=16, embed_dim=256, depths=(1, 1),
+                 num_heads=16, mlp_ratio=4.0, width_ratios=(0.5, 1.0), attn_threshold=0.5)
 
-def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
-    """`torch.compile(model)` for fixed input shapes (inductor's dynamic shapes fail on CPU with torch 2.14); the
-    model traces as one graph. `mode` is torch.compile's: 'reduce-overhead' replays CUDA graphs on GPU."""
-    return torch.compile(model, dynamic=False, mode=mode)
+
+def hierarchical_configs(archs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """timm's default configs of `SpikingTransformer` models (a family module's `default_cfgs`)."""
+    return generate_default_cfgs({name: pretrained_config(arch, "patch_embed1.proj_conv",
+                                                          cifar_interpolation="bilinear")
+                                  for name, arch in archs.items()})
 
 
-def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch `model` to the straightforward forward path (or back): spikingjelly's per-step LIF loop,
-    one convolution per attention branch and the stem's first layer on every time step. Same weights,
-    same spikes, same results up to float rounding; the default optimised path is faster and lighter.
-    Used by parity tests and benchmarks."""
-    for module in model.modules():
-        if isinstance(module, LIF):
-            module.fused = not enabled
-        elif isinstance(module, AttentionBase):
-            module.fuse_projections = not enabled
-        elif hasattr(module, "once_per_image"):  # a stem (PatchEmbed, the baselines' LayerStem)
-            module.once_per_image = not enabled
-        elif isinstance(module, SpikingNetwork):
-            module.pack_saved_spikes = not enabled
+def create_hierarchical(variant: str, arch: Mapping[str, Any], pretrained: bool, **kwargs: Any) -> SpikingTransformer:
+    """Build the registered `SpikingTransformer` model `variant` of architecture `arch`."""
+    model = build_registered(SpikingTransformer, variant, arch, pretrained, **kwargs)
+    if arch["stem"] == "imagenet":  # the releases' evaluation crop: the whole short side above 224
+        model.pretrained_cfg["crop_pct"] = eval_crop_pct(model.img_size)
     return model
-
-
-def set_batch_coupled_ssa(model: nn.Module, coupled: bool) -> nn.Module:
-    """Switch the SSA output neurons of `model` between the release's batch-coupled integration (True)
-    and per-sample integration (False). The weights are the same; only how samples share a membrane changes.
-    The baselines run per sample in every release: coupling them is a ConfigError."""
-    from .baselines.base import OneStageTransformer
-
-    if coupled and any(isinstance(m, OneStageTransformer) for m in model.modules()):
-        raise ConfigError("the baselines (Spikformer, Spikingformer, SDT) run their SSA per sample in every release: "
-                          "batch_coupled_ssa cannot be switched on for them")
-    for module in model.modules():
-        if isinstance(module, SpikingSelfAttention):
-            module.batch_coupled = bool(coupled)
-        if isinstance(module, SpikingTransformer):
-            module.config["batch_coupled_ssa"] = bool(coupled)
-    return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (BN running statistics are buffers and not counted)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 _MSVIT = dict(token_attention="mssa", attn_threshold=1.0)   # the release drops the 0.5 it is given
-_QKFORMER = dict(token_attention="qkta", attn_threshold=0.5)
-_CIFAR = dict(stem="cifar", img_size=32, in_chans=3, num_classes=10, T=4, embed_dim=384,
-              depths=(1, 1, 2), num_heads=8, mlp_ratio=4.0)
-_IMAGENET = dict(stem="imagenet", img_size=224, in_chans=3, num_classes=1000, T=4, depths=(1, 2, 7))
-# DVS defaults are the DVS128 Gesture model (11 classes, mlp 4); CIFAR10-DVS uses num_classes=10, mlp_ratio=1.
-_DVS = dict(stem="dvs", img_size=128, in_chans=2, num_classes=11, T=16, embed_dim=256, depths=(1, 1),
-            num_heads=16, mlp_ratio=4.0, width_ratios=(0.5, 1.0), attn_threshold=0.5)
-_MSVIT_WIDTHS = dict(width_ratios=(0.5, 0.5, 1.0))      # the second downsample keeps the width
-_QKFORMER_WIDTHS = dict(width_ratios=(0.25, 0.5, 1.0))  # every downsample doubles it
+_WIDTHS = dict(width_ratios=(0.5, 0.5, 1.0))  # the second downsample keeps the width
 
-ARCHS: dict[str, dict[str, Any]] = {
-    "msvit_cifar_4_384": {**_CIFAR, **_MSVIT, **_MSVIT_WIDTHS},
-    "msvit_10_384": {**_IMAGENET, **_MSVIT, **_MSVIT_WIDTHS, "embed_dim": 384, "num_heads": 6},
-    "msvit_10_512": {**_IMAGENET, **_MSVIT, **_MSVIT_WIDTHS, "embed_dim": 512, "num_heads": 8},
-    "msvit_10_768": {**_IMAGENET, **_MSVIT, **_MSVIT_WIDTHS, "embed_dim": 768, "num_heads": 12},
-    "msvit_dvs_2_256": {**_DVS, "token_attention": "mssa"},
-    "qkformer_cifar_4_384": {**_CIFAR, **_QKFORMER, **_QKFORMER_WIDTHS},
-    "qkformer_10_384": {**_IMAGENET, **_QKFORMER, **_QKFORMER_WIDTHS, "embed_dim": 384, "num_heads": 6},
-    "qkformer_10_512": {**_IMAGENET, **_QKFORMER, **_QKFORMER_WIDTHS, "embed_dim": 512, "num_heads": 8},
-    "qkformer_10_768": {**_IMAGENET, **_QKFORMER, **_QKFORMER_WIDTHS, "embed_dim": 768, "num_heads": 12},
-    "qkformer_dvs_2_256": {**_DVS, "token_attention": "qkta"},
+MSVIT_ARCHS: dict[str, dict[str, Any]] = {
+    "msvit_cifar_4_384": {**CIFAR_SHAPE, **_MSVIT, **_WIDTHS},
+    "msvit_10_384": {**IMAGENET_SHAPE, **_MSVIT, **_WIDTHS, "embed_dim": 384, "num_heads": 6},
+    "msvit_10_512": {**IMAGENET_SHAPE, **_MSVIT, **_WIDTHS, "embed_dim": 512, "num_heads": 8},
+    "msvit_10_768": {**IMAGENET_SHAPE, **_MSVIT, **_WIDTHS, "embed_dim": 768, "num_heads": 12},
+    "msvit_dvs_2_256": {**DVS_SHAPE, "token_attention": "mssa"},
 }
-MODEL_NAMES = tuple(ARCHS)
 
-
-default_cfgs = generate_default_cfgs({name: pretrained_config(arch, "patch_embed1.proj_conv",
-                                                         cifar_interpolation="bilinear")
-                                      for name, arch in ARCHS.items()})
+default_cfgs = hierarchical_configs(MSVIT_ARCHS)
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> SpikingTransformer:
-    model = build_registered(SpikingTransformer, variant, ARCHS[variant], pretrained, **kwargs)
-    if ARCHS[variant]["stem"] == "imagenet":  # the releases' evaluation crop: the whole short side above 224
-        model.pretrained_cfg["crop_pct"] = eval_crop_pct(model.img_size)
-    return model
+    return create_hierarchical(variant, MSVIT_ARCHS[variant], pretrained, **kwargs)
 
 
 @register_model
@@ -261,33 +221,3 @@ def msvit_10_768(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
 def msvit_dvs_2_256(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
     """MSViT 2-256 for DVS128 Gesture (default) and CIFAR10-DVS (num_classes=10, mlp_ratio=1)."""
     return _create("msvit_dvs_2_256", pretrained, **kwargs)
-
-
-@register_model
-def qkformer_cifar_4_384(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
-    """QKFormer HST-4-384 for CIFAR-10/100 (6,706,234 parameters at 10 classes)."""
-    return _create("qkformer_cifar_4_384", pretrained, **kwargs)
-
-
-@register_model
-def qkformer_10_384(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
-    """QKFormer HST-10-384 for ImageNet-1K (16.47M parameters, 78.80% published)."""
-    return _create("qkformer_10_384", pretrained, **kwargs)
-
-
-@register_model
-def qkformer_10_512(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
-    """QKFormer HST-10-512 for ImageNet-1K (29.08M parameters, 82.04% published)."""
-    return _create("qkformer_10_512", pretrained, **kwargs)
-
-
-@register_model
-def qkformer_10_768(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
-    """QKFormer HST-10-768 for ImageNet-1K (64.96M parameters, 84.22% published)."""
-    return _create("qkformer_10_768", pretrained, **kwargs)
-
-
-@register_model
-def qkformer_dvs_2_256(pretrained: bool = False, **kwargs: Any) -> SpikingTransformer:
-    """QKFormer HST-2-256 for DVS128 Gesture (default) and CIFAR10-DVS (num_classes=10, mlp_ratio=1)."""
-    return _create("qkformer_dvs_2_256", pretrained, **kwargs)

@@ -1,15 +1,34 @@
-"""The membrane-shortcut (pre-activation) MLP that Spikingformer and the Spike-driven Transformer share: every
-branch starts with a neuron and ends with a batch norm, so the residual stream carries real values. The
-attention of these families is `msvit.layers.SpikingSelfAttention(membrane=True)` (Spikingformer) or
-`msvit.baselines.sdt.SpikeDrivenSelfAttention`."""
+"""The blocks' MLPs: the spiking `MLP` of MSViT, QKFormer and Spikformer (every branch ends in a neuron), and the
+membrane-shortcut (pre-activation) `MembraneMLP` that Spikingformer and the Spike-driven Transformer share (every
+branch starts with a neuron and ends with a batch norm, so the residual stream carries real values)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from ..neurons import LIF, TAU
+from ._time import fold_time, unfold_time
 
-__all__ = ["MembraneMLP"]
+__all__ = ["MLP", "MembraneMLP"]
+
+
+class MLP(nn.Module):
+    """1x1 Conv2d (with bias), BN, LIF, twice: C -> ratio*C -> C."""
+
+    def __init__(self, dim: int, hidden: int, neuron_backend: str = "auto", tau: float = TAU) -> None:
+        super().__init__()
+        self.fc1_conv = nn.Conv2d(dim, hidden, 1)
+        self.fc1_bn = nn.BatchNorm2d(hidden)
+        self.fc1_lif = LIF(backend=neuron_backend, tau=tau)
+        self.fc2_conv = nn.Conv2d(hidden, dim, 1)
+        self.fc2_bn = nn.BatchNorm2d(dim)
+        self.fc2_lif = LIF(backend=neuron_backend, tau=tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        x = self.fc1_lif(unfold_time(self.fc1_bn(self.fc1_conv(fold_time(x))), T))
+        return self.fc2_lif(unfold_time(self.fc2_bn(self.fc2_conv(fold_time(x))), T))
+
 
 
 class MembraneMLP(nn.Module):
