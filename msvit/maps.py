@@ -268,7 +268,7 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .console import log, setup_logging
     from .distributed import set_threads
     from .energy.text import model_label  # a reduced model named with its arguments, as the energy figures do
-    from .validation import architecture_kwargs
+    from .config import architecture_kwargs
     from .loaders import seed_everything
     from .models import MODEL_NAMES
     from .models._registry import BASELINE_NAMES

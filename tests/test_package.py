@@ -201,7 +201,7 @@ def test_a_reduced_model_is_labelled_with_its_arguments():
     from msvit.config import parse_args
     from msvit.energy.cli import _label
     from msvit.energy.text import model_label
-    from msvit.validation import architecture_kwargs
+    from msvit.config import architecture_kwargs
 
     cfg = parse_args(["--model", "msvit_cifar_4_384", "--model-kwargs", "{embed_dim: 32, depths: [1, 1, 1]}",
                       "--num-heads", "2", "--time-step", "2"])

@@ -54,7 +54,7 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     (or its first `batches` batches) and return the report."""
     from ..models._checkpoint import load_checkpoint, read_checkpoint
     from ..config import restore_run_settings, warn_other_dataset
-    from ..validation import architecture_kwargs
+    from ..config import architecture_kwargs
     from ..console import setup_logging
     from ..data import build_datasets
     from ..distributed import cleanup, init_distributed, main_process_first, set_threads

@@ -17,9 +17,9 @@ from timm.models import generate_default_cfgs, register_model
 from ..data.transforms import eval_crop_pct
 from ..errors import ConfigError
 from ..layers import STEMS, Block, SpikingSelfAttention, TokenAttention
-from ..neurons import LIF, validate_backend
+from ..neurons import validate_backend
 from ._network import SpikingNetwork
-from ._timm import (CIFAR_MEAN, CIFAR_STD, argument_namer, build_registered, check_timm_arguments, classifier_head,
+from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head,
                     override_batch_norms, pretrained_config, square_size, stage_group_matcher)
 
 __all__ = ["SpikingTransformer", "MSVIT_ARCHS", "check_arguments", "create_hierarchical", "hierarchical_configs",

@@ -1,13 +1,13 @@
 """Every training and evaluation setting: its default, --help group and description (`SETTINGS`), its accepted
 types where the default does not say (`TYPES`), choices, minimums, and the key lists that other modules share.
 
-`msvit.validation` checks values against this table; `msvit.config` reads recipes and command lines with it.
+`checks.py` checks values against this table; `parse.py` reads recipes and command lines with it.
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .neurons import BACKENDS
+from ..neurons import BACKENDS
 
 __all__ = ["SETTINGS", "DEFAULTS", "GROUPS", "TYPES", "CHOICES", "MINIMUM", "COMPILE_MODES", "MODEL_KEYS",
            "NETWORK_KEYS", "NO_EFFECT", "ALIASES", "Setting"]

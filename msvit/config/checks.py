@@ -10,7 +10,8 @@ from typing import Any, Mapping, get_args, get_origin
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..models._registry import ALL_ARCHS, check_model_arguments, model_parameters
 from .settings import ALIASES, CHOICES, DEFAULTS, MINIMUM, TYPES
 
 __all__ = ["check_config", "check_model_kwargs", "model_arguments", "model_kwargs", "architecture_kwargs",
@@ -137,8 +138,6 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
         off = " ".join(f"{option_flag(key)} {'null' if key == 'cutmix_minmax' else 0}" for key in mixing)
         raise ConfigError(f"{where('batch_size')}: batch_size {cfg['batch_size']} is odd, but mixup pairs the "
                           f"samples of a batch ({on}): use an even --batch-size, or {off}")
-    from .models._registry import ALL_ARCHS
-
     if cfg["model"] in ALL_ARCHS:
         check_model_kwargs(cfg["model"], *model_arguments(cfg))
 
@@ -183,8 +182,6 @@ def check_model_kwargs(model: str, kwargs: Mapping[str, Any],
     (YAML's 1e-1 is a string; tuples become lists). `labels` say how the user spelt each key, e.g.
     'model_kwargs.embed_dim' or 'time_step'; a ConfigError names them, and arguments the user did not set
     as the model's defaults."""
-    from .models._registry import ALL_ARCHS, check_model_arguments, model_parameters
-
     params, hints = model_parameters(model)  # ConfigError for an unknown model
     labels = {key: (labels or {}).get(key, key) for key in kwargs}
     defaults = {**{k: p.default for k, p in params.items() if p.default is not p.empty}, **ALL_ARCHS[model]}
