@@ -6,7 +6,7 @@
 """
 from model import CONFIG, VARIANTS
 
-from msvit.train import main
+from msvit.training.train import main
 
 if __name__ == "__main__":
     main(CONFIG, VARIANTS)

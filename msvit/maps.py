@@ -266,10 +266,10 @@ def run(cfg: dict[str, Any], opts: argparse.Namespace, given: Sequence[str] = ()
     from .models._checkpoint import load_checkpoint, read_checkpoint
     from .config import restore_run_settings, warn_other_dataset
     from .console import log, setup_logging
-    from .distributed import set_threads
+    from .training.distributed import set_threads
     from .energy.text import model_label  # a reduced model named with its arguments, as the energy figures do
     from .config import architecture_kwargs
-    from .loaders import seed_everything
+    from .training.loaders import seed_everything
     from .models import MODEL_NAMES
     from .models._registry import BASELINE_NAMES
     from .zoo import create_dataset_model

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import msvit.train
+import msvit.training.train
 
 DIGITS = Path(__file__).resolve().parents[1] / "digits"
 
@@ -38,9 +38,9 @@ if __name__ == "__main__":
     signum = getattr(signal, os.environ["FAULT"])
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     if os.environ.get("RANK", "0") == os.environ.get("FAULT_RANK", "0") and first_attempt:
-        msvit.train.create_optimizer_v2 = with_fault(msvit.train.create_optimizer_v2, int(os.environ["FAULT_UPDATE"]),
+        msvit.training.train.create_optimizer_v2 = with_fault(msvit.training.train.create_optimizer_v2, int(os.environ["FAULT_UPDATE"]),
                                                      lambda: os.kill(os.getpid(), signum))
     sys.path.insert(0, str(DIGITS))
     from model import CONFIG, VARIANTS  # digits/model.py
 
-    msvit.train.main(CONFIG, VARIANTS)
+    msvit.training.train.main(CONFIG, VARIANTS)

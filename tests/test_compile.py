@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 
-import msvit.evaluate
-import msvit.train
+import msvit.training.evaluate
+import msvit.training.train
 from busy import excite_ssa
 from msvit.neurons import lif_cpu
 from msvit.config import parse_args
@@ -95,15 +95,15 @@ def test_train_and_test_compile_with_the_configured_mode(tmp_path, monkeypatch, 
     root = Path(__file__).resolve().parents[1]
     digits, variants = root / "digits" / "digits.yml", ("msvit_cifar_4_384", "qkformer_cifar_4_384")
     tiny = ["--img-size", "8", "--workers", "0", "--epochs", "1"]
-    msvit.train.run(parse_args([*tiny, "--output", str(tmp_path / "run"), "--compile", "true",
+    msvit.training.train.run(parse_args([*tiny, "--output", str(tmp_path / "run"), "--compile", "true",
                                 "--compile-mode", "reduce-overhead"], digits), variants)
     out = capsys.readouterr().out
     assert modes == ["reduce-overhead"]
     assert "compile on (training forward, mode reduce-overhead)" in out
     assert "compile: the first update, compilation included, took" in out
     checkpoint = ["--checkpoint", str(tmp_path / "run" / "last.pth"), "--workers", "0"]
-    eager = msvit.evaluate.run(parse_args(checkpoint, digits), variants)
-    compiled = msvit.evaluate.run(parse_args([*checkpoint, "--compile", "true"], digits), variants)
+    eager = msvit.training.evaluate.run(parse_args(checkpoint, digits), variants)
+    compiled = msvit.training.evaluate.run(parse_args([*checkpoint, "--compile", "true"], digits), variants)
     assert modes == ["reduce-overhead", "default"]
     assert compiled["top1"] == eager["top1"] and compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
     torch._dynamo.reset()

@@ -18,8 +18,8 @@ from torch import nn
 
 import msvit
 import msvit.energy
-import msvit.evaluate
-import msvit.train
+import msvit.training.evaluate
+import msvit.training.train
 from busy import calibrate_batch_norms, excite_ssa
 from msvit.neurons import lif_cpu
 from msvit.console import rounded
@@ -216,7 +216,7 @@ def evaluate_cli(capsys, checkpoint: str, *argv: str) -> tuple[dict, list[str]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster
     try:
-        metrics = msvit.evaluate.run(cfg, VARIANTS)
+        metrics = msvit.training.evaluate.run(cfg, VARIANTS)
     finally:
         torch.set_num_threads(threads)
     out, err = capsys.readouterr()
@@ -285,19 +285,19 @@ def test_compare_ssa_coupling_reports_both_settings(excited_digits, capsys):
 # ------------------------------------------------------------------------------------------ training
 def test_training_saves_and_resumes_the_setting_and_flags_a_changed_batch(tmp_path, capsys):
     run = tmp_path / "per-sample"
-    msvit.train.run(tiny_cfg(run, "--epochs", "1", "--batch-coupled-ssa", "false", "--batch-size", "8"), VARIANTS)
+    msvit.training.train.run(tiny_cfg(run, "--epochs", "1", "--batch-coupled-ssa", "false", "--batch-size", "8"), VARIANTS)
     first = capsys.readouterr().out
     assert "SSA per sample" in first and "couples the" not in first  # per sample: the batch is not the model's
     assert torch.load(run / "last.pth", weights_only=True)["config"]["batch_coupled_ssa"] is False
 
     # the recipe says true; the resumed run keeps what it was trained with
-    msvit.train.run(tiny_cfg(run, "--epochs", "2", "--resume", "auto", "--batch-size", "8"), VARIANTS)
+    msvit.training.train.run(tiny_cfg(run, "--epochs", "2", "--resume", "auto", "--batch-size", "8"), VARIANTS)
     resumed = capsys.readouterr().out
     assert "batch_coupled_ssa false, as the checkpoint was trained" in resumed and "SSA per sample" in resumed
     assert torch.load(run / "last.pth", weights_only=True)["config"]["batch_coupled_ssa"] is False
     assert parse_args(["--config", str(run / "config.yaml")])["batch_coupled_ssa"] is False
 
-    msvit.train.run(tiny_cfg(tmp_path / "coupled", "--epochs", "1", "--batch-size", "8"), VARIANTS)
+    msvit.training.train.run(tiny_cfg(tmp_path / "coupled", "--epochs", "1", "--batch-size", "8"), VARIANTS)
     coupled = capsys.readouterr().out
     assert "SSA batch-coupled" in coupled
     assert "couples the 8 samples of each per-process batch, where the recipe trains with 16" in coupled

@@ -21,9 +21,9 @@ from fakedata import (C10DVS_CLASSES, C10DVS_COUNTS, aedat2_bytes, aedat3_bytes,
                       random_events, write_py2_pickle)
 from msvit.data import (CIFAR10_DVS_SPLIT_FILE, DigitsDataset, DVSAugment, build_datasets, dataset_num_classes,
                         read_dvs128_aedat, resolve_num_classes)
-from msvit.distributed import DistEnv
+from msvit.training.distributed import DistEnv
 from msvit.errors import ConfigError, DataError, cli_entry, user_message
-from msvit.loaders import build_eval_loader
+from msvit.training.loaders import build_eval_loader
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 

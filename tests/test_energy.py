@@ -14,7 +14,7 @@ import torch
 
 import msvit
 from busy import calibrate_batch_norms
-import msvit.evaluate
+import msvit.training.evaluate
 import msvit.models
 from msvit import layers as msvit_layers
 from msvit.config import parse_args
@@ -501,7 +501,7 @@ def test_test_py_energy_text(digits_checkpoint, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster, and much faster on a busy machine
     try:
-        metrics = msvit.evaluate.run(cfg, VARIANTS)
+        metrics = msvit.training.evaluate.run(cfg, VARIANTS)
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out.strip().splitlines()

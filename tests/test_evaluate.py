@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import msvit.evaluate
+import msvit.training.evaluate
 from busy import calibrate_batch_norms, excite_ssa
 from msvit.config import parse_args
 from msvit.zoo import create_dataset_model
@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def evaluate(capsys, *argv) -> dict:
-    msvit.evaluate.main(DIGITS, VARIANTS, [*map(str, argv), "--json"])
+    msvit.training.evaluate.main(DIGITS, VARIANTS, [*map(str, argv), "--json"])
     out = capsys.readouterr().out
     return json.loads(out)  # the JSON object alone on stdout
 
@@ -47,7 +47,7 @@ def test_the_command_line_changes_t_and_the_batch(checkpoint, capsys):
 
 
 def test_the_text_report_names_t_and_the_batch(checkpoint, capsys):
-    msvit.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(checkpoint), "--time-step", "3"])
+    msvit.training.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(checkpoint), "--time-step", "3"])
     assert "msvit_cifar_4_384 on digits (T 3, batch 40):" in capsys.readouterr().out
 
 
@@ -55,7 +55,7 @@ def test_a_model_given_on_the_command_line_must_be_the_checkpoints(checkpoint, c
     for model, parts in (("msvit_cifar_4_38", ["--model 'msvit_cifar_4_38'", "did you mean 'msvit_cifar_4_384'?"]),
                          ("qkformer_cifar_4_384", ["--model qkformer_cifar_4_384", "trained as msvit_cifar_4_384"])):
         with pytest.raises(SystemExit) as exit_:
-            msvit.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(checkpoint), "--model", model, "--json"])
+            msvit.training.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(checkpoint), "--model", model, "--json"])
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and all(part in err for part in parts), err
@@ -68,7 +68,7 @@ def test_a_checkpoint_of_another_dataset_is_evaluated_with_a_warning(checkpoint,
     torch.save(saved, tmp_path / "cifar10.pth")
     evaluate(capsys, "--checkpoint", checkpoint)
     assert "another dataset" not in capsys.readouterr().err
-    msvit.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(tmp_path / "cifar10.pth"), "--json"])
+    msvit.training.evaluate.main(DIGITS, VARIANTS, ["--checkpoint", str(tmp_path / "cifar10.pth"), "--json"])
     out, err = capsys.readouterr()
     assert json.loads(out)["n"] == 360
     assert "trained on cifar10 but runs here on digits, another dataset" in err
@@ -77,7 +77,7 @@ def test_a_checkpoint_of_another_dataset_is_evaluated_with_a_warning(checkpoint,
 def test_test_py_help_lists_the_evaluation_settings_only(capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", [str(DIGITS.parent / "test.py"), "--help"])
     with pytest.raises(SystemExit) as exit_:
-        msvit.evaluate.main(DIGITS, VARIANTS)
+        msvit.training.evaluate.main(DIGITS, VARIANTS)
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "usage:" in line] == [

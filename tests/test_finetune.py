@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-import msvit.train
+import msvit.training.train
 from msvit.config import parse_args
 from msvit.errors import ConfigError
-from msvit.finetune import HEAD_STD, finetune_variants, load_source, read_source
-from msvit.runfolder import settings_for_run
-from msvit.schedule import epoch_learning_rates
+from msvit.training.finetune import HEAD_STD, finetune_variants, load_source, read_source
+from msvit.training.run_folder import settings_for_run
+from msvit.training.schedule import epoch_learning_rates
 from msvit.zoo import create_dataset_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_a_fine_tuning_run_end_to_end(source, tmp_path):
     args = ["--finetune", str(copy), "--epochs", "3", "--start-epoch", "2", "--sched-on-updates", "true",
             "--accum-iter", "2", "--warmup-epochs", "0", "--layer-decay", "0.5", "--model-ema", "true",
             "--output", str(run)]
-    msvit.train.run(parse_args([*TINY, *args], DIGITS), VARIANTS)
+    msvit.training.train.run(parse_args([*TINY, *args], DIGITS), VARIANTS)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["finetune"] == str(copy.resolve()) and saved["start_epoch"] == 2
     ckpt = torch.load(run / "last.pth", weights_only=True)
@@ -116,7 +116,7 @@ def test_a_fine_tuning_run_end_to_end(source, tmp_path):
     copy.unlink()  # resuming must not read the source again
     resumed = settings_for_run([*TINY, "--resume", "auto", "--output", str(run)], DIGITS)
     assert resumed["finetune"] == str(copy.resolve())  # recorded, but a resumed run takes last.pth's weights
-    assert msvit.train.run(resumed, VARIANTS)["best_top1"] == ckpt["best_top1"]  # nothing left to train
+    assert msvit.training.train.run(resumed, VARIANTS)["best_top1"] == ckpt["best_top1"]  # nothing left to train
 
 
 def test_a_reduced_checkpoint_of_ours_says_how_it_was_built(tmp_path):

@@ -10,7 +10,7 @@ from torchvision import transforms as T
 from msvit.config import load_config, parse_args
 from msvit.data import eval_transform_line, image_transforms
 from msvit.data.transforms import describe_eval_transform, eval_crop_pct
-from msvit.schedule import epoch_learning_rates
+from msvit.training.schedule import epoch_learning_rates
 from msvit.zoo import ZOO, reference_batch_sizes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ TOLERANCE = 1e-6  # relative; the logged values' own rounding is up to 1e-7
 WORLD_SIZE = 8    # the release's 8 GPUs
 IMAGENET_TRAIN = 1_281_167
 # Our train loader per process: DistributedSampler pads the 1,281,167 images to ceil(/8) = 160,146 per process,
-# the loader drops the last partial batch (msvit/loaders.py, drop_last=True): 160,146 // 8 = 20,018 batches of 8.
+# the loader drops the last partial batch (msvit/training/loaders.py, drop_last=True): 160,146 // 8 = 20,018 batches of 8.
 # Grid t = e + 8k / 20018 = e + 4k / 10009: the release's grid (10009 batches of 16 at accum 4).
 RECIPE_BATCHES = 20_018
 RELEASE_BATCHES, RELEASE_ACCUM = 10_009, 4

@@ -1,11 +1,11 @@
-"""TET (msvit.losses): the loss against its formula computed by hand, the models' logits per time step against
+"""TET (msvit.training.losses): the loss against its formula computed by hand, the models' logits per time step against
 their usual output, and a digits run that trains with it and evaluates the steps' mean."""
 import pytest
 import torch
 from timm.loss import SoftTargetCrossEntropy
 
-import msvit.train
-from msvit.losses import TETLoss
+import msvit.training.train
+from msvit.training.losses import TETLoss
 from msvit.models import SpikingTransformer
 from test_training import VARIANTS, summary_rows, tiny_cfg
 
@@ -53,7 +53,7 @@ def test_a_digits_run_trains_with_tet_and_evaluates_the_steps_mean(tmp_path, mon
     real = TETLoss.forward
     monkeypatch.setattr(TETLoss, "forward", lambda self, logits, targets: calls.append(logits.shape) or
                         real(self, logits, targets))
-    result = msvit.train.run(tiny_cfg(tmp_path / "run", "--epochs", "1", "--tet", "true", "--tet-lambda", "0.001"),
+    result = msvit.training.train.run(tiny_cfg(tmp_path / "run", "--epochs", "1", "--tet", "true", "--tet-lambda", "0.001"),
                              VARIANTS)
     assert len(calls) == 89 and calls[0] == (16, 2, 10)  # every update: 16 digits, T 2, 10 classes
     assert float(summary_rows(tmp_path / "run")[0]["eval_top1"]) == pytest.approx(result["best_top1"], abs=1e-3)

@@ -160,8 +160,8 @@ def test_import_msvit_is_quiet(setup):
 
 def test_threads_setting_reaches_torch(monkeypatch):
     """`--threads 1` is torch's intra-op thread count from the start of train.py's and test.py's run."""
-    import msvit.evaluate
-    import msvit.train
+    import msvit.training.evaluate
+    import msvit.training.train
     from msvit.config import parse_args
 
     class Started(Exception):
@@ -172,7 +172,7 @@ def test_threads_setting_reaches_torch(monkeypatch):
 
     before = torch.get_num_threads()
     try:
-        for module, program in ((msvit.train, "train"), (msvit.evaluate, "test")):
+        for module, program in ((msvit.training.train, "train"), (msvit.training.evaluate, "test")):
             torch.set_num_threads(2)
             cfg = parse_args(["--config", str(ROOT / "digits" / "digits.yml"), "--threads", "1",
                               "--checkpoint", "unused.pth"], program=program)

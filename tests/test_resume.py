@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import msvit.models._checkpoint
-import msvit.train
+import msvit.training.train
 from faulty_train import with_fault
 from msvit.config import parse_args
-from msvit.loaders import ResumableSampler, make_loader
-from msvit.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopRequest
-from msvit.runfolder import write_checkpoints
+from msvit.training.loaders import ResumableSampler, make_loader
+from msvit.training.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopRequest
+from msvit.training.run_folder import write_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "digits" / "digits.yml"
@@ -37,7 +37,7 @@ TIMING = ("img_per_s", "peak_mem_mb")
 def train(argv: list) -> int:
     """`digits/train.py argv` in this process; its exit code (0 when it returns)."""
     try:
-        msvit.train.main(DIGITS, VARIANTS, [str(a) for a in argv])
+        msvit.training.train.main(DIGITS, VARIANTS, [str(a) for a in argv])
     except SystemExit as exit_:
         return exit_.code
     return 0
@@ -51,13 +51,13 @@ def summary(run: Path) -> list[dict]:
 def count_updates(monkeypatch) -> list[int]:
     """A counter of the optimizer updates of the runs that follow."""
     counter = [0]
-    create = msvit.train.create_optimizer_v2
+    create = msvit.training.train.create_optimizer_v2
 
     def counted(*args, **kwargs):
         optimizer = create(*args, **kwargs)
         optimizer.register_step_post_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
         return optimizer
-    monkeypatch.setattr(msvit.train, "create_optimizer_v2", counted)
+    monkeypatch.setattr(msvit.training.train, "create_optimizer_v2", counted)
     return counter
 
 
@@ -97,7 +97,7 @@ def test_the_log_file_holds_the_header_and_a_line_every_log_interval_updates(str
 
 def test_resumable_sampler_continues_the_epoch_order():
     dataset = list(range(103))
-    env = msvit.train.DistEnv(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    env = msvit.training.train.DistEnv(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
     full, rest = ResumableSampler(dataset, env, seed=5, batch_size=8), ResumableSampler(dataset, env, 5, 8)
     full.set_epoch(3)
     rest.set_epoch(3, start_batch=4)
@@ -117,7 +117,7 @@ def test_resumable_sampler_shares_the_rest_of_the_epoch_among_another_number_of_
     dataset = list(range(103))
 
     def sampler(rank: int, world: int, batch: int) -> ResumableSampler:
-        env = msvit.train.DistEnv(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
+        env = msvit.training.train.DistEnv(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
         return ResumableSampler(dataset, env, seed=5, batch_size=batch)
 
     trained = []
@@ -138,8 +138,8 @@ def test_resumable_sampler_shares_the_rest_of_the_epoch_among_another_number_of_
 
 def test_ctrl_c_mid_epoch_then_resume_from_the_run_folder_alone(straight, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    monkeypatch.setattr(msvit.train, "create_optimizer_v2", with_fault(
-        msvit.train.create_optimizer_v2, 30, lambda: os.kill(os.getpid(), signal.SIGINT)))
+    monkeypatch.setattr(msvit.training.train, "create_optimizer_v2", with_fault(
+        msvit.training.train.create_optimizer_v2, 30, lambda: os.kill(os.getpid(), signal.SIGINT)))
     assert train([*ARGS, "--output", run]) == EXIT_INTERRUPTED
     out, err = capsys.readouterr()
     assert "stopped by Ctrl-C (SIGINT) at epoch 0, batch 30/44 (update 30)" in out and "--resume auto --output" in out
@@ -164,13 +164,13 @@ def test_ctrl_c_mid_epoch_then_resume_from_the_run_folder_alone(straight, tmp_pa
 
 def test_signal_at_an_epoch_end_then_resume(straight, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    evaluate = msvit.train.evaluate
+    evaluate = msvit.training.train.evaluate
 
     def evaluate_then_signal(*args, **kwargs):  # SIGTERM arrives while epoch 0 is evaluated
         signal.raise_signal(signal.SIGTERM)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(msvit.train, "evaluate", evaluate_then_signal)
+    monkeypatch.setattr(msvit.training.train, "evaluate", evaluate_then_signal)
     assert train([*ARGS, "--output", run]) == EXIT_PREEMPTED
     assert "stopped by SIGTERM after epoch 0" in capsys.readouterr().out
     saved = torch.load(run / "last.pth", weights_only=True)
@@ -186,8 +186,8 @@ def test_crash_after_a_periodic_checkpoint_then_resume(straight, tmp_path, monke
     def crash():
         raise RuntimeError("node lost")  # the node dies: no checkpoint of its own
 
-    monkeypatch.setattr(msvit.train, "create_optimizer_v2",
-                        with_fault(msvit.train.create_optimizer_v2, UPDATES_PER_EPOCH + 19, crash))
+    monkeypatch.setattr(msvit.training.train, "create_optimizer_v2",
+                        with_fault(msvit.training.train.create_optimizer_v2, UPDATES_PER_EPOCH + 19, crash))
     with pytest.raises(RuntimeError):
         train([*ARGS, "--output", run, "--checkpoint-interval", 8])
     saved = torch.load(run / "last.pth", weights_only=True)
@@ -206,7 +206,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_settings
     def crash():
         raise RuntimeError("node lost")
 
-    monkeypatch.setattr(msvit.train, "create_optimizer_v2", with_fault(msvit.train.create_optimizer_v2, 3, crash))
+    monkeypatch.setattr(msvit.training.train, "create_optimizer_v2", with_fault(msvit.training.train.create_optimizer_v2, 3, crash))
     with pytest.raises(RuntimeError):
         train([*ARGS, "--epochs", 1, "--resume", "auto", "--output", run])
     assert "no last.pth in" in capsys.readouterr().out
@@ -314,7 +314,7 @@ class _SigintDisposition(torch.utils.data.Dataset):
 
 def test_loader_workers_leave_ctrl_c_to_the_main_process():
     cfg = {"workers": 1, "pin_mem": False}
-    env = msvit.train.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    env = msvit.training.train.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     loader = make_loader(_SigintDisposition(), cfg, env, 2, torch.utils.data.SequentialSampler(range(2)), False)
     assert next(iter(loader)).tolist() == [True, True]
     assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the main process still gets it
@@ -324,7 +324,7 @@ def test_ctrl_c_before_training_is_one_line_and_leaves_no_run_folder(tmp_path, m
     def interrupted(cfg):
         raise KeyboardInterrupt  # Ctrl-C while the data is read (or converted)
 
-    monkeypatch.setattr(msvit.train, "build_datasets", interrupted)
+    monkeypatch.setattr(msvit.training.train, "build_datasets", interrupted)
     assert train([*ARGS, "--output", tmp_path / "run"]) == EXIT_INTERRUPTED
     assert capsys.readouterr().err == "interrupted\n"
     assert not (tmp_path / "run").exists()
@@ -340,8 +340,8 @@ def test_an_unknown_model_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
 
 def test_a_run_resumed_mid_epoch_at_another_batch_size_trains_the_rest_of_the_epoch(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    monkeypatch.setattr(msvit.train, "create_optimizer_v2", with_fault(
-        msvit.train.create_optimizer_v2, 30, lambda: signal.raise_signal(signal.SIGTERM)))
+    monkeypatch.setattr(msvit.training.train, "create_optimizer_v2", with_fault(
+        msvit.training.train.create_optimizer_v2, 30, lambda: signal.raise_signal(signal.SIGTERM)))
     assert train([*ARGS, "--output", run]) == EXIT_PREEMPTED
     monkeypatch.undo()
     updates = count_updates(monkeypatch)

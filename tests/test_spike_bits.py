@@ -10,7 +10,7 @@ import torch
 
 import msvit
 import msvit.models._network
-import msvit.train
+import msvit.training.train
 from busy import excite_ssa
 from msvit.neurons import spike_bits
 from msvit.config import parse_args
@@ -157,6 +157,6 @@ def test_train_py_setting_reaches_the_model(flag, packing, tmp_path, monkeypatch
     monkeypatch.setattr(msvit.models._network, "packed_saved_spikes", recording)
     digits = Path(__file__).resolve().parents[1] / "digits" / "digits.yml"
     tiny = ["--img-size", "8", "--workers", "0", "--epochs", "1", "--output", str(tmp_path / "run"), *flag]
-    msvit.train.run(parse_args(tiny, digits), ("msvit_cifar_4_384", "qkformer_cifar_4_384"))
+    msvit.training.train.run(parse_args(tiny, digits), ("msvit_cifar_4_384", "qkformer_cifar_4_384"))
     assert True in seen if packing else (seen and not any(seen))  # evaluation forwards pass False either way
     assert f"saved spikes {'as bits' if packing else 'dense'}" in capsys.readouterr().out

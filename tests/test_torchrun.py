@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from msvit.preemption import EXIT_PREEMPTED
+from msvit.training.preemption import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTY_TRAIN = Path(__file__).with_name("faulty_train.py")

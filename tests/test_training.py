@@ -10,9 +10,9 @@ import torch
 
 import msvit.models._checkpoint
 import msvit.console
-import msvit.run_log
-import msvit.runfolder
-import msvit.train
+import msvit.training.run_log
+import msvit.training.run_folder
+import msvit.training.train
 from msvit.config import parse_args
 from msvit.errors import UserError
 
@@ -44,7 +44,7 @@ def tensorboard_events(run: Path):
 def test_digits_run_learns(tmp_path):
     umask = os.umask(0o022)  # the usual one, whatever this machine's is
     try:
-        result = msvit.train.run(tiny_cfg(tmp_path / "run", "--epochs", "4"), VARIANTS)
+        result = msvit.training.train.run(tiny_cfg(tmp_path / "run", "--epochs", "4"), VARIANTS)
     finally:
         os.umask(umask)
     rows = summary_rows(tmp_path / "run")
@@ -72,7 +72,7 @@ def test_digits_run_learns(tmp_path):
 
 def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
     args = ("--epochs", "3", "--mixup", "0.4", "--smoothing", "0.1")
-    msvit.train.run(tiny_cfg(tmp_path / "straight", *args), VARIANTS)
+    msvit.training.train.run(tiny_cfg(tmp_path / "straight", *args), VARIANTS)
 
     real_save = msvit.models._checkpoint.save_checkpoint
 
@@ -81,12 +81,12 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
         if checkpoint["epoch"] == 1 and Path(path).name == "last.pth":
             raise KeyboardInterrupt  # the job is killed right after epoch 1's checkpoint
 
-    monkeypatch.setattr(msvit.runfolder, "save_checkpoint", crash_after_epoch_1)
+    monkeypatch.setattr(msvit.training.run_folder, "save_checkpoint", crash_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        msvit.train.run(tiny_cfg(tmp_path / "resumed", *args), VARIANTS)
+        msvit.training.train.run(tiny_cfg(tmp_path / "resumed", *args), VARIANTS)
     assert [int(r["epoch"]) for r in summary_rows(tmp_path / "resumed")] == [0, 1]
-    monkeypatch.setattr(msvit.runfolder, "save_checkpoint", real_save)
-    msvit.train.run(tiny_cfg(tmp_path / "resumed", *args, "--resume", "auto"), VARIANTS)
+    monkeypatch.setattr(msvit.training.run_folder, "save_checkpoint", real_save)
+    msvit.training.train.run(tiny_cfg(tmp_path / "resumed", *args, "--resume", "auto"), VARIANTS)
 
     straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)
@@ -101,13 +101,13 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
 
 def test_existing_run_folder_is_not_overwritten_without_resume(tmp_path):
     run = tmp_path / "run"
-    msvit.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
+    msvit.training.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
     before = (run / "last.pth").read_bytes()
     with pytest.raises(UserError, match="already holds a run"):
-        msvit.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
+        msvit.training.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
     assert (run / "last.pth").read_bytes() == before
     with pytest.raises(UserError, match="cannot resume"):
-        msvit.train.run(tiny_cfg(tmp_path / "other", "--resume", str(tmp_path / "other" / "last.pth")), VARIANTS)
+        msvit.training.train.run(tiny_cfg(tmp_path / "other", "--resume", str(tmp_path / "other" / "last.pth")), VARIANTS)
 
 
 def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -128,10 +128,10 @@ def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    msvit.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
+    msvit.training.train.run(tiny_cfg(run, "--epochs", "1"), VARIANTS)
     good = torch.load(run / "last.pth", weights_only=True)
 
-    class DivergingLoss(msvit.train.LabelSmoothingCrossEntropy):
+    class DivergingLoss(msvit.training.train.LabelSmoothingCrossEntropy):
         calls = 0
 
         def forward(self, x, target):
@@ -139,9 +139,9 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good(tmp_path, monkey
             loss = super().forward(x, target)
             return loss * float("nan") if DivergingLoss.calls == 3 else loss
 
-    monkeypatch.setattr(msvit.train, "LabelSmoothingCrossEntropy", DivergingLoss)
+    monkeypatch.setattr(msvit.training.train, "LabelSmoothingCrossEntropy", DivergingLoss)
     with pytest.raises(UserError, match=r"loss is nan at epoch 1, step 2"):
-        msvit.train.run(tiny_cfg(run, "--epochs", "2", "--resume", "auto"), VARIANTS)
+        msvit.training.train.run(tiny_cfg(run, "--epochs", "2", "--resume", "auto"), VARIANTS)
     kept = torch.load(run / "last.pth", weights_only=True)
     assert kept["epoch"] == good["epoch"] == 0
     assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
@@ -149,12 +149,12 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good(tmp_path, monkey
 
 def test_the_header_says_what_runs_and_warns_of_a_schedule_longer_than_the_run(capsys):
     cfg = parse_args(["--epochs", "1", "--workers", "100000"], ROOT / "cifar10" / "cifar10.yml")
-    env = msvit.train.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    msvit.train.setup_logging(True)
-    msvit.train._clamp_workers(cfg)
-    model = msvit.train.create_dataset_model({**cfg, "model_kwargs": {"embed_dim": 32, "num_heads": 2}}, VARIANTS)
-    msvit.run_log.log_header(cfg, env, model, (50000, 10000), 1e-3, 781,
-                             msvit.train.amp_settings(cfg, env.device), Path("run"))
+    env = msvit.training.train.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    msvit.training.train.setup_logging(True)
+    msvit.training.train._clamp_workers(cfg)
+    model = msvit.training.train.create_dataset_model({**cfg, "model_kwargs": {"embed_dim": 32, "num_heads": 2}}, VARIANTS)
+    msvit.training.run_log.log_header(cfg, env, model, (50000, 10000), 1e-3, 781,
+                             msvit.training.train.amp_settings(cfg, env.device), Path("run"))
     out = capsys.readouterr().out
     assert f"workers 100000 is more than the {len(os.sched_getaffinity(0))} CPUs" in out
     assert "50,000 train / 10,000 val samples, 10 classes; global batch 64 = 64 per process x 1 process" in out
@@ -171,7 +171,7 @@ def test_firing_watch_logs_rates_and_warns_once_of_dead_layers(tmp_path, caplog)
     while they stay so."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from msvit.firing_watch import FiringWatch
+    from msvit.training.firing_watch import FiringWatch
     from msvit.models import SpikingTransformer
 
     torch.manual_seed(0)
@@ -219,9 +219,9 @@ def test_a_one_epoch_schedule_is_quiet_and_singular(caplog):
     cfg = parse_args(["--epochs", "1", "--warmup-epochs", "0", "--cooldown-epochs", "0"], DIGITS)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg["lr"])
     with caplog.at_level("WARNING", logger="timm"):
-        scheduler = msvit.train.build_scheduler(cfg, optimizer, 10)
+        scheduler = msvit.training.train.build_scheduler(cfg, optimizer, 10)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("timm")] == []
     scheduler.step(0)
     assert optimizer.param_groups[0]["lr"] == cfg["lr"]
-    assert msvit.run_log._schedule_line(cfg, cfg["lr"]).startswith("schedule: 1 epoch; no warmup; cosine")
+    assert msvit.training.run_log._schedule_line(cfg, cfg["lr"]).startswith("schedule: 1 epoch; no warmup; cosine")
     assert msvit.console.epoch_label(0, 1) == "epoch 0 (1/1)"

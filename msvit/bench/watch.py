@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..firing_watch import FiringWatch
+from ..training.firing_watch import FiringWatch
 from .device import check_device, cpu_name
 from ..models._inputs import make_batch
 from .step import DEFAULT_BATCH, check_counts, check_model_name, create_bench_model

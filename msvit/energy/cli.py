@@ -57,10 +57,10 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     from ..config import architecture_kwargs
     from ..console import setup_logging
     from ..data import build_datasets
-    from ..distributed import cleanup, init_distributed, main_process_first, set_threads
-    from ..engine import amp_settings
+    from ..training.distributed import cleanup, init_distributed, main_process_first, set_threads
+    from ..training.engine import amp_settings
     from ..errors import ConfigError
-    from ..loaders import build_eval_loader, seed_everything
+    from ..training.loaders import build_eval_loader, seed_everything
     from ..models._registry import ALL_MODEL_NAMES
     from ..zoo import create_dataset_model
 

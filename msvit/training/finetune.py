@@ -22,12 +22,12 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from .models._checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_model_keys
-from .errors import ConfigError
-from .models._registry import ALL_ARCHS
-from .config import DEFAULTS
-from .config import architecture_kwargs, model_kwargs, yaml_flow
-from .zoo import create_dataset_model
+from ..models._checkpoint import CheckpointError, extract_state_dict, read_checkpoint, to_model_keys
+from ..errors import ConfigError
+from ..models._registry import ALL_ARCHS
+from ..config import DEFAULTS
+from ..config import architecture_kwargs, model_kwargs, yaml_flow
+from ..zoo import create_dataset_model
 
 __all__ = ["FinetuneSource", "read_source", "load_source", "finetune_variants"]
 

@@ -26,27 +26,27 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .models._checkpoint import read_checkpoint
-from .config import restore_model_settings, save_config
-from .console import EpochDisplay, add_log_file, log_to_file, setup_logging
-from .data import build_datasets, eval_transform_line, resolve_num_classes
+from ..models._checkpoint import read_checkpoint
+from ..config import restore_model_settings, save_config
+from ..console import EpochDisplay, add_log_file, log_to_file, setup_logging
+from ..data import build_datasets, eval_transform_line, resolve_num_classes
 from .distributed import (DistEnv, barrier, broadcast_buffers, cleanup, init_distributed, main_process_first,
                           set_threads)
 from .engine import (EpochProgress, StepSettings, amp_settings, epoch_stats, evaluate, peak_memory_mb,
                      train_one_epoch)
-from .errors import ConfigError, cli_entry, failure_line
+from ..errors import ConfigError, cli_entry, failure_line
 from .finetune import finetune_variants, load_source, read_source
 from .firing_watch import FiringWatch
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
 from .losses import TETLoss
-from .models import compile_model
+from ..models import compile_model
 from .preemption import Preempted, StopRequest
 from .run_log import inductor_cache, log_epoch, log_header
 from .run_state import Training, check_left_to_train
-from .runfolder import (SUMMARY_FIELDS, check_output_writable, output_dir, prepare_output, resume_path,
+from .run_folder import (SUMMARY_FIELDS, check_output_writable, output_dir, prepare_output, resume_path,
                         settings_for_run, write_summary)
 from .schedule import build_scheduler, set_learning_rate
-from .zoo import check_dataset_model, create_dataset_model, reference_batch_sizes
+from ..zoo import check_dataset_model, create_dataset_model, reference_batch_sizes
 
 __all__ = ["main", "run", "SUMMARY_FIELDS"]
 

@@ -16,17 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .models._checkpoint import load_checkpoint, read_checkpoint
-from .config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings, warn_other_dataset
-from .data import build_datasets, eval_transform_line, resolve_num_classes
+from ..models._checkpoint import load_checkpoint, read_checkpoint
+from ..config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings, warn_other_dataset
+from ..data import build_datasets, eval_transform_line, resolve_num_classes
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first, set_threads
-from .energy import EnergyMeter, format_firing, format_totals
-from .errors import ConfigError, cli_entry
-from .models import compile_model, set_batch_coupled_ssa
-from .console import log, print_json, setup_logging, stdout_to_stderr
+from ..energy import EnergyMeter, format_firing, format_totals
+from ..errors import ConfigError, cli_entry
+from ..models import compile_model, set_batch_coupled_ssa
+from ..console import log, print_json, setup_logging, stdout_to_stderr
 from .engine import amp_settings, evaluate
 from .loaders import build_eval_loader
-from .zoo import create_dataset_model, reference_batch_sizes
+from ..zoo import create_dataset_model, reference_batch_sizes
 
 __all__ = ["main", "run", "MODEL_KEYS", "SSA_SETTINGS"]
 

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .models._checkpoint import save_checkpoint
-from .config import command_line_keys, parse_args
-from .errors import ConfigError, UserError
-from .config import NETWORK_KEYS
+from ..models._checkpoint import save_checkpoint
+from ..config import command_line_keys, parse_args
+from ..errors import ConfigError, UserError
+from ..config import NETWORK_KEYS
 
 __all__ = ["NETWORK_KEYS", "SUMMARY_FIELDS", "CheckpointWriteError", "settings_for_run", "output_dir",
            "resume_path", "check_output_writable", "prepare_output", "write_summary", "write_checkpoints"]

@@ -14,9 +14,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .console import EpochDisplay, progress_bar
+from ..console import EpochDisplay, progress_bar
 from .distributed import DistEnv, all_reduce_sum
-from .errors import UserError
+from ..errors import UserError
 from .schedule import current_lr
 
 __all__ = ["NonFiniteLossError", "AmpSettings", "amp_settings", "EpochProgress", "EpochStats", "StepSettings",

@@ -19,7 +19,7 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
-from .errors import EXIT_INTERRUPTED  # 128 + SIGINT: what a shell reports for a program ended by Ctrl-C
+from ..errors import EXIT_INTERRUPTED  # 128 + SIGINT: what a shell reports for a program ended by Ctrl-C
 
 __all__ = ["EXIT_PREEMPTED", "EXIT_INTERRUPTED", "STOP_SIGNALS", "Preempted", "StopRequest"]
 

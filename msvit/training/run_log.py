@@ -13,9 +13,9 @@ from torch import nn
 
 from .distributed import DistEnv
 from .engine import AmpSettings
-from .models import count_parameters
-from .neurons import implementation
-from .console import epoch_label
+from ..models import count_parameters
+from ..neurons import implementation
+from ..console import epoch_label
 from .preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 __all__ = ["log_header", "log_epoch", "inductor_cache"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .energy import EnergyMeter
+from ..energy import EnergyMeter
 
 __all__ = ["FiringWatch", "SATURATED"]
 

@@ -15,11 +15,11 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .models._checkpoint import load_checkpoint
+from ..models._checkpoint import load_checkpoint
 from .distributed import DistEnv
 from .engine import EpochProgress
-from .errors import ConfigError, UserError
-from .runfolder import write_checkpoints
+from ..errors import ConfigError, UserError
+from .run_folder import write_checkpoints
 
 __all__ = ["RunState", "Training", "check_left_to_train"]
 

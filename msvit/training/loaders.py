@@ -134,7 +134,7 @@ def build_train_loader(dataset: SeededSamples, cfg: dict[str, Any], env: DistEnv
 def build_eval_loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv) -> DataLoader:
     """Each process evaluates its own shard; every sample is counted exactly once. A split that is empty or
     smaller than the number of processes is a DataError (`msvit.data.check_eval_split`)."""
-    from .data import check_eval_split  # msvit.data is heavy (torchvision, spikingjelly): imported on use
+    from ..data import check_eval_split  # msvit.data is heavy (torchvision, spikingjelly): imported on use
 
     check_eval_split(dataset, cfg, env.world_size)
     batch = cfg["val_batch_size"] or cfg["batch_size"]
