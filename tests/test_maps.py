@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from msvit.errors import ConfigError, DataError
-from msvit.map_sheet import CELL_H, CELL_W, HEADER_H
-from msvit.maps import check_block, collect_maps, draw_sheet, file_transform, input_display, read_image, sheet_size
+from msvit.maps.sheet import CELL_H, CELL_W, HEADER_H
+from msvit.maps import check_block, collect_maps, draw_sheet, input_display, sheet_size
+from msvit.maps.cli import file_transform, main as maps_main, read_image
 from msvit.models import SpikingTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +219,7 @@ def test_maps_help_is_one_usage_of_this_program(capsys):
     import msvit.maps
 
     with pytest.raises(SystemExit) as exit_:
-        msvit.maps.main(["--help"])
+        maps_main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "usage:" in line] == [
@@ -231,6 +232,6 @@ def test_maps_refuses_a_model_name_with_a_typo(capsys):
     import msvit.maps
 
     with pytest.raises(SystemExit) as exit_:
-        msvit.maps.main(["--config", str(ROOT / "digits" / "digits.yml"), "--model", "qkformer_cifar_4_38"])
+        maps_main(["--config", str(ROOT / "digits" / "digits.yml"), "--model", "qkformer_cifar_4_38"])
     assert exit_.value.code == 2
     assert "did you mean 'qkformer_cifar_4_384'?" in capsys.readouterr().err

@@ -109,7 +109,7 @@ def test_figures_leave_the_callers_matplotlib_alone(tmp_path):
 
         import numpy as np, timm, torch, msvit
         from msvit.energy import EnergyMeter, write_figures
-        from msvit.map_sheet import draw_sheet
+        from msvit.maps.sheet import draw_sheet
         model = timm.create_model("msvit_cifar_4_384", embed_dim=16, num_heads=2, depths=(1, 1, 1), T=2,
                                   num_classes=3, neuron_backend="torch")
         with torch.no_grad(), EnergyMeter(model) as meter:

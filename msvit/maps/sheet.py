@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .plotting import DPI, new_figure, save_figure, style
+from ..plotting import DPI, new_figure, save_figure, style
 
 __all__ = ["draw_sheet", "input_display", "sheet_size", "CELL_W", "CELL_H", "HEADER_H"]
 
