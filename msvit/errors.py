@@ -11,7 +11,7 @@ __all__ = ["EXIT_INTERRUPTED", "UserError", "ConfigError", "DataError", "Missing
            "user_message", "failure_line", "cli_entry"]
 
 F = TypeVar("F", bound=Callable[..., object])
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C (msvit.preemption uses it too)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C (msvit.training.preemption uses it too)
 
 
 class UserError(Exception):

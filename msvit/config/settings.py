@@ -75,7 +75,7 @@ SETTINGS: dict[str, Setting] = {
                           "the network)"),
     "accum_iter": Setting(1, "optimisation", "batches whose gradients add up to one optimizer update"),
     "smoothing": Setting(0.1, "optimisation", "label smoothing"),
-    "tet": Setting(False, "optimisation", "TET loss: the criterion on every time step's logits (msvit.losses); "
+    "tet": Setting(False, "optimisation", "TET loss: the criterion on every time step's logits (msvit.training.losses); "
                    "evaluation averages them"),
     "tet_means": Setting(1.0, "optimisation", "TET: the constant its MSE term pulls the logits towards"),
     "tet_lambda": Setting(0.0, "optimisation", "TET: the weight of the MSE term, in [0, 1]"),

@@ -31,6 +31,7 @@ import torch
 
 from ..console import progress_bar
 from ..errors import ConfigError, DataError
+from ..neurons import import_spikingjelly  # the one quiet way in (nor does it leave a root handler)
 from .common import first_line
 from .dvs_augment import DVSAugment
 
@@ -91,8 +92,6 @@ def import_spikingjelly_datasets() -> None:
     'spikingjelly.dataset.__init__: No module named ...' at INFO on the root logger, which any INFO-level
     logging setup (the CLIs') prints to stderr, ahead of the real output or of a one-line `error: ...`.
     """
-    from ..neurons import import_spikingjelly  # the one quiet way in (nor does it leave a root handler)
-
     import_spikingjelly("spikingjelly.datasets")  # cached: later imports of its submodules are silent
 
 

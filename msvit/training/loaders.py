@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..data import check_eval_split
 from .distributed import DistEnv
 
 __all__ = ["derived_seed", "seed_host_generators", "seed_everything", "SeededSamples", "ResumableSampler", "ShardSampler", "make_loader",
@@ -134,8 +135,6 @@ def build_train_loader(dataset: SeededSamples, cfg: dict[str, Any], env: DistEnv
 def build_eval_loader(dataset: Dataset, cfg: dict[str, Any], env: DistEnv) -> DataLoader:
     """Each process evaluates its own shard; every sample is counted exactly once. A split that is empty or
     smaller than the number of processes is a DataError (`msvit.data.check_eval_split`)."""
-    from ..data import check_eval_split  # msvit.data is heavy (torchvision, spikingjelly): imported on use
-
     check_eval_split(dataset, cfg, env.world_size)
     batch = cfg["val_batch_size"] or cfg["batch_size"]
     return make_loader(dataset, cfg, env, batch, ShardSampler(len(dataset), env.rank, env.world_size), False)
