@@ -2,7 +2,6 @@
 the DVS erosion, the SPS pool order, the membrane shortcut, tau 1.5), batch independence, the optimised path
 against the reference path, one compiled graph, and timm's contract. Their parity with the authors' own code was
 measured at development time (README, 'The baselines'); their key layouts are in test_checkpoint."""
-import copy
 import re
 from pathlib import Path
 

@@ -216,8 +216,6 @@ def test_command_line_on_the_digits_recipe(tmp_path):
 
 
 def test_maps_help_is_one_usage_of_this_program(capsys):
-    import msvit.maps
-
     with pytest.raises(SystemExit) as exit_:
         maps_main(["--help"])
     assert exit_.value.code == 0
@@ -229,8 +227,6 @@ def test_maps_help_is_one_usage_of_this_program(capsys):
 
 
 def test_maps_refuses_a_model_name_with_a_typo(capsys):
-    import msvit.maps
-
     with pytest.raises(SystemExit) as exit_:
         maps_main(["--config", str(ROOT / "digits" / "digits.yml"), "--model", "qkformer_cifar_4_38"])
     assert exit_.value.code == 2
