@@ -15,14 +15,13 @@ from torch import nn
 
 from .models._checkpoint import CheckpointError, extract_state_dict, load_checkpoint, read_checkpoint
 from .config import (DEFAULTS, ArgumentParser, check_model_kwargs, load_config, model_arguments, parse_args)
+from .energy.dense import dense_costs
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
-from .models._inputs import make_batch
-from .models._timm import input_kind
 from .models._registry import ALL_ARCHS, unknown_model
 
 __all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "check_dataset_model", "create_dataset_model",
-           "describe_dataset_model", "reference_batch_sizes", "load_model", "parameter_table", "dense_costs", "main"]
+           "describe_dataset_model", "reference_batch_sizes", "load_model", "parameter_table", "main"]
 
 
 @dataclass(frozen=True)
@@ -261,35 +260,13 @@ def parameter_table(entries: Sequence[ZooEntry] = ZOO) -> list[dict[str, Any]]:
     return rows
 
 
-def dense_costs(entry: ZooEntry) -> dict[str, Any]:
-    """The part of a model's energy that no firing rate changes (`msvit.energy`'s rule, random weights, one image
-    at T 1): the MACs of its dense layers (the stem's first convolution; a head reading real values) in mJ, the
-    FLOPs per image and time step of its spiking layers and attention products, and the mean input rate that the
-    published energy would need at the model's T: (published - MACs) / (E_AC x T x FLOPs)."""
-    from .energy import E_AC_PJ, EnergyMeter
-
-    model = timm.create_model(entry.model, **{**entry.kwargs, "T": 1}).eval()
-    kind = input_kind({**ALL_ARCHS[entry.model], **entry.kwargs})
-    x, _ = make_batch(kind, 1, 1, model.in_chans, model.img_size, 1, torch.device("cpu"))
-    with torch.no_grad(), EnergyMeter(model) as meter:
-        model(x)
-    report = meter.report()
-    mac_mj = sum(layer["energy_mj"] for layer in report["layers"] if layer["kind"] == "MAC")
-    flops = sum(layer["flops"] for layer in report["layers"] if layer["kind"] != "MAC")
-    T = entry.kwargs.get("T", ALL_ARCHS[entry.model]["T"])
-    paper = entry.published_energy_mj
-    implied = None if paper is None else (paper - mac_mj) / (E_AC_PJ * 1e-9 * T * flops)
-    return dict(model=entry.model, dataset=entry.dataset, T=T, mac_mj=mac_mj, dense_gflops=flops / 1e9,
-                published_energy_mj=paper, implied_rate=implied)
-
-
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgumentParser(description="Build every registered model (MSViT, QKFormer, the baselines) and print "
                                         "its parameters.")
     parser.add_argument("--model", nargs="*", help="only these model names")
     parser.add_argument("--energy", action="store_true", help="instead: the rate-independent energy figures of the "
-                        "rows with a published energy (msvit.zoo.dense_costs)")
+                        "rows with a published energy (msvit.energy.dense.dense_costs)")
     args = parser.parse_args(argv)
     entries = [e for e in ZOO if not args.model or e.model in args.model]
     if args.energy:

@@ -17,7 +17,7 @@ from spikingjelly.clock_driven import surrogate
 from torch import nn
 
 import msvit
-import msvit.energy
+from msvit.energy.cli import run as energy_run
 import msvit.training.evaluate
 import msvit.training.train
 from busy import calibrate_batch_norms, excite_ssa
@@ -257,7 +257,7 @@ def test_energy_report_restores_the_saved_setting(excited_digits, capsys):
     for saved in (False, True):
         path = write(f"energy-{saved}.pth", {**cfg, "batch_coupled_ssa": saved})
         run_cfg = parse_args(["--checkpoint", path, "--img-size", "8", "--workers", "0"], DIGITS)
-        report = msvit.energy.run(run_cfg, batches=1)
+        report = energy_run(run_cfg, batches=1)
         assert report["batch_coupled_ssa"] is saved and report["images"] == 120
     capsys.readouterr()
 

@@ -20,6 +20,8 @@ from msvit import layers as msvit_layers
 from msvit.config import parse_args
 from msvit.console import rounded
 from msvit.energy import EnergyMeter, format_report, format_totals
+from msvit.energy.cli import USAGE as ENERGY_USAGE
+from msvit.energy.cli import main as energy_main
 from msvit.models import SpikingTransformer
 from msvit.zoo import create_dataset_model
 
@@ -452,7 +454,7 @@ def test_energy_compare_plots_both_models(tmp_path, capsys):
     in order and the figures' paths."""
     argv = ["--config", str(DIGITS), "--compare", *VARIANTS, "--labels", "MSViT", "QKFormer", "--plot",
             str(tmp_path / "figures"), "--batches", "1", "--workers", "0", "--img-size", "8", "--json"]
-    result = msvit.energy.main(argv)
+    result = energy_main(argv)
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(rounded(result))) and printed["labels"] == ["MSViT", "QKFormer"]
     assert [r["model"] for r in printed["reports"]] == list(VARIANTS)
@@ -468,11 +470,11 @@ def test_energy_of_random_weights_is_the_same_every_run(capsys):
     reports = []
     for seed in (1, 2):
         torch.manual_seed(seed)  # the global generator's state before the call differs
-        reports.append(msvit.energy.main(argv))
+        reports.append(energy_main(argv))
     capsys.readouterr()
     assert reports[0]["firing_rate"] == reports[1]["firing_rate"] and reports[0]["energy_mj"] == reports[1]["energy_mj"]
     torch.manual_seed(1)
-    assert msvit.energy.main([*argv, "--seed", "7"])["firing_rate"] != reports[0]["firing_rate"]
+    assert energy_main([*argv, "--seed", "7"])["firing_rate"] != reports[0]["firing_rate"]
 
 
 @pytest.fixture(scope="module")
@@ -617,7 +619,8 @@ def test_baseline_blocks_by_hand(name, kwargs):
 def test_zoo_dense_costs_of_a_baseline_by_hand():
     """The rate-independent energy of `python -m msvit.zoo --energy`: the first convolution's MACs (3 -> 4 channels,
     3x3, 32 x 32, once per image) and the implied rate that makes the published figure."""
-    from msvit.zoo import ZooEntry, dense_costs
+    from msvit.energy.dense import dense_costs
+    from msvit.zoo import ZooEntry
 
     entry = ZooEntry("sdt_cifar_2_512", "cifar10", dict(embed_dim=32, num_heads=2, depth=1, T=3),
                      published_energy_mj=0.05)
@@ -632,11 +635,11 @@ def test_zoo_dense_costs_of_a_baseline_by_hand():
 
 def test_energy_help_is_one_usage_of_this_program(capsys):
     with pytest.raises(SystemExit) as exit_:
-        msvit.energy.main(["--help"])
+        energy_main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "usage:" in line] == [
-        line for line in msvit.energy.cli.USAGE.splitlines() if "usage:" in line]
+        line for line in ENERGY_USAGE.splitlines() if "usage:" in line]
     assert out.startswith("usage: python -m msvit.energy ") and "maps.py" not in out and "zoo.py" not in out
     assert "\n  --val-batch-size " in out and "\n  --model-kwargs " in out
     assert "--mixup" not in out and "--warmup-epochs" not in out and "--compare-ssa-coupling" not in out
@@ -650,12 +653,12 @@ def test_energy_compare_applies_test_pys_model_rule(digits_checkpoint, tmp_path,
                  ["--model qkformer_cifar_4_384", "trained as msvit_cifar_4_384"]))
     for argv, parts in refusals:
         with pytest.raises(SystemExit) as exit_:
-            msvit.energy.main(["--config", str(DIGITS), *argv])
+            energy_main(["--config", str(DIGITS), *argv])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.startswith("error: ") and all(p in err for p in parts), err
     saved = torch.load(digits_checkpoint, weights_only=False)
     saved["config"] = {**saved["config"], "dataset": "cifar100"}
     torch.save(saved, tmp_path / "cifar100.pth")
-    msvit.energy.main(["--config", str(DIGITS), "--compare", str(tmp_path / "cifar100.pth"), "--batches", "1",
-                       "--workers", "0", "--json"])
+    energy_main(["--config", str(DIGITS), "--compare", str(tmp_path / "cifar100.pth"), "--batches", "1",
+                "--workers", "0", "--json"])
     assert "trained on cifar100 but runs here on digits" in capsys.readouterr().err

@@ -4,8 +4,11 @@ Spike-driven Transformer), measured from the spikes of an evaluation run, by one
     python -m msvit.energy --config cifar10/cifar10.yml [--checkpoint PATH | --compare A B ...] [--batches N]
                            [--plot DIR] [--json] [--e-mac-pj 4.6] [--e-ac-pj 0.9] [--key value ...]
 
-Modules: `meter` (the hooks that count), `report` (what the counts mean: one dict), `text` (the tables),
-`figures` (the PNGs), `cli` (the command line).
+Modules: `meter` (the hooks that count), `readings` (what a meter hands the report: its `Readings`, and
+`stage_of`), `report` (what the counts mean: one dict), `products` (the attention products' rules), `text` (the
+tables), `figures` (the PNGs); the package re-exports these. Not imported by it: `cli` (the command line,
+`python -m msvit.energy`: `msvit.energy.cli.main` / `run`) and `dense` (the rate-independent energy of a model's
+dense layers, `python -m msvit.zoo --energy`).
 
 The energy model of the papers (Spikformer, QKFormer, MSViT), on a 45 nm chip:
 
@@ -40,11 +43,12 @@ The q/k/v/p convolutions of the attentions are measured from the attention modul
 input; in the membrane form, the shortcut neuron's output), so a forward path that fuses them into one call is
 measured the same way.
 """
-from .cli import main, run
 from .figures import figure_data, write_figures
 from .meter import E_AC_PJ, E_MAC_PJ, EnergyMeter, conv_flops
+from .products import attention_products
+from .readings import Readings, stage_of
 from .report import PJ_TO_MJ
 from .text import format_firing, format_report, format_totals
 
-__all__ = ["EnergyMeter", "format_report", "format_totals", "format_firing", "figure_data", "write_figures",
-           "conv_flops", "run", "main", "E_MAC_PJ", "E_AC_PJ", "PJ_TO_MJ"]
+__all__ = ["EnergyMeter", "Readings", "format_report", "format_totals", "format_firing", "figure_data",
+           "write_figures", "conv_flops", "attention_products", "stage_of", "E_MAC_PJ", "E_AC_PJ", "PJ_TO_MJ"]

@@ -12,6 +12,19 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config import (EVALUATION_KEYS, ArgumentParser, architecture_kwargs, command_line_keys, parse_args,
+                      print_program_help, restore_run_settings, warn_other_dataset)
+from ..console import print_json, setup_logging, stdout_to_stderr
+from ..data import build_datasets
+from ..errors import ConfigError, UserError, user_message
+from ..models._checkpoint import load_checkpoint, read_checkpoint
+from ..models._registry import ALL_MODEL_NAMES, closest_model, unknown_model
+from ..plotting import require_matplotlib
+from ..training.distributed import cleanup, init_distributed, main_process_first, set_threads
+from ..training.engine import amp_settings
+from ..training.loaders import build_eval_loader, seed_everything
+from ..zoo import create_dataset_model
+from .figures import write_figures
 from .meter import E_AC_PJ, E_MAC_PJ, EnergyMeter
 from .text import format_report, model_label
 
@@ -35,8 +48,6 @@ _NOT_READ = ("energy", "compare_ssa_coupling", "compile", "compile_mode", "check
 
 def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """This program's own options, and the rest: the settings `config.parse_args` reads."""
-    from ..config import ArgumentParser
-
     parser = ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--batches", type=int, default=0)
     parser.add_argument("--e-mac-pj", "--e_mac_pj", dest="e_mac_pj", type=float, default=E_MAC_PJ)
@@ -52,18 +63,6 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     """Build the configured model (architecture and data settings from the checkpoint's saved config when it
     has one, except the keys `given` on the command line that evaluation may change), run the evaluation set
     (or its first `batches` batches) and return the report."""
-    from ..models._checkpoint import load_checkpoint, read_checkpoint
-    from ..config import restore_run_settings, warn_other_dataset
-    from ..config import architecture_kwargs
-    from ..console import setup_logging
-    from ..data import build_datasets
-    from ..training.distributed import cleanup, init_distributed, main_process_first, set_threads
-    from ..training.engine import amp_settings
-    from ..errors import ConfigError
-    from ..training.loaders import build_eval_loader, seed_everything
-    from ..models._registry import ALL_MODEL_NAMES
-    from ..zoo import create_dataset_model
-
     if not cfg.get("dataset") or not cfg.get("model"):
         raise ConfigError("no dataset or model configured: pass --config <dataset>/<dataset>.yml")
     if batches < 0:
@@ -100,9 +99,6 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
 
 def _runs(cfg: dict[str, Any], extra: argparse.Namespace, given: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """The labelled reports: one for the configured checkpoint, or one per --compare item."""
-    from ..errors import ConfigError
-    from ..models._registry import ALL_MODEL_NAMES, closest_model, unknown_model
-
     if extra.compare is None:
         if extra.labels is not None:
             raise ConfigError("--labels names the --compare items: give --compare A B ... with it")
@@ -138,21 +134,13 @@ def _label(report: dict[str, Any]) -> str:
 
 
 def _check_plot_folder(folder: str | None) -> None:
-    from ..errors import ConfigError
-
     if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
         raise ConfigError(f"--plot {folder} is a file: give a folder for the figures")
     if folder is not None:  # before measuring, which can take long
-        from ..plotting import require_matplotlib
-
         require_matplotlib("--plot")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from ..config import EVALUATION_KEYS, command_line_keys, parse_args, print_program_help
-    from ..console import print_json, stdout_to_stderr
-    from ..errors import UserError, user_message
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print_program_help(USAGE, [k for k in EVALUATION_KEYS if k not in _NOT_READ])
@@ -169,8 +157,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figures: list[Path] = []
     if int(os.environ.get("RANK", 0)) == 0:  # the process group is gone by now
         if extra.plot is not None:
-            from .figures import write_figures
-
             figures = write_figures(runs, extra.plot)
             print("figures: " + ", ".join(map(str, figures)), file=sys.stderr)
         result = (runs[0][1] if extra.compare is None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..plotting import STAGE_COLOURS, new_figure, save_figure, style
-from .meter import stage_of
+from .readings import stage_of
 from .report import KINDS, RATE_ROWS
 
 __all__ = ["figure_data", "figure_size", "write_figures", "FIGURES"]

@@ -3,7 +3,6 @@ device, the sums that the report (`msvit.energy.report`) turns into operations, 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -16,13 +15,13 @@ from ..layers import LayerStem
 from ..layers import MLP, AttentionBase, PatchEmbed
 from ..neurons import LIF
 from .products import attention_products
+from .readings import Readings, stage_of
+from .report import build_report, neuron_rates
 
-__all__ = ["EnergyMeter", "Readings", "conv_flops", "stage_of", "E_MAC_PJ", "E_AC_PJ"]
+__all__ = ["EnergyMeter", "conv_flops", "E_MAC_PJ", "E_AC_PJ"]
 
 E_MAC_PJ = 4.6  # pJ per multiply-accumulate (45 nm)
 E_AC_PJ = 0.9   # pJ per accumulate
-
-_STAGE = re.compile(r"^(patch_embed\d*|stage\d+|block|head)(\.|$)")  # the baselines: patch_embed, block
 
 
 def conv_flops(conv: nn.Module, in_size: Sequence[int]) -> int:
@@ -95,23 +94,6 @@ class _Layer:
     stage: str
     kind: str  # MAC, AC or attention
     acc: _Acc = field(default_factory=_Acc)
-
-
-@dataclass
-class Readings:
-    """What a meter accumulated, on the host: per layer (total, numel, ops, steps) and per neuron (total,
-    numel, steps), `steps` being the sums per time step (None where there are none)."""
-    images: int
-    T: int
-    layers: dict[str, tuple[float, int, float, list[float] | None]]
-    neurons: dict[str, tuple[float, int, list[float] | None]]
-
-
-def stage_of(name: str) -> str:
-    """The stage a module belongs to, from its name: patch_embed<i>, stage<i>, head, or model (the baselines'
-    one-stage models: patch_embed, block, head)."""
-    m = _STAGE.match(name)
-    return m.group(1) if m else "model"
 
 
 def _join(*parts: str) -> str:
@@ -365,14 +347,10 @@ class EnergyMeter:
 
     def report(self, sync: bool = True) -> dict[str, Any]:
         """Energy, operations and firing rates per image: see `msvit.energy.report.build_report`."""
-        from .report import build_report
-
         if self.neurons_only:
             raise RuntimeError("this EnergyMeter hooks the neurons only (neurons_only=True): use firing()")
         return build_report(self, self.read(sync))
 
     def firing(self, sync: bool = True) -> dict[str, Any]:
         """Firing rates only: see `msvit.energy.report.neuron_rates`."""
-        from .report import neuron_rates
-
         return neuron_rates(self.read(sync))

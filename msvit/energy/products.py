@@ -7,7 +7,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..layers import AttentionBase, SpikingSelfAttention, TokenAttention
+from ..layers import AttentionBase, SpikeDrivenSelfAttention, SpikingSelfAttention, TokenAttention
 
 __all__ = ["attention_products"]
 
@@ -16,8 +16,6 @@ Product = tuple[str, nn.Module, Callable[[int], int]]  # (name, driving neuron, 
 
 def attention_products(attn: AttentionBase) -> list[Product]:
     """The products of `attn` (QKTA/MSSA, SSA, or the Spike-driven Transformer's SDSA)."""
-    from ..layers import SpikeDrivenSelfAttention
-
     dim, heads = attn.dim, attn.num_heads
     if isinstance(attn, TokenAttention):
         # channel sums of Q (and P): one addition per spike, C x N per image and step

@@ -6,12 +6,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..layers import SpikeDrivenSelfAttention
 from ..layers import SpikingSelfAttention
-from .meter import Readings, stage_of
+from .readings import Readings, stage_of
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from .meter import EnergyMeter
 
 __all__ = ["build_report", "neuron_rates", "KINDS", "RATE_ROWS", "PJ_TO_MJ"]
 
@@ -49,8 +47,9 @@ def neuron_rates(readings: Readings) -> dict[str, Any]:
                           for name, (_, numel, steps) in readings.neurons.items()})
 
 
-def build_report(meter: "EnergyMeter", readings: Readings) -> dict[str, Any]:
-    """Energy, operations and firing rates per image; see the package docstring for the model.
+def build_report(meter: Any, readings: Readings) -> dict[str, Any]:
+    """Energy, operations and firing rates per image, from an `EnergyMeter` (its layers, attentions and energy
+    settings) and what it read; see the package docstring for the model.
 
     Keys: energy_mj, mac_flops, sops (per image), images, T, e_mac_pj, e_ac_pj;
     layers: a list of {name, stage, kind, firing_rate, firing_rate_per_step, flops, mac_flops, sops, energy_mj}
