@@ -18,7 +18,7 @@ TINY = dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), img_size=8)
 
 
 @pytest.fixture(autouse=True)
-def restore_threads():  # benchmark(threads=1) changes the process-wide setting
+def restore_threads():  # BenchSettings(threads=1) changes the process-wide setting
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -27,7 +27,7 @@ def restore_threads():  # benchmark(threads=1) changes the process-wide setting
 def tiny_run(**kwargs):
     settings = dict(batch_size=4, T=2, device="cpu", backend="torch", warmup=1, repeats=3,
                     model_kwargs=TINY, threads=1)
-    return bench.benchmark("msvit_cifar_4_384", **{**settings, **kwargs})
+    return bench.benchmark(bench.BenchSettings("msvit_cifar_4_384", **{**settings, **kwargs}))
 
 
 def test_timings_add_up_and_settings_are_reported():
@@ -44,8 +44,8 @@ def test_timings_add_up_and_settings_are_reported():
 
 
 def test_dvs_models_get_event_frames_and_model_defaults():
-    r = bench.benchmark("qkformer_dvs_2_256", batch_size=2, T=None, warmup=0, repeats=1, threads=1,
-                        model_kwargs=dict(embed_dim=32, num_heads=2, img_size=16))
+    r = bench.benchmark(bench.BenchSettings("qkformer_dvs_2_256", batch_size=2, T=None, warmup=0, repeats=1,
+                                            threads=1, model_kwargs=dict(embed_dim=32, num_heads=2, img_size=16)))
     assert r["T"] == 16 and r["input_shape"] == [2, 16, 2, 16, 16] and r["num_classes"] == 11
 
 
@@ -102,6 +102,17 @@ def test_cuda_without_cuda_is_one_error_line(capsys):
         bench.main(["--model", "msvit_cifar_4_384", "--device", "cuda"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: --device cuda but torch sees no CUDA device; use --device cpu\n"
+
+
+def test_the_command_lines_defaults_are_the_settings_defaults():
+    args = bench.build_parser().parse_args(["--model", "msvit_cifar_4_384"])
+    settings = bench.cli.settings_from_args(args, {})
+    assert settings == bench.BenchSettings("msvit_cifar_4_384", model_kwargs={})
+    args = bench.build_parser().parse_args(["--model", "m", "--batch-coupled-ssa", "false", "--profile", "3"])
+    settings = bench.cli.settings_from_args(args, {})
+    assert settings.batch_coupled_ssa is False and settings.profile_rows == 3
+    with pytest.raises(AttributeError):
+        settings.repeats = 1  # frozen
 
 
 def test_json_is_one_rounded_object_on_stdout(monkeypatch, capsys):

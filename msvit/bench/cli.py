@@ -15,6 +15,7 @@ from ..models._registry import ALL_MODEL_NAMES
 from ..neurons import BACKENDS
 from .device import check_device
 from .lif import LIF_DTYPES, LIF_SHAPE, format_lif, lif_bandwidth
+from .settings import BenchSettings
 from .step import AMP_DTYPES, benchmark, check_counts, check_model_name
 from .watch import firing_watch_cost, format_watch_cost
 
@@ -193,10 +194,17 @@ def _run(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
     if args.firing_watch:
         return firing_watch_cost(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
                                  args.repeats, args.img_size, kwargs, args.threads)
-    return benchmark(args.model, args.batch_size, args.T, args.device, args.backend, args.warmup,
-                     args.repeats, args.img_size, kwargs, args.reference, args.channels_last,
-                     args.compile, args.amp, args.amp_dtype, args.threads, profile_rows=args.profile,
-                     alternate=args.alternate,
-                     batch_coupled_ssa=None if args.batch_coupled_ssa is None else args.batch_coupled_ssa == "true",
-                     alternate_ssa=args.alternate_ssa, grad_checkpointing=args.grad_checkpointing,
-                     compile_mode=args.compile_mode)
+    return benchmark(settings_from_args(args, kwargs))
+
+
+def settings_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> BenchSettings:
+    """The benchmark settings of the command line `args` (for one model, `args.model`); `kwargs`: its parsed
+    `--model-kwargs`."""
+    return BenchSettings(
+        args.model, batch_size=args.batch_size, T=args.T, device=args.device, backend=args.backend,
+        warmup=args.warmup, repeats=args.repeats, img_size=args.img_size, model_kwargs=kwargs,
+        reference=args.reference, channels_last=args.channels_last, compile=args.compile, amp=args.amp,
+        amp_dtype=args.amp_dtype, threads=args.threads, profile_rows=args.profile, alternate=args.alternate,
+        batch_coupled_ssa=None if args.batch_coupled_ssa is None else args.batch_coupled_ssa == "true",
+        alternate_ssa=args.alternate_ssa, grad_checkpointing=args.grad_checkpointing,
+        compile_mode=args.compile_mode)
