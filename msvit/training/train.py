@@ -3,10 +3,10 @@
     cd cifar10 && python train.py [--key value ...]
     torchrun --nproc_per_node=8 imagenet/train.py --resume auto --output RUN   # starts, and restarts, a job
 
-The run folder (`msvit.runfolder`) holds config.yaml, log.txt, summary.csv, TensorBoard events, last.pth and
+The run folder (`run_folder.py`) holds config.yaml, log.txt, summary.csv, TensorBoard events, last.pth and
 best.pth. SIGTERM, SIGUSR1 or Ctrl-C stops every process after the current optimizer update; rank 0 writes
 last.pth with the position inside the epoch and the run exits with code 75 (130 after Ctrl-C), and `--resume auto`
-continues at the next batch, with the weights an uninterrupted run would reach (`msvit.loaders` makes every batch
+continues at the next batch, with the weights an uninterrupted run would reach (`loaders.py` makes every batch
 reproducible). The run folder is made once the settings, the data and the model are checked.
 """
 from __future__ import annotations
@@ -138,173 +138,232 @@ def _prepare_model(model: nn.Module, cfg: dict[str, Any], env: DistEnv) -> nn.Mo
     return model
 
 
+def _summary_row(epoch: int, stats: Any, metrics: dict[str, float], firing: dict[str, Any] | None,
+                 ema_metrics: dict[str, float] | None, device: torch.device) -> dict[str, Any]:
+    """One epoch's summary.csv row: the training stats, the evaluation (and the EMA's), the firing rate."""
+    row = dict(epoch=epoch, lr=f"{stats.lr:.6g}", train_loss=f"{stats.loss:.6f}",
+               eval_loss=f"{metrics['loss']:.6f}", eval_top1=f"{metrics['top1']:.4f}",
+               eval_top5=f"{metrics['top5']:.4f}", img_per_s=f"{stats.images_per_s:.1f}",
+               peak_mem_mb=f"{peak_memory_mb(device):.0f}")
+    if firing is not None and firing["firing_rate"] is not None:
+        row["firing_rate"] = f"{firing['firing_rate']:.4f}"
+    if ema_metrics is not None:
+        row.update(eval_loss_ema=f"{ema_metrics['loss']:.6f}", eval_top1_ema=f"{ema_metrics['top1']:.4f}",
+                   eval_top5_ema=f"{ema_metrics['top5']:.4f}")
+    return row
+
+
+class Trainer:
+    """One run, as torchtitan's Trainer: `__init__` checks the settings and builds the data, the model, the
+    optimizer and the run folder; `fit` trains the epochs left, `end_of_epoch` evaluates and saves each one."""
+
+    def __init__(self, cfg: dict[str, Any], variants: Sequence[str]) -> None:
+        self.cfg = cfg
+        set_threads(cfg["threads"])  # first: every later torch call (data, model, the C LIF kernel) uses it
+        self.env = env = init_distributed()
+        setup_logging(env.is_main, keep_pending=True)
+        _quiet_other_processes(env)
+        _check_dataset_classes(cfg)
+        self.output = output_dir(cfg)
+        checkpoint_path = resume_path(cfg, self.output)
+        variants, source = _finetune_source(cfg, variants, checkpoint_path)
+        check_dataset_model(cfg, variants)  # before any data is read
+        check_output_writable(self.output)  # the folder itself is made once the data and the model are checked
+        _clamp_workers(cfg)
+        seed_everything(cfg["seed"] + env.rank)  # model initialisation
+        self._build_data()
+        ckpt = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+        if ckpt is not None:  # the SSA setting is part of the network being trained
+            restore_model_settings(cfg, ckpt, keys=("batch_coupled_ssa",))
+        self._build_model(variants, source)
+        del source  # the source weights are in the model now: not held while the optimizer is built
+        self._build_training()
+        if ckpt is not None:
+            self.training.restore(ckpt, checkpoint_path)
+            check_left_to_train(self.state.epoch, self.state.progress.batches, cfg)
+        else:
+            self.state.epoch = cfg["start_epoch"]
+        del ckpt
+        self.updates_at_start = self.state.num_updates
+        self._wrap_model()
+        self._open_output()
+
+    def _build_data(self) -> None:
+        cfg, env = self.cfg, self.env
+        with main_process_first(env):  # the first use of a DVS dataset converts it on disk
+            train_set, self.val_set = build_datasets(cfg)
+        self.train_set = SeededSamples(train_set, cfg["seed"])
+        if (transform := eval_transform_line(cfg)) is not None:  # what each epoch's evaluation resizes and crops
+            log.info("%s", transform)
+        self.train_loader = build_train_loader(self.train_set, cfg, env)
+        self.batches_per_epoch = len(self.train_loader)
+        if self.batches_per_epoch == 0:
+            raise ConfigError(f"the training set has {len(self.train_loader.sampler)} samples per process, fewer "
+                              f"than batch_size {cfg['batch_size']}: lower --batch-size")
+        self.val_loader = build_eval_loader(self.val_set, cfg, env)
+
+    def _build_model(self, variants: Sequence[str], source: Any) -> None:
+        """The model (with --finetune's source weights) on its device; then the run folder and its log.txt."""
+        model = create_dataset_model(self.cfg, variants)
+        if source is not None:
+            load_source(model, source, self.cfg)
+        self.model = _prepare_model(model.to(self.env.device), self.cfg, self.env)
+        # a failed start (unknown model, missing data) leaves no run folder behind
+        prepare_output(self.output, self.env.rank)
+        if self.env.is_main:
+            add_log_file(self.output / "log.txt")  # with the lines logged so far
+
+    def _build_training(self) -> None:
+        """Optimizer, scheduler, AMP, EMA, mixup and criterion, and the `Training` that checkpoints them."""
+        cfg, env, model = self.cfg, self.env, self.model
+        self.lr = _learning_rate(cfg, env)
+        optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=self.lr, weight_decay=cfg["weight_decay"],
+                                        eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]), momentum=cfg["momentum"],
+                                        layer_decay=cfg["layer_decay"])
+        self.updates_per_epoch = -(-self.batches_per_epoch // cfg["accum_iter"])
+        self.scheduler = build_scheduler(cfg, optimizer, self.batches_per_epoch)
+        self.amp = amp = amp_settings(cfg, env.device)
+        scaler = torch.amp.GradScaler("cuda") if amp.enabled and amp.dtype == torch.float16 else None
+        self.ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
+        self.mixup_fn = _mixup(cfg)
+        self.criterion = (SoftTargetCrossEntropy() if self.mixup_fn is not None
+                          else LabelSmoothingCrossEntropy(cfg["smoothing"]) if cfg["smoothing"] > 0
+                          else nn.CrossEntropyLoss())
+        if cfg["tet"]:  # the criterion on every time step's logits, which the model now returns
+            self.criterion = TETLoss(self.criterion, cfg["tet_means"], cfg["tet_lambda"])
+            model.per_step_logits = True
+        self.optimizer = optimizer
+        self.training = Training(cfg, env, model, optimizer, self.scheduler, scaler, self.ema, self.output)
+        self.state = self.training.state
+        self.step = StepSettings(amp, scaler, self.mixup_fn, cfg["accum_iter"], cfg["clip_grad"])
+
+    def _wrap_model(self) -> None:
+        """The model the training steps call: DDP across processes, compiled with --compile."""
+        self.train_model = self.model
+        if self.env.distributed:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None)
+        if self.cfg["compile"]:  # opt-in: the training forward is compiled, evaluation runs eagerly
+            self.train_model = compile_model(self.train_model, self.cfg["compile_mode"])
+            log.info("compile: the first training step compiles the model (minutes on a CPU; cached in %s, "
+                     "TORCHINDUCTOR_CACHE_DIR moves it)", inductor_cache())
+
+    def _open_output(self) -> None:
+        """Rank 0: config.yaml, summary.csv cut at the start epoch, the TensorBoard writer; the log's header."""
+        cfg, env, output, epoch = self.cfg, self.env, self.output, self.state.epoch
+        self.writer = None
+        if env.is_main:
+            save_config(cfg, output / "config.yaml")
+            write_summary(output / "summary.csv", None, keep_before_epoch=epoch)
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(output), purge_step=epoch if epoch else None)
+        log_header(cfg, env, self.model, (len(self.train_set), len(self.val_set)), self.lr, self.updates_per_epoch,
+                   self.amp, output)
+        self.total_epochs = cfg["epochs"] + cfg["cooldown_epochs"]
+
+    def fit(self) -> dict[str, Any]:
+        """Train until the schedule ends; returns the final epoch's summary row and the best top-1. Raises
+        Preempted after a stop signal, once the checkpoint is written."""
+        state = self.state
+        row: dict[str, Any] = {}
+        self.watch = FiringWatch(self.model, self.cfg["watch_firing"])
+        self.started = time.perf_counter()
+        with StopRequest() as self.stop:
+            try:
+                while state.epoch < self.total_epochs:
+                    epoch = state.epoch
+                    self.train_epoch(epoch)
+                    if state.stopping:
+                        raise self._stopped(f"at epoch {epoch}, batch {state.progress.batches}/"
+                                            f"{self.batches_per_epoch} (update {state.num_updates})")
+                    row = self.end_of_epoch(epoch)
+                    if self.stop.agreed(self.env.device) and state.epoch < self.total_epochs:
+                        raise self._stopped(f"after epoch {epoch}")
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+                cleanup()
+        weights = " (EMA weights)" if self.ema is not None and self.cfg["best_weights"] == "ema" else ""
+        log.info("done: best top-1 %.2f%%%s at epoch %d; run folder %s", state.best_top1, weights, state.best_epoch,
+                 self.output)
+        return {**row, "best_top1": state.best_top1, "output": str(self.output)}
+
+    def train_epoch(self, epoch: int) -> None:
+        """One epoch's optimizer updates, from the position in `state.progress` (a resumed run's batch)."""
+        cfg, env, state = self.cfg, self.env, self.state
+        self.train_loader.sampler.set_epoch(epoch, start_batch=state.progress.batches,
+                                            start_sample=state.resume_sample)
+        state.resume_sample = None
+        self.train_set.set_epoch(epoch)
+        set_learning_rate(self.scheduler, cfg, epoch, state.progress.batches, self.batches_per_epoch)
+        if self.mixup_fn is not None and cfg["mixup_off_epoch"] and epoch >= cfg["mixup_off_epoch"]:
+            self.mixup_fn.mixup_enabled = False  # smoothed one-hot targets from here on
+        display = EpochDisplay(epoch, self.total_epochs, self.batches_per_epoch, state.progress.batches,
+                               cfg["accum_iter"], cfg["log_interval"], env.world_size, env.is_main)
+        try:
+            train_one_epoch(self.train_model, self.train_loader, self.optimizer, self.criterion, epoch, env,
+                            self.step, state.progress, self.on_update,
+                            lambda batch: seed_everything(derived_seed(cfg["seed"], env.rank, epoch, batch)),
+                            display)
+        finally:
+            display.close()
+
+    def on_update(self, progress: EpochProgress) -> bool:
+        """After each optimizer update: EMA, per-update learning rate, the agreed stop and mid-epoch checkpoints;
+        True stops the epoch."""
+        cfg, state = self.cfg, self.state
+        if cfg["compile"] and state.num_updates == self.updates_at_start:
+            log.info("compile: the first update, compilation included, took %.1f s", time.perf_counter() - self.started)
+        state.num_updates += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=state.num_updates)
+        if cfg["sched_on_updates"]:
+            set_learning_rate(self.scheduler, cfg, state.epoch, progress.batches, self.batches_per_epoch)
+        state.stopping = self.stop.agreed(self.env.device)
+        interval = cfg["checkpoint_interval"]
+        if state.stopping or (interval and state.num_updates % interval == 0):
+            self.training.save(mid_epoch=True)
+        if state.stopping:
+            barrier()  # every process exits after rank 0 has written: a launcher kills the rest at the first exit
+        return state.stopping
+
+    def _stopped(self, where: str) -> Preempted:
+        return Preempted(f"stopped by {self.stop.name} {where}; {self.output / 'last.pth'} holds the position: "
+                         f"continue with --resume auto --output {self.output}", self.stop.exit_code)
+
+    def end_of_epoch(self, epoch: int) -> dict[str, Any]:
+        """Evaluate (and the EMA), read the firing rates, log and write the summary row, save last.pth (and
+        best.pth), and move on to the next epoch; returns the row."""
+        env, state = self.env, self.state
+        stats = epoch_stats(state.progress, env)
+        broadcast_buffers(self.model)
+        with self.watch.measuring():
+            metrics = evaluate(self.model, self.val_loader, env, self.amp)
+        firing = self.watch.read()  # every process takes part
+        ema_metrics = evaluate(self.ema.module, self.val_loader, env, self.amp) if self.ema is not None else None
+        row = _summary_row(epoch, stats, metrics, firing, ema_metrics, env.device)
+        # best.pth: the EMA's top-1 when there is one (best_weights ema, as timm), else the raw weights'
+        deciding = ema_metrics if ema_metrics is not None and self.cfg["best_weights"] == "ema" else metrics
+        is_best = deciding["top1"] > state.best_top1
+        if is_best:
+            state.best_top1, state.best_epoch = deciding["top1"], epoch
+        state.metrics = metrics
+        if env.is_main:
+            log_epoch(self.writer, row, metrics, ema_metrics, self.total_epochs, state.best_top1, stats.data_share)
+            self.watch.log(self.writer, epoch, firing)
+            write_summary(self.output / "summary.csv", row)
+        self.training.save(mid_epoch=False, best=is_best)
+        state.epoch, state.progress = epoch + 1, EpochProgress()
+        barrier()
+        return row
+
+
 def run(cfg: dict[str, Any], variants: Sequence[str]) -> dict[str, Any]:
     """Train with a resolved config; returns the final epoch's summary row and the best top-1.
     Raises Preempted after a stop signal, once the checkpoint is written."""
-    set_threads(cfg["threads"])  # first: every later torch call (data, model, the C LIF kernel) uses it
-    env = init_distributed()
-    setup_logging(env.is_main, keep_pending=True)
-    _quiet_other_processes(env)
-    _check_dataset_classes(cfg)
-    output = output_dir(cfg)
-    checkpoint_path = resume_path(cfg, output)
-    variants, source = _finetune_source(cfg, variants, checkpoint_path)
-    check_dataset_model(cfg, variants)  # before any data is read
-    check_output_writable(output)  # the folder itself is made once the data and the model are checked
-    _clamp_workers(cfg)
-    seed_everything(cfg["seed"] + env.rank)  # model initialisation
+    return Trainer(cfg, variants).fit()
 
-    with main_process_first(env):  # the first use of a DVS dataset converts it on disk
-        train_set, val_set = build_datasets(cfg)
-    train_set = SeededSamples(train_set, cfg["seed"])
-    if (transform := eval_transform_line(cfg)) is not None:  # what each epoch's evaluation resizes and crops
-        log.info("%s", transform)
-    train_loader = build_train_loader(train_set, cfg, env)
-    batches_per_epoch = len(train_loader)
-    if batches_per_epoch == 0:
-        raise ConfigError(f"the training set has {len(train_loader.sampler)} samples per process, fewer than "
-                          f"batch_size {cfg['batch_size']}: lower --batch-size")
-    val_loader = build_eval_loader(val_set, cfg, env)
 
-    ckpt = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
-    if ckpt is not None:  # the SSA setting is part of the network being trained
-        restore_model_settings(cfg, ckpt, keys=("batch_coupled_ssa",))
-    model = create_dataset_model(cfg, variants)
-    if source is not None:
-        load_source(model, source, cfg)
-        del source
-    model = _prepare_model(model.to(env.device), cfg, env)
-    prepare_output(output, env.rank)  # a failed start (unknown model, missing data) leaves no run folder behind
-    if env.is_main:
-        add_log_file(output / "log.txt")  # with the lines logged so far
-    lr = _learning_rate(cfg, env)
-    optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
-                                    eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]), momentum=cfg["momentum"],
-                                    layer_decay=cfg["layer_decay"])
-    updates_per_epoch = -(-batches_per_epoch // cfg["accum_iter"])
-    scheduler = build_scheduler(cfg, optimizer, batches_per_epoch)
-    amp = amp_settings(cfg, env.device)
-    scaler = torch.amp.GradScaler("cuda") if amp.enabled and amp.dtype == torch.float16 else None
-    ema = ModelEmaV3(model, decay=cfg["model_ema_decay"]) if cfg["model_ema"] else None
-    mixup_fn = _mixup(cfg)
-    train_criterion = (SoftTargetCrossEntropy() if mixup_fn is not None
-                       else LabelSmoothingCrossEntropy(cfg["smoothing"]) if cfg["smoothing"] > 0
-                       else nn.CrossEntropyLoss())
-    if cfg["tet"]:  # the criterion on every time step's logits, which the model now returns
-        train_criterion = TETLoss(train_criterion, cfg["tet_means"], cfg["tet_lambda"])
-        model.per_step_logits = True
-    training = Training(cfg, env, model, optimizer, scheduler, scaler, ema, output)
-    if ckpt is not None:
-        training.restore(ckpt, checkpoint_path)
-        check_left_to_train(training.state.epoch, training.state.progress.batches, cfg)
-    else:
-        training.state.epoch = cfg["start_epoch"]
-    del ckpt
-    state = training.state
-    updates_at_start = state.num_updates
-
-    train_model = model
-    if env.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    if cfg["compile"]:  # opt-in: the training forward is compiled, evaluation runs eagerly
-        train_model = compile_model(train_model, cfg["compile_mode"])
-        log.info("compile: the first training step compiles the model (minutes on a CPU; cached in %s, "
-                 "TORCHINDUCTOR_CACHE_DIR moves it)", inductor_cache())
-
-    writer = None
-    if env.is_main:
-        save_config(cfg, output / "config.yaml")
-        write_summary(output / "summary.csv", None, keep_before_epoch=state.epoch)
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(output), purge_step=state.epoch if state.epoch else None)
-    log_header(cfg, env, model, (len(train_set), len(val_set)), lr, updates_per_epoch, amp, output)
-    total_epochs = cfg["epochs"] + cfg["cooldown_epochs"]
-    step = StepSettings(amp, scaler, mixup_fn, cfg["accum_iter"], cfg["clip_grad"])
-
-    row: dict[str, Any] = {}
-    watch = FiringWatch(model, cfg["watch_firing"])
-    started = time.perf_counter()
-    with StopRequest() as stop:
-        def on_update(progress: EpochProgress) -> bool:
-            if cfg["compile"] and state.num_updates == updates_at_start:
-                log.info("compile: the first update, compilation included, took %.1f s", time.perf_counter() - started)
-            state.num_updates += 1
-            if ema is not None:
-                ema.update(model, step=state.num_updates)
-            if cfg["sched_on_updates"]:
-                set_learning_rate(scheduler, cfg, state.epoch, progress.batches, batches_per_epoch)
-            state.stopping = stop.agreed(env.device)
-            interval = cfg["checkpoint_interval"]
-            if state.stopping or (interval and state.num_updates % interval == 0):
-                training.save(mid_epoch=True)
-            if state.stopping:
-                barrier()  # every process exits after rank 0 has written: a launcher kills the rest at the first exit
-            return state.stopping
-
-        def stopped(where: str) -> Preempted:
-            return Preempted(f"stopped by {stop.name} {where}; {output / 'last.pth'} holds the position: continue "
-                             f"with --resume auto --output {output}", stop.exit_code)
-
-        try:
-            while state.epoch < total_epochs:
-                epoch = state.epoch
-                train_loader.sampler.set_epoch(epoch, start_batch=state.progress.batches,
-                                               start_sample=state.resume_sample)
-                state.resume_sample = None
-                train_set.set_epoch(epoch)
-                set_learning_rate(scheduler, cfg, epoch, state.progress.batches, batches_per_epoch)
-                if mixup_fn is not None and cfg["mixup_off_epoch"] and epoch >= cfg["mixup_off_epoch"]:
-                    mixup_fn.mixup_enabled = False  # smoothed one-hot targets from here on
-                display = EpochDisplay(epoch, total_epochs, batches_per_epoch, state.progress.batches,
-                                       cfg["accum_iter"], cfg["log_interval"], env.world_size, env.is_main)
-                try:
-                    train_one_epoch(train_model, train_loader, optimizer, train_criterion, epoch, env, step,
-                                    state.progress, on_update,
-                                    lambda batch: seed_everything(derived_seed(cfg["seed"], env.rank, epoch, batch)),
-                                    display)
-                finally:
-                    display.close()
-                if state.stopping:
-                    raise stopped(f"at epoch {epoch}, batch {state.progress.batches}/{batches_per_epoch} "
-                                  f"(update {state.num_updates})")
-                stats = epoch_stats(state.progress, env)
-                broadcast_buffers(model)
-                with watch.measuring():
-                    metrics = evaluate(model, val_loader, env, amp)
-                firing = watch.read()  # every process takes part
-                ema_metrics = evaluate(ema.module, val_loader, env, amp) if ema is not None else None
-                row = dict(epoch=epoch, lr=f"{stats.lr:.6g}", train_loss=f"{stats.loss:.6f}",
-                           eval_loss=f"{metrics['loss']:.6f}", eval_top1=f"{metrics['top1']:.4f}",
-                           eval_top5=f"{metrics['top5']:.4f}", img_per_s=f"{stats.images_per_s:.1f}",
-                           peak_mem_mb=f"{peak_memory_mb(env.device):.0f}")
-                if firing is not None and firing["firing_rate"] is not None:
-                    row["firing_rate"] = f"{firing['firing_rate']:.4f}"
-                if ema_metrics is not None:
-                    row.update(eval_loss_ema=f"{ema_metrics['loss']:.6f}", eval_top1_ema=f"{ema_metrics['top1']:.4f}",
-                               eval_top5_ema=f"{ema_metrics['top5']:.4f}")
-                # best.pth: the EMA's top-1 when there is one (best_weights ema, as timm), else the raw weights'
-                deciding = ema_metrics if ema_metrics is not None and cfg["best_weights"] == "ema" else metrics
-                is_best = deciding["top1"] > state.best_top1
-                if is_best:
-                    state.best_top1, state.best_epoch = deciding["top1"], epoch
-                state.metrics = metrics
-                if env.is_main:
-                    log_epoch(writer, row, metrics, ema_metrics, total_epochs, state.best_top1, stats.data_share)
-                    watch.log(writer, epoch, firing)
-                    write_summary(output / "summary.csv", row)
-                training.save(mid_epoch=False, best=is_best)
-                state.epoch, state.progress = epoch + 1, EpochProgress()
-                barrier()
-                if stop.agreed(env.device) and state.epoch < total_epochs:
-                    raise stopped(f"after epoch {epoch}")
-        finally:
-            if writer is not None:
-                writer.close()
-            cleanup()
-    weights = " (EMA weights)" if ema is not None and cfg["best_weights"] == "ema" else ""
-    log.info("done: best top-1 %.2f%%%s at epoch %d; run folder %s", state.best_top1, weights, state.best_epoch, output)
-    return {**row, "best_top1": state.best_top1, "output": str(output)}
 @cli_entry
 def main(config: str | Path, variants: Sequence[str], argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of `<dataset>/train.py`: the folder's YAML (`config`), overridden by the command line; a
