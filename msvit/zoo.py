@@ -57,6 +57,17 @@ _QKFORMER_384_NOTE = ("about ten epochs at 384² from the 224² weights: the rel
 _QKFORMER_288_NOTE = ("288² 'input size for inference' (the paper's Table 2 caption, which says the same of the "
                       "384 row, yet that one was fine-tuned); no log or recipe survives, the download link is gone")
 _QKFORMER_384_BATCH = (8, 8)    # inferred from the 384 log's lr (effective 512 with accum 8 on 8 GPUs) and memory
+# The Spike-driven Transformer V2 (Meta-SpikeFormer): published at T 4 after a T 1 pre-training, fine-tuned with hard
+# distillation from an ANN teacher (CAFormer-B36, ImageNet-21k); MSViT's table labels the three sizes 10-384/512/768
+_V2 = "BICLab/Spike-Driven-Transformer-V2 classification/models.py (35f245f)"
+_V2_CKPT = ("Google Drive folder linked from the V2 README: 55M_kd.pth (T 1) and, very likely, 55M_kd_T4.pth (T 4); "
+            "both need kd=True")
+
+
+def _v2_note(label: str) -> str:
+    return (f"T 4 with knowledge distillation from an ANN teacher (CAFormer-B36), fine-tuned from T 1; MSViT's table "
+            f"calls it SDT v2-{label}")
+
 
 BASELINE_ZOO = (
     ZooEntry("spikformer_8_384", "imagenet", {}, "16.81M", 70.24, follows=f"{_SPK} imagenet/ (embed_dim 384)",
@@ -119,6 +130,11 @@ BASELINE_ZOO = (
              follows=f"{_SDT} conf/cifar10-dvs/2_256_200E_t10_TET.yml", recipe="cifar10-dvs/sdt.yml"),
     ZooEntry("sdt_dvs_2_256", "dvs128_gesture", {}, "2.57M", 99.3, follows=f"{_SDT} conf/gesture/2_256_200E_t16.yml",
              recipe="dvs128-gesture/sdt.yml"),
+    *(ZooEntry(f"metaspikformer_8_{width}", "imagenet", dict(T=4, kd=True), params, top1, follows=_V2,
+               checkpoint=_V2_CKPT if width == 512 else "", note=_v2_note(label))
+      for width, params, top1, label in ((256, "15.1M", 74.10, "10-384"), (384, "31.3M", 77.20, "10-512"),
+                                         (512, "55.4M", 80.00, "10-768"))),
+    ZooEntry("metaspikformer_8_768", "imagenet", {}, "", None, follows=_V2),
 )
 
 ZOO: tuple[ZooEntry, ...] = (

@@ -5,13 +5,13 @@ import timm
 import torch
 
 import msvit
-from msvit.models import ALL_ARCHS, SpikingTransformer, model_class
+from msvit.models import ALL_ARCHS, MetaSpikeFormer, SpikingTransformer, model_class
 from msvit.models._inputs import make_batch
 from msvit.models._timm import input_kind
 
 # the family modules of msvit.models, by the prefix of their model names
 FAMILIES = {"msvit": "msvit", "qkformer": "qkformer", "spikformer": "spikformer", "spikingformer": "spikingformer",
-            "sdt": "spike_driven_transformer"}
+            "sdt": "spike_driven_transformer", "metaspikformer": "spike_driven_transformer_v2"}
 B, T, SIZE, CLASSES = 2, 2, 32, 3
 
 
@@ -20,6 +20,8 @@ def small(name: str) -> dict:
     kwargs = dict(T=T, embed_dim=32, num_heads=2, img_size=SIZE, num_classes=CLASSES)
     if model_class(name) is SpikingTransformer:
         kwargs["depths"] = (1,) * len(ALL_ARCHS[name]["depths"])  # one block per stage, every stage kept
+    elif model_class(name) is MetaSpikeFormer:
+        kwargs["embed_dim"] = [8, 16, 16, 32]  # four stages of fixed depth (1, 1, 2 conv blocks; 6, 2 blocks)
     else:
         kwargs["depth"] = 1
     return kwargs

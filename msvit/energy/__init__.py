@@ -1,12 +1,12 @@
 """Energy per image and firing rates of MSViT / QKFormer models and the baselines (Spikformer, Spikingformer, the
-Spike-driven Transformer), measured from the spikes of an evaluation run, by one rule for every family.
+Spike-driven Transformer v1 and V2), measured from the spikes of an evaluation run, by one rule for every family.
 
     python -m msvit.energy --config cifar10/cifar10.yml [--checkpoint PATH | --compare A B ...] [--batches N]
                            [--plot DIR] [--json] [--e-mac-pj 4.6] [--e-ac-pj 0.9] [--key value ...]
 
-Modules: `meter` (the hooks that count), `readings` (what a meter hands the report: its `Readings`, and
-`stage_of`), `report` (what the counts mean: one dict), `products` (the attention products' rules), `text` (the
-tables), `figures` (the PNGs); the package re-exports these. Not imported by it: `cli` (the command line,
+Modules: `meter` (the hooks that count), `conv_rules` (its plan for V2's conv layers and RepConv), `readings`
+(what a meter hands the report: its `Readings`, and `stage_of`), `report` (what the counts mean: one dict),
+`products` (the attention products' rules, `conv_flops`), `text` (the tables), `figures` (the PNGs); the package re-exports these. Not imported by it: `cli` (the command line,
 `python -m msvit.energy`: `msvit.energy.cli.main` / `run`) and `dense` (the rate-independent energy of a model's
 dense layers, `python -m msvit.zoo --energy`).
 
@@ -32,6 +32,11 @@ The energy model of the papers (Spikformer, QKFormer, MSViT), on a 45 nm chip:
 - The head (Linear on the token- and time-averaged last stage): fr(head input) x T x in x out. SDT's head reads
   the spikes of its head neuron at each step: the same count. Spikingformer's reads the real-valued stream, with
   no neuron before it: in x out MACs per image.
+- The Spike-driven Transformer V2 (`conv_rules`): its convs that read spikes are charged as above; SepConv's second
+  pointwise conv reads the depthwise conv's real output and is charged its dense MACs at every image and step; a
+  RepConv (1x1 -> BN padded with its image of zero -> depthwise 3x3 -> 1x1 -> BN) folds exactly into one zero-padded
+  3x3 conv on its input spikes and is charged as that conv, fr x T x C_out x C_in x 9 x H x W; its attention's
+  products as SSA's; `head_kd` as the head.
 - Batch norms (folded into the convolutions), max-pools and residual additions cost nothing.
 
 Firing rates are reported as the mean over all images and time steps and per time step t (the fraction of

@@ -2,19 +2,17 @@
 device, the sums that the report (`msvit.energy.report`) turns into operations, energy and firing rates."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..layers import MembraneMLP
-from ..layers import LayerStem
-from ..layers import MLP, AttentionBase, PatchEmbed
+from ..layers import MLP, AttentionBase, LayerStem, MembraneMLP, PatchEmbed
 from ..neurons import LIF
-from .products import attention_products
+from .conv_rules import CONV_LAYERS, plan_conv_layer
+from .products import attention_products, conv_flops
 from .readings import Readings, stage_of
 from .report import build_report, neuron_rates
 
@@ -22,21 +20,6 @@ __all__ = ["EnergyMeter", "conv_flops", "E_MAC_PJ", "E_AC_PJ"]
 
 E_MAC_PJ = 4.6  # pJ per multiply-accumulate (45 nm)
 E_AC_PJ = 0.9   # pJ per accumulate
-
-
-def conv_flops(conv: nn.Module, in_size: Sequence[int]) -> int:
-    """MACs of a dense `Conv1d`/`Conv2d` for one sample whose spatial size is `in_size`:
-    C_out x C_in/groups x prod(kernel) x prod(output size)."""
-    out = 1
-    padding = conv.padding
-    for i, size in enumerate(in_size):
-        k, s, d = conv.kernel_size[i], conv.stride[i], conv.dilation[i]
-        if padding == "same":
-            out *= size
-            continue
-        p = 0 if padding == "valid" else padding[i]
-        out *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-    return conv.out_channels * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size) * out
 
 
 def _dtype(device: torch.device) -> torch.dtype:
@@ -188,17 +171,21 @@ class EnergyMeter:
                 planned.add(id(m.proj_conv))
                 self._hooks.append((m.proj_conv, "pre", self._conv_hook(self._layer(_join(name, "proj_conv"),
                                                                                     "AC"))))
+            elif isinstance(m, CONV_LAYERS):  # the Spike-driven Transformer V2's (`conv_rules`)
+                first_dense = plan_conv_layer(self, name, m, planned, lif_deps, first_dense)
             elif isinstance(m, (MLP, MembraneMLP)):
                 for conv_name in ("fc1_conv", "fc2_conv"):
                     conv = getattr(m, conv_name)
                     planned.add(id(conv))
                     self._hooks.append((conv, "pre", self._conv_hook(self._layer(_join(name, conv_name), "AC"))))
-        head = getattr(model, "head", None)
-        if isinstance(head, nn.Linear):
-            planned.add(id(head))
-            # a head that reads the real-valued stream (Spikingformer's, no neuron before it) multiplies
-            dense = not getattr(model, "head_reads_spikes", True)
-            self._hooks.append((head, "pre", self._head_hook(self._layer("head", "MAC" if dense else "AC"), dense)))
+        for head_name in ("head", "head_kd"):  # head_kd: V2's distillation head, on the same spikes
+            head = getattr(model, head_name, None)
+            if isinstance(head, nn.Linear):
+                planned.add(id(head))
+                # a head that reads the real-valued stream (Spikingformer's, no neuron before it) multiplies
+                dense = not getattr(model, "head_reads_spikes", True)
+                acc = self._layer(head_name, "MAC" if dense else "AC")
+                self._hooks.append((head, "pre", self._head_hook(acc, dense)))
         self.unmetered = [name for name, m in model.named_modules()
                           if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and id(m) not in planned]
         return lif_deps

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 __all__ = ["Readings", "stage_of"]
 
-_STAGE = re.compile(r"^(patch_embed\d*|stage\d+|block|head)(\.|$)")  # the baselines: patch_embed, block
+# the one-stage baselines: patch_embed, block; the Spike-driven Transformer V2: its units by the release's names
+_STAGE = re.compile(r"^(patch_embed\d*|stage\d+|block\d*|head(?:_kd)?|downsample\d+(?:_\d+)?|ConvBlock\d+_\d+)(\.|$)")
 
 
 @dataclass
@@ -22,6 +23,6 @@ class Readings:
 
 def stage_of(name: str) -> str:
     """The stage a module belongs to, from its name: patch_embed<i>, stage<i>, head, or model (the baselines'
-    one-stage models: patch_embed, block, head)."""
+    one-stage models: patch_embed, block, head; V2: downsample<i>[_<j>], ConvBlock<i>_<j>, block<i>, head_kd)."""
     m = _STAGE.match(name)
     return m.group(1) if m else "model"

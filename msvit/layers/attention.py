@@ -4,7 +4,9 @@ output projection), so energy and maps read any of them the same way:
 - `TokenAttention`: QKFormer's QK token attention (QKTA) or, with `multi_scale`, MSViT's MSSA;
 - `SpikingSelfAttention`: Spikformer's SSA (per sample or batch-coupled, as the releases run it; the membrane
   form is Spikingformer's);
-- `SpikeDrivenSelfAttention`: the Spike-driven Transformer's SDSA, with its DVS erosion.
+- `SpikeDrivenSelfAttention`: the Spike-driven Transformer's SDSA, with its DVS erosion;
+- `RepConvSelfAttention`: the Spike-driven Transformer V2's attention, SSA-like with RepConv q/k/v/proj (not over
+  `AttentionBase`: its branches are convolutions over the token grid, not Conv1d over the tokens).
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from torch import nn
 
 from ..neurons import LIF, TAU
 from ._time import fold_time, unfold_time
+from .conv import RepConv
 
-__all__ = ["AttentionBase", "TokenAttention", "SpikingSelfAttention", "SpikeDrivenSelfAttention", "SSA_SCALE",
-           "MASK_THRESHOLD", "erode"]
+__all__ = ["AttentionBase", "TokenAttention", "SpikingSelfAttention", "SpikeDrivenSelfAttention",
+           "RepConvSelfAttention", "SSA_SCALE", "MASK_THRESHOLD", "erode"]
 
 # SSA multiplies Q(K^T V) by this constant in both releases, whatever the head width (the default `scale`).
 SSA_SCALE = 0.125
@@ -189,3 +192,40 @@ class SpikeDrivenSelfAttention(AttentionBase):
 
     def extra_repr(self) -> str:
         return f"SDSA, heads={self.num_heads}" + (", dvs_mode (eroded)" if self.dvs_mode else "")
+
+
+class RepConvSelfAttention(nn.Module):
+    """The Spike-driven Transformer V2's attention (its MS_Attention_RepConv_qkv_id), the branch a block adds:
+    `S = head_lif(x)`; Q, K, V = LIF(BN(RepConv(S))); `A = attn_lif(Q (K^T V) * scale)` per head, with threshold
+    0.5 and scale 0.125 whatever the head width; out = BN(RepConv(A)), no output neuron. q/k/v/proj are each
+    `Sequential(RepConv, BatchNorm2d)` (`q_conv.0.body...`, `q_conv.1`), as released; every neuron per sample."""
+
+    def __init__(self, dim: int, num_heads: int, neuron_backend: str = "auto", scale: float = SSA_SCALE,
+                 attn_threshold: float = MASK_THRESHOLD) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
+        self.dim, self.num_heads, self.scale = dim, num_heads, float(scale)
+        self.head_lif = LIF(backend=neuron_backend)
+        for name in ("q", "k", "v"):
+            self.add_module(f"{name}_conv", nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim)))
+            self.add_module(f"{name}_lif", LIF(backend=neuron_backend))
+        self.attn_lif = LIF(v_threshold=attn_threshold, backend=neuron_backend)
+        self.proj_conv = nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim))
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Spikes `[T, B, C, H, W]` -> `[T, B, heads, N, C/heads]` (heads take contiguous channel groups)."""
+        T, B, C = x.shape[:3]
+        return x.flatten(3).transpose(-1, -2).reshape(T, B, -1, self.num_heads, C // self.num_heads).transpose(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, T = x.shape, x.shape[0]
+        s = fold_time(self.head_lif(x))
+        q, k, v = (self.heads(getattr(self, f"{b}_lif")(unfold_time(getattr(self, f"{b}_conv")(s), T)))
+                   for b in ("q", "k", "v"))
+        attn = (q @ (k.transpose(-2, -1) @ v)) * self.scale  # [T, B, h, N, d]
+        out = self.attn_lif(attn.transpose(3, 4).reshape(shape[0], shape[1], shape[2], -1)).reshape(shape)
+        return unfold_time(self.proj_conv(fold_time(out)), T)
+
+    def extra_repr(self) -> str:
+        return f"RepConv SSA, heads={self.num_heads}, scale={self.scale:g}, no output neuron"

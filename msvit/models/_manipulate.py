@@ -10,6 +10,7 @@ from ..neurons import LIF
 from ._network import SpikingNetwork
 from ._one_stage import OneStageTransformer
 from .msvit import SpikingTransformer
+from .spike_driven_transformer_v2 import MetaSpikeFormer
 
 __all__ = ["compile_model", "use_reference_implementation", "set_batch_coupled_ssa", "count_parameters"]
 
@@ -41,9 +42,9 @@ def set_batch_coupled_ssa(model: nn.Module, coupled: bool) -> nn.Module:
     """Switch the SSA output neurons of `model` between the release's batch-coupled integration (True)
     and per-sample integration (False). The weights are the same; only how samples share a membrane changes.
     The baselines run per sample in every release: coupling them is a ConfigError."""
-    if coupled and any(isinstance(m, OneStageTransformer) for m in model.modules()):
-        raise ConfigError("the baselines (Spikformer, Spikingformer, SDT) run their SSA per sample in every release: "
-                          "batch_coupled_ssa cannot be switched on for them")
+    if coupled and any(isinstance(m, (OneStageTransformer, MetaSpikeFormer)) for m in model.modules()):
+        raise ConfigError("the baselines (Spikformer, Spikingformer, SDT v1 and V2) run their SSA per sample in every "
+                          "release: batch_coupled_ssa cannot be switched on for them")
     for module in model.modules():
         if isinstance(module, SpikingSelfAttention):
             module.batch_coupled = bool(coupled)

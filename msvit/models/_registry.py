@@ -1,6 +1,7 @@
 """Every registered model of the package, by name: its class, its architecture arguments and their check.
 MSViT and QKFormer are `SpikingTransformer` (`ARCHS`); the baselines (Spikformer, Spikingformer, the Spike-driven
-Transformer) are one class per family (`BASELINE_ARCHS`)."""
+Transformer v1 and V2) are one class per family (`BASELINE_ARCHS`): V2 (`MetaSpikeFormer`) is not one-stage and has
+its own argument check."""
 from __future__ import annotations
 
 import difflib
@@ -16,6 +17,7 @@ from .qkformer import QKFORMER_ARCHS
 from .spike_driven_transformer import SDT_ARCHS, SpikeDrivenTransformer
 from .spikformer import SPIKFORMER_ARCHS, Spikformer
 from .spikingformer import SPIKINGFORMER_ARCHS, Spikingformer
+from . import spike_driven_transformer_v2 as sdt_v2
 
 __all__ = ["ARCHS", "MODEL_NAMES", "ALL_ARCHS", "ALL_MODEL_NAMES", "BASELINE_ARCHS", "BASELINE_NAMES", "model_class",
            "model_parameters",
@@ -26,8 +28,10 @@ ARCHS: dict[str, dict[str, Any]] = {**MSVIT_ARCHS, **QKFORMER_ARCHS}
 MODEL_NAMES = tuple(ARCHS)
 BASELINE_CLASSES = {**{name: Spikformer for name in SPIKFORMER_ARCHS},
                     **{name: Spikingformer for name in SPIKINGFORMER_ARCHS},
-                    **{name: SpikeDrivenTransformer for name in SDT_ARCHS}}
-BASELINE_ARCHS: dict[str, dict[str, Any]] = {**SPIKFORMER_ARCHS, **SPIKINGFORMER_ARCHS, **SDT_ARCHS}
+                    **{name: SpikeDrivenTransformer for name in SDT_ARCHS},
+                    **{name: sdt_v2.MetaSpikeFormer for name in sdt_v2.SDT_V2_ARCHS}}
+BASELINE_ARCHS: dict[str, dict[str, Any]] = {**SPIKFORMER_ARCHS, **SPIKINGFORMER_ARCHS, **SDT_ARCHS,
+                                             **sdt_v2.SDT_V2_ARCHS}
 ALL_ARCHS: dict[str, dict[str, Any]] = {**ARCHS, **BASELINE_ARCHS}
 ALL_MODEL_NAMES = tuple(ALL_ARCHS)
 BASELINE_NAMES = tuple(BASELINE_ARCHS)
@@ -61,6 +65,8 @@ def check_model_arguments(name: str, args: Mapping[str, Any], labels: Mapping[st
     cls = model_class(name)
     if cls is SpikingTransformer:
         check_arguments(args, labels)
+    elif cls is sdt_v2.MetaSpikeFormer:
+        sdt_v2.check_arguments(args, labels)
     else:
         check_baseline_arguments(cls, args, labels)
 
@@ -70,5 +76,7 @@ def model_parameters(name: str) -> tuple[dict[str, inspect.Parameter], dict[str,
     cls = model_class(name)
     if cls is SpikingTransformer:
         return dict(inspect.signature(cls).parameters), get_type_hints(cls.__init__)
+    if cls is sdt_v2.MetaSpikeFormer:
+        return sdt_v2.constructor_parameters()
     return constructor_parameters(cls)
 
