@@ -71,6 +71,8 @@ class OneStageTransformer(SpikingNetwork):
     A family subclass gives its stem and blocks (`build_stem`, `build_block`), may add arguments (stored in
     `config`), and says how the releases' state_dicts map onto its own (`RELEASE_RENAMES`, `DEAD_KEYS`).
     Every neuron integrates per sample: none of these releases couples the samples of a batch.
+    As a backbone (`feature_info`, `forward_intermediates`, features_only=True): one feature map per block, at
+    the stem's stride.
     """
 
     # (pattern, replacement) on the releases' keys, and the keys of parameters they build but never use
@@ -102,6 +104,8 @@ class OneStageTransformer(SpikingNetwork):
         self.patch_embed = self.build_stem()
         rates = torch.linspace(0, self.config["drop_path_rate"], depth, device="cpu").tolist()
         self.block = nn.ModuleList([self.build_block(rate) for rate in rates])
+        stride = 2 ** sum(layer.ops.count("P") for layer in self.patch_embed.layers)  # each max-pool 3/2 halves
+        self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f"block.{i}") for i in range(depth)]
         self.head_drop = nn.Dropout(self.drop_rate)
         self.head = classifier_head(self.num_features, num_classes)
         self.init_weights()
@@ -122,6 +126,14 @@ class OneStageTransformer(SpikingNetwork):
 
     def units(self) -> list[nn.Module]:
         return [self.patch_embed, *self.block]
+
+    def feature_groups(self) -> list[list[nn.Module]]:
+        """One feature map per block: the stem and the first block, then each further block."""
+        return [[self.patch_embed, block] if i == 0 else [block] for i, block in enumerate(self.block)]
+
+    def keep_feature_groups(self, count: int) -> None:
+        """Keep the first `count` blocks (timm's `prune_intermediate_layers`)."""
+        self.block = self.block[:count]
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for timm (layer-wise lr decay): the stem, each block, the head last."""
@@ -148,9 +160,10 @@ class OneStageTransformer(SpikingNetwork):
 
 
 def create_baseline(cls: type[OneStageTransformer], variant: str, arch: Mapping[str, Any], pretrained: bool,
-                    **kwargs: Any) -> OneStageTransformer:
-    """timm's builder for a registered baseline `variant` (its `arch` arguments, then the caller's)."""
-    return build_registered(cls, variant, arch, pretrained, **kwargs)
+                    **kwargs: Any) -> nn.Module:
+    """timm's builder for a registered baseline `variant` (its `arch` arguments, then the caller's); with
+    features_only=True, timm's FeatureGetterNet over it (one feature map per block)."""
+    return build_registered(cls, variant, arch, pretrained, backbone=True, **kwargs)
 
 
 def baseline_configs(archs: Mapping[str, Mapping[str, Any]], imagenet_crop_pct: float = 1.0) -> dict[str, Any]:

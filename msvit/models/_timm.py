@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
+from timm.models._features import FeatureGetterNet
 from torch import nn
 
 from ..errors import ConfigError
@@ -19,7 +20,7 @@ from ._checkpoint import release_filter  # the authors' key layouts -> ours, for
 
 __all__ = ["GLOBAL_POOLS", "CIFAR_MEAN", "CIFAR_STD", "square_size", "argument_namer", "check_timm_arguments",
            "classifier_head", "pool_features", "override_batch_norms", "stage_group_matcher", "input_kind",
-           "pretrained_config", "build_registered"]
+           "pretrained_config", "build_registered", "unwrapped"]
 
 # '' keeps the features unpooled; 'fast' is timm's name for its cheaper average pool (benchmark.py's default)
 GLOBAL_POOLS = ("avg", "fast", "max", "avgmax", "")
@@ -159,14 +160,38 @@ def pretrained_config(arch: Mapping[str, Any], first_conv: str, imagenet_crop_pc
 _BUILDER_TAKES_CACHE_DIR = "cache_dir" in inspect.signature(build_model_with_cfg).parameters
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The network inside timm's features_only wrapper (FeatureGetterNet), or `model` itself."""
+    return model.model if isinstance(model, FeatureGetterNet) else model
+
+
+def _backbone_arguments(kwargs: dict[str, Any]) -> bool | None:
+    """Take timm's backbone arguments out of `kwargs` (they are not the constructor's): `out_indices` (default
+    None: every feature map) and `feature_cfg` go to features_only's FeatureGetterNet; `per_step_features` is
+    returned (None: not given)."""
+    kwargs["feature_cfg"] = {"feature_cls": "getter", "out_indices": kwargs.pop("out_indices", None),
+                             **(kwargs.pop("feature_cfg", None) or {})}
+    return kwargs.pop("per_step_features", None)
+
+
 def build_registered(cls: type[nn.Module], variant: str, arch: Mapping[str, Any], pretrained: bool,
-                     **kwargs: Any) -> nn.Module:
+                     *, backbone: bool = False, **kwargs: Any) -> nn.Module:
     """timm's builder for a registered `variant` (its `arch` arguments, then the caller's), with the pretrained
-    config kept in step with what was actually built (e.g. num_classes=100, img_size=64)."""
+    config kept in step with what was actually built (e.g. num_classes=100, img_size=64).
+
+    `backbone`: `cls` gives `forward_intermediates` (`SpikingNetwork.feature_groups`), so features_only=True
+    returns timm's FeatureGetterNet over the model, its maps at `out_indices` (default: all of them), and
+    `per_step_features=True` keeps their T steps (the model's `per_step_features`)."""
     if not _BUILDER_TAKES_CACHE_DIR:
         kwargs.pop("cache_dir", None)  # older timm 1.0.x passes it but does not consume it
     kwargs.setdefault("pretrained_filter_fn", release_filter)
+    per_step = _backbone_arguments(kwargs) if backbone else None
     model = build_model_with_cfg(cls, variant, pretrained, **{**arch, **kwargs})
-    model.pretrained_cfg.update(num_classes=model.num_classes,
-                                input_size=(model.in_chans, model.img_size, model.img_size))
+    net = unwrapped(model)
+    if per_step is not None:
+        net.per_step_features = bool(per_step)
+    size = (net.in_chans, net.img_size, net.img_size)
+    net.pretrained_cfg.update(num_classes=net.num_classes, input_size=size)
+    if net is not model:
+        model.pretrained_cfg.update(input_size=size)  # the features' config has no classes
     return model

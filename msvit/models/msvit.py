@@ -20,7 +20,7 @@ from ..layers import STEMS, Block, SpikingSelfAttention, TokenAttention
 from ..neurons import validate_backend
 from ._network import SpikingNetwork
 from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head,
-                    override_batch_norms, pretrained_config, square_size, stage_group_matcher)
+                    override_batch_norms, pretrained_config, square_size, stage_group_matcher, unwrapped)
 
 __all__ = ["SpikingTransformer", "MSVIT_ARCHS", "check_arguments", "create_hierarchical", "hierarchical_configs",
            "CIFAR_SHAPE", "IMAGENET_SHAPE", "DVS_SHAPE"]
@@ -83,7 +83,8 @@ class SpikingTransformer(SpikingNetwork):
     Every forward starts and ends with all neurons at rest, so calls are independent.
 
     timm's contract (`msvit.models._timm`): `drop_rate` (dropout before the head), `global_pool`, `bn_momentum`
-    and `bn_eps`, `drop_block_rate` (None or 0 only) as arguments, None meaning "not set"; `forward_features`.
+    and `bn_eps`, `drop_block_rate` (None or 0 only) as arguments, None meaning "not set"; `forward_features`;
+    as a backbone, one feature map per stage (`feature_info`, `forward_intermediates`, features_only=True).
 
     `batch_coupled_ssa=True` (the default) reproduces the authors' release, whose SSA output neuron
     integrates along the flattened T*B sequence, so a sample's output depends on the other samples of its
@@ -119,9 +120,13 @@ class SpikingTransformer(SpikingNetwork):
 
         make_stem, make_downsample = STEMS[stem]
         drop_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
+        self.feature_info, reduction = [], 1
         for i, (dim, depth) in enumerate(zip(self.dims, depths)):
             embed = (make_stem(in_chans, dim, neuron_backend) if i == 0
                      else make_downsample(self.dims[i - 1], dim, neuron_backend))
+            reduction *= 2 ** sum(embed.pooled)  # each max-pool 3/2 halves H and W
+            self.feature_info.append(dict(num_chs=dim, reduction=reduction,
+                                          module=f"stage{i + 1}.{depth - 1}" if depth else f"patch_embed{i + 1}"))
             last = i == len(depths) - 1
             blocks = []
             for j in range(depth):
@@ -142,8 +147,18 @@ class SpikingTransformer(SpikingNetwork):
 
     def units(self) -> list[nn.Module]:
         """Per stage, its patch embedding then its blocks."""
-        return [unit for i in range(1, self.num_stages + 1)
-                for unit in (getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}"))]
+        return [unit for group in self.feature_groups() for unit in group]
+
+    def feature_groups(self) -> list[list[nn.Module]]:
+        """One feature map per stage: its patch embedding and its blocks."""
+        return [[getattr(self, f"patch_embed{i}"), *getattr(self, f"stage{i}")] for i in range(1, self.num_stages + 1)]
+
+    def keep_feature_groups(self, count: int) -> None:
+        """Keep the first `count` stages (timm's `prune_intermediate_layers`)."""
+        for i in range(count + 1, self.num_stages + 1):
+            delattr(self, f"patch_embed{i}")
+            delattr(self, f"stage{i}")
+        self.num_stages, self.dims = count, self.dims[:count]
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for timm (layer-wise lr decay): the stem, then per stage its downsampling
@@ -167,11 +182,13 @@ def hierarchical_configs(archs: Mapping[str, Mapping[str, Any]]) -> dict[str, An
                                   for name, arch in archs.items()})
 
 
-def create_hierarchical(variant: str, arch: Mapping[str, Any], pretrained: bool, **kwargs: Any) -> SpikingTransformer:
-    """Build the registered `SpikingTransformer` model `variant` of architecture `arch`."""
-    model = build_registered(SpikingTransformer, variant, arch, pretrained, **kwargs)
+def create_hierarchical(variant: str, arch: Mapping[str, Any], pretrained: bool, **kwargs: Any) -> nn.Module:
+    """Build the registered `SpikingTransformer` model `variant` of architecture `arch` (with features_only=True,
+    timm's FeatureGetterNet over it: one feature map per stage)."""
+    model = build_registered(SpikingTransformer, variant, arch, pretrained, backbone=True, **kwargs)
     if arch["stem"] == "imagenet":  # the releases' evaluation crop: the whole short side above 224
-        model.pretrained_cfg["crop_pct"] = eval_crop_pct(model.img_size)
+        net = unwrapped(model)
+        net.pretrained_cfg["crop_pct"] = model.pretrained_cfg["crop_pct"] = eval_crop_pct(net.img_size)
     return model
 
 
