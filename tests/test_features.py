@@ -1,7 +1,7 @@
 """The models as backbones for detection and segmentation, as timm's are: `feature_info`, `forward_intermediates`
 and `timm.create_model(name, features_only=True, out_indices=...)`, for every registered model of the families
-that give them: MSViT and QKFormer (a map per stage), Spikformer, Spikingformer and the Spike-driven Transformer
-v1 (a map per block, at the stem's stride). Each map is its unit's output in the normal forward, averaged over the
+that give them: MSViT, QKFormer and the Spike-driven Transformer V2 (a map per stage), Spikformer, Spikingformer and
+the Spike-driven Transformer v1 (a map per block, at the stem's stride). Each map is its unit's output in the normal forward, averaged over the
 T time steps (`[B, C, H, W]`) or per step (`[B, T, C, H, W]`)."""
 import pytest
 import timm
@@ -10,12 +10,13 @@ from timm.models._features import FeatureGetterNet
 
 import msvit
 from msvit.models import ALL_ARCHS, OneStageTransformer, SpikingTransformer, model_class
+from msvit.models.spike_driven_transformer_v2 import MetaSpikeFormer
 from msvit.models._inputs import make_batch
 from msvit.models._timm import input_kind
 from msvit.neurons import LIF
 
 NAMES = [name for name in msvit.ALL_MODEL_NAMES
-         if issubclass(model_class(name), (SpikingTransformer, OneStageTransformer))]
+         if issubclass(model_class(name), (SpikingTransformer, OneStageTransformer, MetaSpikeFormer))]
 B, T, SIZE, CLASSES, DEPTH = 2, 2, 32, 3, 3
 HIERARCHICAL, ONE_STAGE = "msvit_10_384", "sdt_8_384"  # for the checks that need not run on every model
 
@@ -26,6 +27,8 @@ def tiny(name: str, **kwargs) -> dict:
     small = dict(T=T, embed_dim=32, num_heads=2, img_size=SIZE, num_classes=CLASSES)
     if model_class(name) is SpikingTransformer:
         small["depths"] = (2,) + (1,) * (len(ALL_ARCHS[name]["depths"]) - 1)
+    elif model_class(name) is MetaSpikeFormer:  # its depths are the release's: 4 conv blocks, 6 + 2 transformer blocks
+        small["embed_dim"] = (16, 32, 64, 48)
     else:
         small["depth"] = DEPTH
     return {**small, **kwargs}
@@ -51,12 +54,14 @@ def last_units(model: torch.nn.Module) -> list[str]:
     if isinstance(model, SpikingTransformer):
         depths = model.config["depths"]
         return [f"stage{i + 1}.{d - 1}" if d else f"patch_embed{i + 1}" for i, d in enumerate(depths)]
+    if isinstance(model, MetaSpikeFormer):
+        return ["ConvBlock1_2.0", "ConvBlock2_2.0", "block3.5", "block4.1"]
     return [f"block.{i}" for i in range(model.config["depth"])]
 
 
 def test_the_backbone_families_are_all_tested():
     families = {name.split("_")[0] for name in NAMES}
-    assert families == {"msvit", "qkformer", "spikformer", "spikingformer", "sdt"}
+    assert families == {"msvit", "qkformer", "spikformer", "spikingformer", "sdt", "metaspikformer"}
 
 
 @pytest.mark.parametrize("name", NAMES)

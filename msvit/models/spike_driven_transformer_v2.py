@@ -38,8 +38,11 @@ __all__ = ["MetaSpikeFormer", "SDT_V2_ARCHS", "check_arguments", "constructor_pa
 # (name, stage index of its width, blocks); `_UNITS`: the release's units in order (stage 4's downsampling: stride 1)
 _CONV_STAGES = (("ConvBlock1_1", 0, 1), ("ConvBlock1_2", 0, 1), ("ConvBlock2_1", 1, 1), ("ConvBlock2_2", 1, 1))
 _BLOCKS = (("block3", 2, 6), ("block4", 3, 2))
-_UNITS = ("downsample1_1", "ConvBlock1_1", "downsample1_2", "ConvBlock1_2", "downsample2", "ConvBlock2_1",
-          "ConvBlock2_2", "downsample3", "block3", "downsample4", "block4")
+# the units per stage: a backbone's feature map is each stage's output (strides 4, 8, 16 and 16)
+_STAGES = (("downsample1_1", "ConvBlock1_1", "downsample1_2", "ConvBlock1_2"), ("downsample2", "ConvBlock2_1",
+           "ConvBlock2_2"), ("downsample3", "block3"), ("downsample4", "block4"))
+_UNITS = tuple(name for stage in _STAGES for name in stage)
+_STRIDES = (4, 8, 16, 16)
 
 
 class MetaSpikeFormer(SpikingNetwork):
@@ -67,6 +70,10 @@ class MetaSpikeFormer(SpikingNetwork):
         self.drop_rate, self.global_pool = self.config["drop_rate"], self.config["global_pool"]
         self.num_features = self.embed_dim = dims[3]
         self._build_stages(dims, neuron_backend)
+        self.num_stages = len(_STAGES)
+        last_units = [f"{stage[-1]}.{len(getattr(self, stage[-1])) - 1}" for stage in _STAGES]
+        self.feature_info = [dict(num_chs=dim, reduction=stride, module=unit)
+                             for dim, stride, unit in zip(dims, _STRIDES, last_units)]
         self.lif = LIF(backend=neuron_backend)
         self.head_drop = nn.Dropout(self.drop_rate)
         self.head = classifier_head(self.num_features, num_classes)
@@ -100,17 +107,28 @@ class MetaSpikeFormer(SpikingNetwork):
         return Block(attn, dim, cfg["mlp_ratio"], drop_path, backend, mlp=mlp)
 
     def units(self) -> list[nn.Module]:
-        out: list[nn.Module] = []
-        for name in _UNITS:
-            unit = getattr(self, name)
-            out.extend(unit if isinstance(unit, nn.ModuleList) else [unit])
-        return out
+        return [unit for group in self.feature_groups() for unit in group]
+
+    def feature_groups(self) -> list[list[nn.Module]]:
+        """One feature map per stage: the stage's downsampling and its conv or transformer blocks, in order."""
+        groups = []
+        for stage in _STAGES[:self.num_stages]:
+            units = [getattr(self, name) for name in stage]
+            groups.append([u for unit in units for u in (unit if isinstance(unit, nn.ModuleList) else [unit])])
+        return groups
+
+    def keep_feature_groups(self, count: int) -> None:
+        """Keep the first `count` stages (timm's `prune_intermediate_layers`)."""
+        for stage in _STAGES[count:self.num_stages]:
+            for name in stage:
+                delattr(self, name)
+        self.num_stages = count
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for timm (layer-wise lr decay): the stem conv, then each downsampling and block in
         order (coarse: each named unit), the heads last."""
         order = []
-        for name in _UNITS[1:]:
+        for name in (name for name in _UNITS[1:] if hasattr(self, name)):
             unit = getattr(self, name)
             if isinstance(unit, nn.ModuleList) and not coarse:
                 order += [rf"^{name}\.{i}\." for i in range(len(unit))]
@@ -194,7 +212,7 @@ default_cfgs = generate_default_cfgs({name: pretrained_config(arch, "downsample1
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> MetaSpikeFormer:
-    return build_registered(MetaSpikeFormer, variant, SDT_V2_ARCHS[variant], pretrained, **kwargs)
+    return build_registered(MetaSpikeFormer, variant, SDT_V2_ARCHS[variant], pretrained, backbone=True, **kwargs)
 
 
 @register_model
