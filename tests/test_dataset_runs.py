@@ -384,6 +384,18 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
                                    expect=["msvit.maps draws the hierarchical models", "sdt_cifar_2_512"]),
     "aa-ops-unknown": _refused("cifar10/train.py", "--aa-ops", "Equalize,Twirl",
                                expect=["aa_ops", "unknown operations Twirl", "RandAugment knows"]),
+    "teacher-unknown": _refused("imagenet/train.py", "--distillation-type", "hard", "--teacher-model",
+                                "caformer_b36_in21ft1k", expect=["teacher_model 'caformer_b36_in21ft1k' is not a timm "
+                                                                 "model", "'caformer_b36.sail_in22k_ft_in1k'"]),
+    "teacher-typo": _refused("cifar10/train.py", "--distillation-type", "soft", "--teacher-model", "resnet1t",
+                             expect=["teacher_model 'resnet1t'", "did you mean"]),
+    "distillation-without-teacher": _refused("cifar10/train.py", "--distillation-type", "hard",
+                                             expect=["distillation_type hard needs a teacher", "--teacher-model"]),
+    "distillation-alpha-above-1": _refused("cifar10/train.py", "--distillation-alpha", "1.5",
+                                           expect=["distillation_alpha must be in [0, 1], got 1.5"]),
+    "teacher-pretrained-head-of-another-class-count": _refused(
+        "cifar10/train.py", "--distillation-type", "hard", "--teacher-model", "test_resnet", "--teacher-pretrained",
+        "true", "--data-dir", "nothing", expect=["pretrained head has 1000 classes, the run 10", "--teacher-checkpoint"]),
 }
 if importlib.util.find_spec("cupy") is None:  # where CuPy is installed the backend may well work
     SETTINGS_REFUSED["cupy-not-installed"] = _refused("cifar10/train.py", "--neuron-backend", "cupy",

@@ -123,6 +123,7 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
     if not 0 <= cfg["tet_lambda"] <= 1:
         raise ConfigError(f"{where('tet_lambda')}: tet_lambda must be in [0, 1], got {cfg['tet_lambda']:g}: TET "
                           f"weighs its MSE term by tet_lambda and the per-step criterion by 1 - tet_lambda")
+    _check_distillation(cfg, where)
     total = cfg["epochs"] + cfg["cooldown_epochs"]
     if cfg["start_epoch"] >= total:
         raise ConfigError(f"{where('start_epoch')}: start_epoch {cfg['start_epoch']} leaves nothing to train: the "
@@ -140,6 +141,35 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
                           f"samples of a batch ({on}): use an even --batch-size, or {off}")
     if cfg["model"] in ALL_ARCHS:
         check_model_kwargs(cfg["model"], *model_arguments(cfg))
+
+
+# the Spike-driven Transformer V2 release's teacher names and the timm names of the same architecture and data
+TEACHER_NAMES = {"caformer_b36_in21ft1k": "caformer_b36.sail_in22k_ft_in1k"}
+
+
+def _check_distillation(cfg: Mapping[str, Any], where: Any) -> None:
+    """alpha in [0, 1], tau positive; hard and soft need a teacher that timm knows (a typo gets the closest name)."""
+    alpha, tau, kind = cfg["distillation_alpha"], cfg["distillation_tau"], cfg["distillation_type"]
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"{where('distillation_alpha')}: distillation_alpha must be in [0, 1], got {alpha:g}: the "
+                          f"loss is (1 - alpha) x the criterion + alpha x the distillation term")
+    if not tau > 0:
+        raise ConfigError(f"{where('distillation_tau')}: distillation_tau must be positive, got {tau:g}")
+    if kind == "none":
+        return
+    name = cfg["teacher_model"]
+    if not name:
+        raise ConfigError(f"{where('distillation_type')}: distillation_type {kind} needs a teacher: set "
+                          f"--teacher-model (a timm model name, e.g. caformer_b36.sail_in22k_ft_in1k), or "
+                          f"--distillation-type none")
+    import timm
+
+    if not timm.is_model(name):
+        close = TEACHER_NAMES.get(name) or next(iter(difflib.get_close_matches(
+            name, timm.list_models() + timm.list_pretrained(), n=1)), None)
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ConfigError(f"{where('teacher_model')}: teacher_model {name!r} is not a timm model; {hint}"
+                          f"timm.list_models() and timm.list_pretrained() list the names")
 
 
 def _check_rand_augment_ops(policy: str | None, ops: list[str], source: str) -> None:

@@ -28,7 +28,8 @@ class Setting(NamedTuple):
     help: str    # one line for --help
 
 
-GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "run", "fine-tuning", "evaluation")
+GROUPS = ("model", "data", "optimisation", "schedule", "augmentation", "run", "fine-tuning", "distillation",
+          "evaluation")
 NO_EFFECT = "(legacy: accepted, no effect)"  # keys of the authors' recipes that nothing reads
 
 # Every setting: its default, its --help group and its description, in --help order.
@@ -153,6 +154,17 @@ SETTINGS: dict[str, Setting] = {
                              "(trunc. normal, std 2e-5) even then, as the release does; another class count always "
                              "gets a new head"),
 
+    "distillation_type": Setting("none", "distillation", "knowledge distillation from teacher_model, DeiT-style: "
+                                 "hard (cross-entropy to the teacher's top class), soft (KL at tau) or none"),
+    "teacher_model": Setting(None, "distillation", "the teacher: a timm model name, e.g. "
+                             "caformer_b36.sail_in22k_ft_in1k; built with the run's num_classes, frozen, in eval mode"),
+    "teacher_checkpoint": Setting("", "distillation", "the teacher's weights (a state dict or a checkpoint holding "
+                                  "one); empty: timm's pretrained weights with teacher_pretrained, else none"),
+    "teacher_pretrained": Setting(False, "distillation", "let timm download the teacher's pretrained weights"),
+    "distillation_alpha": Setting(0.5, "distillation", "loss = (1 - alpha) x the criterion + alpha x the "
+                                  "distillation term, alpha in [0, 1]"),
+    "distillation_tau": Setting(1.0, "distillation", "soft distillation: the temperature of both softmaxes"),
+
     "checkpoint": Setting("", "evaluation", "test.py, msvit.energy: the weights to evaluate"),
     "val_batch_size": Setting(None, "evaluation", "evaluation batch per process; null: batch_size"),
     "use_ema": Setting(False, "evaluation", "test.py, msvit.energy: evaluate the checkpoint's EMA weights"),
@@ -189,6 +201,7 @@ TYPES: dict[str, tuple[Any, ...]] = {
     "val_batch_size": (int, None),
     "threads": (int, None),
     "cutmix_minmax": (list[float], None),
+    "teacher_model": (str, None),
 }
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -202,6 +215,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compile_mode": COMPILE_MODES,
     "finetune_head": ("keep", "reinit"),
     "best_weights": ("ema", "raw"),
+    "distillation_type": ("none", "hard", "soft"),
 }
 
 # The lowest value of integer settings (null, where allowed, means unset and passes).

@@ -113,6 +113,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     display: EpochDisplay) -> EpochProgress:
     """Train on the batches of `loader` (the epoch's rest after `progress.batches`), updating `progress`.
 
+    `criterion(inputs, outputs, targets)` is `distillation.DistillationLoss` (the loop's criterion, with a teacher
+    or without); it runs inside the autocast, so a teacher runs in the student's precision.
+
     `seed_step(batch)` reseeds the generators before each batch's mixup and forward, so a resumed epoch draws
     what an uninterrupted one would. `on_update(progress)` runs after every optimizer update (EMA, schedule,
     checkpoints) and returns True to stop the epoch there. Raises NonFiniteLossError naming the epoch and
@@ -137,7 +140,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         sync = contextlib.nullcontext() if last_micro_step or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with step.amp.autocast():
-                loss = criterion(model(inputs), targets)
+                loss = criterion(inputs, model(inputs), targets)  # the inputs: a distillation teacher's
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {index}; stopping "

@@ -33,6 +33,9 @@ __all__ = ["FinetuneSource", "read_source", "load_source", "finetune_variants"]
 
 log = logging.getLogger("msvit")
 HEAD_STD = 2e-5  # the release's re-initialisation of the head weight (trunc. normal)
+# the classifiers: a missing or mis-shaped one starts anew (head_kd: SDT V2's distillation head, which a T=1
+# checkpoint trained without distillation lacks; the release's fine-tune loads such a file with strict=False)
+_HEADS = ("head.", "head_kd.")
 # settings that may differ from the checkpoint's, with what the difference means for the weights
 _MAY_DIFFER = {"img_size": "no weight depends on the resolution", "time_step": "no weight depends on T",
                "batch_coupled_ssa": "the same weights, the SSA integrates another way",
@@ -91,8 +94,8 @@ def load_source(model: nn.Module, source: FinetuneSource, cfg: Mapping[str, Any]
     for line in _differences(source, cfg, model):
         log.info("finetune: %s", line)
     if source.head:
-        log.info("finetune: %s initialised anew (they do not fit %d classes)", ", ".join(source.head),
-                 model.num_classes)
+        log.info("finetune: %s initialised anew (not in the checkpoint, or not fitting %d classes)",
+                 ", ".join(source.head), model.num_classes)
     classifier = model.get_classifier()
     if cfg["finetune_head"] == "reinit" and hasattr(classifier, "weight"):  # the release's, loaded or not
         trunc_normal_(classifier.weight, std=HEAD_STD)
@@ -101,13 +104,13 @@ def load_source(model: nn.Module, source: FinetuneSource, cfg: Mapping[str, Any]
 
 
 def _head_keys(state: Mapping[str, Any]) -> list[str]:
-    return [k for k in state if k.startswith("head.")]
+    return [k for k in state if k.startswith(_HEADS)]
 
 
 def _misfits(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], head: list[str]) -> list[str]:
     """What keeps the checkpoint from fitting, the head aside: missing, unexpected and mis-shaped tensors."""
     missing = [k for k in target if k not in state and k not in head]
-    unexpected = [k for k in state if k not in target and not k.startswith("head.")]
+    unexpected = [k for k in state if k not in target and not k.startswith(_HEADS)]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in target
               if k in state and k not in head and state[k].shape != target[k].shape]
     return [f"{len(keys)} {label} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"

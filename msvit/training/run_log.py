@@ -68,8 +68,9 @@ def _schedule_line(cfg: dict[str, Any], lr: float) -> str:
 
 
 def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple[int, int], lr: float,
-                updates_per_epoch: int, amp: AmpSettings, output: Path) -> None:
-    """One block at the start: what trains on what, with which batch, schedule, precision and neurons."""
+                updates_per_epoch: int, amp: AmpSettings, output: Path, distillation: str | None = None) -> None:
+    """One block at the start: what trains on what, with which batch, schedule, precision and neurons (and the
+    `distillation` line, `distillation.describe`'s, when a teacher takes part)."""
     neurons = _devices_and_neurons(model, env, amp)  # a collective: every process takes part
     if not env.is_main:
         return
@@ -81,6 +82,7 @@ def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple
             f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, T {cfg['time_step']}, "
             f"SSA {'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}"
             + (f"; TET loss (means {cfg['tet_means']:g}, lambda {cfg['tet_lambda']:g})" if cfg["tet"] else ""),
+            distillation,
             f"data: {sizes[0]:,} train / {sizes[1]:,} val samples, {cfg['num_classes']:,} classes; global batch "
             f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} "
             f"process{'es' if env.world_size > 1 else ''} x {accum} accumulation; {updates_per_epoch} updates "
@@ -91,7 +93,8 @@ def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple
             f"{'as bits' if cfg['pack_saved_spikes'] else 'dense'}",
             f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 (exit {EXIT_PREEMPTED}) "
             f"and Ctrl-C (exit {EXIT_INTERRUPTED}) stop after the current update"):
-        log.info("%s", line)
+        if line:
+            log.info("%s", line)
     if cfg["warmup_epochs"] + cfg["cooldown_epochs"] > cfg["epochs"]:
         log.warning("warning: warmup_epochs %d + cooldown_epochs %d exceed epochs %d: the learning rate never "
                     "reaches its cosine; lower --warmup-epochs / --cooldown-epochs with a short --epochs",

@@ -36,6 +36,7 @@ from .engine import (EpochProgress, StepSettings, amp_settings, epoch_stats, eva
                      train_one_epoch)
 from ..errors import ConfigError, cli_entry, failure_line
 from .finetune import finetune_variants, load_source, read_source
+from .distillation import build_teacher, describe, distillation_criterion
 from .firing_watch import FiringWatch
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
 from .losses import TETLoss
@@ -170,6 +171,7 @@ class Trainer:
         check_dataset_model(cfg, variants)  # before any data is read
         check_output_writable(self.output)  # the folder itself is made once the data and the model are checked
         _clamp_workers(cfg)
+        self.teacher = build_teacher(cfg, env.device)  # before the data: a bad teacher leaves no run folder
         seed_everything(cfg["seed"] + env.rank)  # model initialisation
         self._build_data()
         ckpt = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
@@ -232,6 +234,7 @@ class Trainer:
         if cfg["tet"]:  # the criterion on every time step's logits, which the model now returns
             self.criterion = TETLoss(self.criterion, cfg["tet_means"], cfg["tet_lambda"])
             model.per_step_logits = True
+        self.criterion = distillation_criterion(self.criterion, self.teacher, cfg)  # takes the inputs too
         self.optimizer = optimizer
         self.training = Training(cfg, env, model, optimizer, self.scheduler, scaler, self.ema, self.output)
         self.state = self.training.state
@@ -258,7 +261,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(output), purge_step=epoch if epoch else None)
         log_header(cfg, env, self.model, (len(self.train_set), len(self.val_set)), self.lr, self.updates_per_epoch,
-                   self.amp, output)
+                   self.amp, output, describe(cfg, self.model))
         self.total_epochs = cfg["epochs"] + cfg["cooldown_epochs"]
 
     def fit(self) -> dict[str, Any]:
