@@ -77,7 +77,7 @@ def test_coupled_neuron_by_hand(lif):
 def test_ssa_output_projection_by_hand(coupled):
     """The same sequence through SSA's own output projection (identity convolution and batch norm): the
     model's T*B order is time-major, then sample."""
-    attn = SpikingSelfAttention(1, 1, attn_threshold=1.0, neuron_backend="torch", batch_coupled=coupled).eval()
+    attn = SpikingSelfAttention(1, 1, attn_threshold=1.0, neurons="torch", batch_coupled=coupled).eval()
     with torch.no_grad():
         attn.proj_conv.weight.fill_(1.0)
         attn.proj_conv.bias.zero_()

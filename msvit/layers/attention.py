@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..neurons import LIF, TAU
+from ..neurons import Neurons, as_settings
 from ._time import fold_time, unfold_time
 from .conv import RepConv
 
@@ -36,29 +36,31 @@ class AttentionBase(nn.Module):
 
     `membrane=True` is the pre-activation form of Spikingformer and the Spike-driven Transformer, whose
     residual stream carries real values: a neuron `shortcut_lif` turns the input into spikes first, and the
-    output is the projection's batch norm, with no neuron. `tau` is every neuron's time constant.
+    output is the projection's batch norm, with no neuron. `neurons` makes every neuron (`NeuronSettings`, or a
+    backend name for the releases' neurons); the attention neuron `attn_lif` keeps `attn_threshold`.
     """
 
     def __init__(self, dim: int, num_heads: int, branches: dict[str, int], attn_threshold: float,
-                 backend: str, batch_coupled: bool = False, qkv_bias: bool = False, membrane: bool = False,
-                 tau: float = TAU) -> None:
+                 neurons: Neurons, batch_coupled: bool = False, qkv_bias: bool = False,
+                 membrane: bool = False) -> None:
         super().__init__()
+        neurons = as_settings(neurons)
         self.batch_coupled = bool(batch_coupled)
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.membrane = dim, num_heads, membrane
         self.branch_names = tuple(branches)
         if membrane:
-            self.shortcut_lif = LIF(backend=backend, tau=tau)
+            self.shortcut_lif = neurons.make()
         for name, kernel in branches.items():
             self.add_module(f"{name}_conv", nn.Conv1d(dim, dim, kernel, padding=kernel // 2, bias=qkv_bias))
             self.add_module(f"{name}_bn", nn.BatchNorm1d(dim))
-            self.add_module(f"{name}_lif", LIF(backend=backend, tau=tau))
-        self.attn_lif = LIF(v_threshold=attn_threshold, backend=backend, tau=tau)
+            self.add_module(f"{name}_lif", neurons.make())
+        self.attn_lif = neurons.make(v_threshold=attn_threshold)
         self.proj_conv = nn.Conv1d(dim, dim, 1)
         self.proj_bn = nn.BatchNorm1d(dim)
         if not membrane:
-            self.proj_lif = LIF(backend=backend, tau=tau)
+            self.proj_lif = neurons.make()
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The input `[T, B, C, H, W]` as the branches' tokens `[T*B, C, N]` (spikes, in the membrane form)."""
@@ -107,9 +109,9 @@ class TokenAttention(AttentionBase):
     """
 
     def __init__(self, dim: int, num_heads: int, attn_threshold: float, multi_scale: bool,
-                 neuron_backend: str = "auto") -> None:
+                 neurons: Neurons = "auto") -> None:
         branches = {"q": 1, "k": 1, **({"p": 3} if multi_scale else {})}
-        super().__init__(dim, num_heads, branches, attn_threshold, neuron_backend)
+        super().__init__(dim, num_heads, branches, attn_threshold, neurons)
         self.multi_scale = multi_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,10 +138,10 @@ class SpikingSelfAttention(AttentionBase):
     """
 
     def __init__(self, dim: int, num_heads: int, attn_threshold: float,
-                 neuron_backend: str = "auto", batch_coupled: bool = True, scale: float = SSA_SCALE,
-                 qkv_bias: bool = False, membrane: bool = False, tau: float = TAU) -> None:
-        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neuron_backend, batch_coupled,
-                         qkv_bias, membrane, tau)
+                 neurons: Neurons = "auto", batch_coupled: bool = True, scale: float = SSA_SCALE,
+                 qkv_bias: bool = False, membrane: bool = False) -> None:
+        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, attn_threshold, neurons, batch_coupled,
+                         qkv_bias, membrane)
         self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +177,8 @@ def _erode_heads(x: torch.Tensor) -> torch.Tensor:
 class SpikeDrivenSelfAttention(AttentionBase):
     """SDSA: `x + BN(proj(Q * LIF_0.5(sum_tokens K*V)))` less the `x`, which the block adds (membrane shortcut)."""
 
-    def __init__(self, dim: int, num_heads: int, neuron_backend: str = "auto", dvs_mode: bool = False) -> None:
-        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, MASK_THRESHOLD, neuron_backend, membrane=True)
+    def __init__(self, dim: int, num_heads: int, neurons: Neurons = "auto", dvs_mode: bool = False) -> None:
+        super().__init__(dim, num_heads, {"q": 1, "k": 1, "v": 1}, MASK_THRESHOLD, neurons, membrane=True)
         self.dvs_mode = bool(dvs_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,17 +202,18 @@ class RepConvSelfAttention(nn.Module):
     0.5 and scale 0.125 whatever the head width; out = BN(RepConv(A)), no output neuron. q/k/v/proj are each
     `Sequential(RepConv, BatchNorm2d)` (`q_conv.0.body...`, `q_conv.1`), as released; every neuron per sample."""
 
-    def __init__(self, dim: int, num_heads: int, neuron_backend: str = "auto", scale: float = SSA_SCALE,
+    def __init__(self, dim: int, num_heads: int, neurons: Neurons = "auto", scale: float = SSA_SCALE,
                  attn_threshold: float = MASK_THRESHOLD) -> None:
         super().__init__()
+        neurons = as_settings(neurons)
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.scale = dim, num_heads, float(scale)
-        self.head_lif = LIF(backend=neuron_backend)
+        self.head_lif = neurons.make()
         for name in ("q", "k", "v"):
             self.add_module(f"{name}_conv", nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim)))
-            self.add_module(f"{name}_lif", LIF(backend=neuron_backend))
-        self.attn_lif = LIF(v_threshold=attn_threshold, backend=neuron_backend)
+            self.add_module(f"{name}_lif", neurons.make())
+        self.attn_lif = neurons.make(v_threshold=attn_threshold)
         self.proj_conv = nn.Sequential(RepConv(dim, dim), nn.BatchNorm2d(dim))
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:

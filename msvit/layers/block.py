@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..neurons import TAU
+from ..neurons import Neurons
 from .mlp import MLP
 
 __all__ = ["Block", "DropPath"]
@@ -35,10 +35,10 @@ class Block(nn.Module):
     carries small counts; a given `mlp` (the membrane-shortcut families') may make x real-valued."""
 
     def __init__(self, attn: nn.Module, dim: int, mlp_ratio: float, drop_path: float = 0.0,
-                 neuron_backend: str = "auto", mlp: nn.Module | None = None, tau: float = TAU) -> None:
+                 neurons: Neurons = "auto", mlp: nn.Module | None = None) -> None:
         super().__init__()
         self.attn = attn
-        self.mlp = MLP(dim, int(dim * mlp_ratio), neuron_backend, tau) if mlp is None else mlp
+        self.mlp = MLP(dim, int(dim * mlp_ratio), neurons) if mlp is None else mlp
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..neurons import LIF
+from ..neurons import Neurons, as_settings
 from ._time import fold_time, unfold_time
 from .stems import batch_norm_of_copies
 
@@ -76,13 +76,14 @@ class SepConv(nn.Module):
     """MobileNetV2's inverted separable convolution in spikes: `BN(pw(dw7x7(LIF(BN(pw(LIF(x)))))))`, C -> 2C -> C,
     bias-free convolutions. The depthwise conv reads spikes; the second pointwise conv reads its real output."""
 
-    def __init__(self, dim: int, neuron_backend: str = "auto", expansion: int = 2, kernel_size: int = 7) -> None:
+    def __init__(self, dim: int, neurons: Neurons = "auto", expansion: int = 2, kernel_size: int = 7) -> None:
         super().__init__()
+        neurons = as_settings(neurons)
         hidden = int(expansion * dim)
-        self.lif1 = LIF(backend=neuron_backend)
+        self.lif1 = neurons.make()
         self.pwconv1 = nn.Conv2d(dim, hidden, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(hidden)
-        self.lif2 = LIF(backend=neuron_backend)
+        self.lif2 = neurons.make()
         self.dwconv = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False)
         self.pwconv2 = nn.Conv2d(hidden, dim, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(dim)
@@ -97,14 +98,15 @@ class MSConvBlock(nn.Module):
     """The release's MS_ConvBlock: `x + SepConv(x)`, then `+ BN(conv3x3(LIF(BN(conv3x3(LIF(.))))))`, C -> 4C -> C
     with bias-free 3x3 convolutions (the 4x is hard-coded in the release)."""
 
-    def __init__(self, dim: int, neuron_backend: str = "auto") -> None:
+    def __init__(self, dim: int, neurons: Neurons = "auto") -> None:
         super().__init__()
+        neurons = as_settings(neurons)
         hidden = CONV_BLOCK_EXPANSION * dim
-        self.Conv = SepConv(dim, neuron_backend)
-        self.lif1 = LIF(backend=neuron_backend)
+        self.Conv = SepConv(dim, neurons)
+        self.lif1 = neurons.make()
         self.conv1 = nn.Conv2d(dim, hidden, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(hidden)
-        self.lif2 = LIF(backend=neuron_backend)
+        self.lif2 = neurons.make()
         self.conv2 = nn.Conv2d(hidden, dim, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(dim)
 
@@ -124,13 +126,13 @@ class MSDownsampling(nn.Module):
     once_per_image = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 2,
-                 padding: int = 1, first_layer: bool = False, neuron_backend: str = "auto") -> None:
+                 padding: int = 1, first_layer: bool = False, neurons: Neurons = "auto") -> None:
         super().__init__()
         self.encode_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
         self.encode_bn = nn.BatchNorm2d(out_channels)
         self.first_layer = bool(first_layer)
         if not first_layer:
-            self.encode_lif = LIF(backend=neuron_backend)
+            self.encode_lif = as_settings(neurons).make()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..neurons import LIF, TAU
+from ..neurons import Neurons, as_settings
 from ._time import fold_time, unfold_time
 
 __all__ = ["MLP", "MembraneMLP"]
@@ -15,14 +15,15 @@ __all__ = ["MLP", "MembraneMLP"]
 class MLP(nn.Module):
     """1x1 Conv2d (with bias), BN, LIF, twice: C -> ratio*C -> C."""
 
-    def __init__(self, dim: int, hidden: int, neuron_backend: str = "auto", tau: float = TAU) -> None:
+    def __init__(self, dim: int, hidden: int, neurons: Neurons = "auto") -> None:
         super().__init__()
+        neurons = as_settings(neurons)
         self.fc1_conv = nn.Conv2d(dim, hidden, 1)
         self.fc1_bn = nn.BatchNorm2d(hidden)
-        self.fc1_lif = LIF(backend=neuron_backend, tau=tau)
+        self.fc1_lif = neurons.make()
         self.fc2_conv = nn.Conv2d(hidden, dim, 1)
         self.fc2_bn = nn.BatchNorm2d(dim)
-        self.fc2_lif = LIF(backend=neuron_backend, tau=tau)
+        self.fc2_lif = neurons.make()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
@@ -36,19 +37,20 @@ class MembraneMLP(nn.Module):
     to x. `inner_residual` (the Spike-driven Transformer where hidden == C) adds x to the hidden membrane before
     the second neuron, and that sum's excess over x to the output, as its MS_MLP does. `tokens` (the Spike-driven
     Transformer V2's MS_MLP) runs Conv1d and BatchNorm1d on the tokens `[T*B, C, N]` (the same maths, weights of
-    shape `[C', C, 1]`)."""
+    shape `[C', C, 1]`). `tau`, when given, overrides the time constant of `neurons`."""
 
-    def __init__(self, dim: int, hidden: int, neuron_backend: str = "auto", tau: float = TAU,
+    def __init__(self, dim: int, hidden: int, neurons: Neurons = "auto", tau: float | None = None,
                  inner_residual: bool = False, tokens: bool = False) -> None:
         super().__init__()
         if inner_residual and hidden != dim:
             raise ValueError(f"an inner residual needs hidden == dim, got {hidden} and {dim}")
+        neurons = as_settings(neurons, tau)
         self.inner_residual, self.tokens = inner_residual, bool(tokens)
         conv, norm = (nn.Conv1d, nn.BatchNorm1d) if tokens else (nn.Conv2d, nn.BatchNorm2d)
-        self.fc1_lif = LIF(backend=neuron_backend, tau=tau)
+        self.fc1_lif = neurons.make()
         self.fc1_conv = conv(dim, hidden, 1)
         self.fc1_bn = norm(hidden)
-        self.fc2_lif = LIF(backend=neuron_backend, tau=tau)
+        self.fc2_lif = neurons.make()
         self.fc2_conv = conv(hidden, dim, 1)
         self.fc2_bn = norm(dim)
 

@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ..neurons import LIF, TAU
+from ..neurons import Neurons, as_settings
 from ._time import fold_time, unfold_time
 
 __all__ = ["PatchEmbed", "STEMS", "batch_norm_of_copies", "StemLayer", "LayerStem", "pooled_layers"]
@@ -58,20 +58,21 @@ class PatchEmbed(nn.Module):
     once_per_image = True
 
     def __init__(self, layers: Sequence[tuple[str, int, int, bool]], shortcut_from: int,
-                 shortcut_stride: int, neuron_backend: str = "auto") -> None:
+                 shortcut_stride: int, neurons: Neurons = "auto") -> None:
         super().__init__()
+        neurons = as_settings(neurons)
         self.names = [name for name, *_ in layers]
         self.pooled = [pool for *_, pool in layers]
         for name, c_in, c_out, _ in layers:
             self.add_module(f"{name}_conv", nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
             self.add_module(f"{name}_bn", nn.BatchNorm2d(c_out))
-            self.add_module(f"{name}_lif", LIF(backend=neuron_backend))
+            self.add_module(f"{name}_lif", neurons.make())
         self.pool = nn.MaxPool2d(3, 2, 1)
         self.shortcut_from = shortcut_from
         res_in = layers[0][1] if shortcut_from == -1 else layers[shortcut_from][2]
         self.proj_res_conv = nn.Conv2d(res_in, layers[-1][2], 1, shortcut_stride, bias=False)
         self.proj_res_bn = nn.BatchNorm2d(layers[-1][2])
-        self.proj_res_lif = LIF(backend=neuron_backend)
+        self.proj_res_lif = neurons.make()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
@@ -93,42 +94,42 @@ class PatchEmbed(nn.Module):
         return x + self.proj_res_lif(unfold_time(shortcut, T))
 
 
-def cifar_stem(in_chans: int, width: int, backend: str) -> PatchEmbed:
+def cifar_stem(in_chans: int, width: int, neurons: Neurons) -> PatchEmbed:
     """32x32 -> 32x32: conv in->w/2, conv w/2->w; shortcut 1x1 from the first layer."""
     return PatchEmbed([("proj", in_chans, width // 2, False), ("proj1", width // 2, width, False)],
-                      shortcut_from=0, shortcut_stride=1, neuron_backend=backend)
+                      shortcut_from=0, shortcut_stride=1, neurons=neurons)
 
 
-def cifar_downsample(c_in: int, c_out: int, backend: str) -> PatchEmbed:
+def cifar_downsample(c_in: int, c_out: int, neurons: Neurons) -> PatchEmbed:
     """Halves H and W: conv, then conv + max-pool; shortcut 1x1/2 from the input."""
     return PatchEmbed([("proj3", c_in, c_out, False), ("proj4", c_out, c_out, True)],
-                      shortcut_from=-1, shortcut_stride=2, neuron_backend=backend)
+                      shortcut_from=-1, shortcut_stride=2, neurons=neurons)
 
 
-def imagenet_stem(in_chans: int, width: int, backend: str) -> PatchEmbed:
+def imagenet_stem(in_chans: int, width: int, neurons: Neurons) -> PatchEmbed:
     """224 -> 56: conv + pool, conv + pool, conv; shortcut 1x1/2 from the first layer."""
     return PatchEmbed([("proj", in_chans, width // 2, True), ("proj1", width // 2, width, True),
                        ("proj2", width, width, False)],
-                      shortcut_from=0, shortcut_stride=2, neuron_backend=backend)
+                      shortcut_from=0, shortcut_stride=2, neurons=neurons)
 
 
-def imagenet_downsample(c_in: int, c_out: int, backend: str) -> PatchEmbed:
+def imagenet_downsample(c_in: int, c_out: int, neurons: Neurons) -> PatchEmbed:
     """Halves H and W: conv + max-pool, conv; shortcut 1x1/2 from the input."""
     return PatchEmbed([("proj3", c_in, c_out, True), ("proj4", c_out, c_out, False)],
-                      shortcut_from=-1, shortcut_stride=2, neuron_backend=backend)
+                      shortcut_from=-1, shortcut_stride=2, neurons=neurons)
 
 
-def dvs_stem(in_chans: int, width: int, backend: str) -> PatchEmbed:
+def dvs_stem(in_chans: int, width: int, neurons: Neurons) -> PatchEmbed:
     """128 -> 16: four convs (the last three pooled); shortcut 1x1/4 from the second layer."""
     return PatchEmbed([("proj", in_chans, width // 8, False), ("proj1", width // 8, width // 4, True),
                        ("proj2", width // 4, width // 2, True), ("proj3", width // 2, width, True)],
-                      shortcut_from=1, shortcut_stride=4, neuron_backend=backend)
+                      shortcut_from=1, shortcut_stride=4, neurons=neurons)
 
 
-def dvs_downsample(c_in: int, c_out: int, backend: str) -> PatchEmbed:
+def dvs_downsample(c_in: int, c_out: int, neurons: Neurons) -> PatchEmbed:
     """Halves H and W: conv, then conv + max-pool; shortcut 1x1/2 from the input."""
     return PatchEmbed([("proj", c_in, c_out, False), ("proj4", c_out, c_out, True)],
-                      shortcut_from=-1, shortcut_stride=2, neuron_backend=backend)
+                      shortcut_from=-1, shortcut_stride=2, neurons=neurons)
 
 
 STEMS = {"cifar": (cifar_stem, cifar_downsample),
@@ -165,9 +166,10 @@ class LayerStem(nn.Module):
 
     once_per_image = True
 
-    def __init__(self, layers: Sequence[StemLayer], embed: StemLayer | None = None, neuron_backend: str = "auto",
-                 tau: float = TAU) -> None:
+    def __init__(self, layers: Sequence[StemLayer], embed: StemLayer | None = None,
+                 neurons: Neurons = "auto") -> None:
         super().__init__()
+        neurons = as_settings(neurons)
         self.layers = tuple(layers)
         self.embed = embed
         for layer in (*layers, *([embed] if embed else [])):
@@ -177,7 +179,7 @@ class LayerStem(nn.Module):
             if "B" in layer.ops:
                 self.add_module(layer.bn, nn.BatchNorm2d(layer.c_out))
             if "L" in layer.ops:
-                self.add_module(layer.lif, LIF(backend=neuron_backend, tau=tau))
+                self.add_module(layer.lif, neurons.make())
         self.pool = nn.MaxPool2d(3, 2, 1)
 
     def _op(self, layer: StemLayer, op: str) -> nn.Module:

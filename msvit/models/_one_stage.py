@@ -13,7 +13,7 @@ from timm.models import generate_default_cfgs
 
 from ..errors import ConfigError
 from ..layers import LayerStem
-from ..neurons import TAU, validate_backend
+from ..neurons import TAU, NeuronSettings, check_neuron_arguments, validate_backend
 from ._network import SpikingNetwork
 from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head, override_batch_norms,
                     pretrained_config, square_size)
@@ -25,7 +25,7 @@ _MINIMUM = {"img_size": 1, "in_chans": 1, "T": 1, "embed_dim": 1, "depth": 0, "n
 
 def check_arguments(cls: type, args: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> None:
     """Check a complete set of arguments of the baseline class `cls` (ranges, the width divisible by num_heads,
-    tau, the pooling bits, the neuron backend, timm's extra arguments); raise ConfigError. `labels` as in
+    the neuron settings, the pooling bits, the neuron backend, timm's extra arguments); raise ConfigError. `labels` as in
     `msvit.models.check_arguments`."""
     named = argument_namer(args, labels)
     args = {**args, "img_size": square_size(args["img_size"], named("img_size"))}
@@ -40,8 +40,7 @@ def check_arguments(cls: type, args: Mapping[str, Any], labels: Mapping[str, str
     if args["embed_dim"] % args["num_heads"] or args["embed_dim"] % 8:
         raise ConfigError(f"{named('embed_dim')} must be a multiple of 8 (the stem's first width is embed_dim/8) "
                           f"and of {named('num_heads')}")
-    if not args["tau"] > 1:
-        raise ConfigError(f"{named('tau')} must be greater than 1 (the neurons' time constant)")
+    check_neuron_arguments(args, named)
     bits = args["pooling_stat"]
     if not (isinstance(bits, str) and len(bits) == 4 and set(bits) <= {"0", "1"}):
         raise ConfigError(f"{named('pooling_stat')} must be four bits, one per stem layer, '1' where it max-pools "
@@ -83,7 +82,9 @@ class OneStageTransformer(SpikingNetwork):
     def __init__(self, *, img_size: int | Sequence[int] = 224, in_chans: int = 3, num_classes: int = 1000,
                  T: int = 4, embed_dim: int = 512, depth: int = 8, num_heads: int = 8, mlp_ratio: float = 4.0,
                  pooling_stat: str = "1111", tau: float = TAU, drop_path_rate: float = 0.0,
-                 neuron_backend: str = "auto", batch_coupled_ssa: bool = False, drop_rate: float = 0.0,
+                 neuron_backend: str = "auto", batch_coupled_ssa: bool = False, neuron: str = "lif",
+                 v_threshold: float = 1.0, surrogate: str = "sigmoid", surrogate_alpha: float = 4.0,
+                 surrogate_gamma: float = 2.5, detach_reset: bool = True, drop_rate: float = 0.0,
                  global_pool: str = "avg", drop_block_rate: float | None = None, bn_momentum: float | None = None,
                  bn_eps: float | None = None, **family: Any) -> None:
         unknown = sorted(set(family) - set(constructor_parameters(type(self))[0]))
@@ -93,10 +94,13 @@ class OneStageTransformer(SpikingNetwork):
         self.config = dict(img_size=img_size, in_chans=in_chans, num_classes=num_classes, T=T, embed_dim=embed_dim,
                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, pooling_stat=pooling_stat,
                            tau=tau, drop_path_rate=drop_path_rate or 0.0, neuron_backend=neuron_backend,
-                           batch_coupled_ssa=batch_coupled_ssa,
+                           batch_coupled_ssa=batch_coupled_ssa, neuron=neuron, v_threshold=v_threshold,
+                           surrogate=surrogate, surrogate_alpha=surrogate_alpha, surrogate_gamma=surrogate_gamma,
+                           detach_reset=detach_reset,
                            drop_rate=drop_rate or 0.0, global_pool="avg" if global_pool is None else global_pool,
                            drop_block_rate=drop_block_rate, bn_momentum=bn_momentum, bn_eps=bn_eps, **family)
         check_arguments(type(self), self.config)
+        self.neurons = NeuronSettings.from_config(self.config)  # every neuron's (the attention masks': 0.5)
         self.config["img_size"] = self.img_size = square_size(img_size)
         self.T, self.num_classes, self.in_chans = T, num_classes, in_chans
         self.drop_rate, self.global_pool = self.config["drop_rate"], self.config["global_pool"]

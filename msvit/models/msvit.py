@@ -17,7 +17,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..data.transforms import eval_crop_pct
 from ..errors import ConfigError
 from ..layers import STEMS, Block, SpikingSelfAttention, TokenAttention
-from ..neurons import validate_backend
+from ..neurons import TAU, NeuronSettings, check_neuron_arguments, validate_backend
 from ._network import SpikingNetwork
 from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head,
                     override_batch_norms, pretrained_config, square_size, stage_group_matcher, unwrapped)
@@ -71,6 +71,7 @@ def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = 
             [f"a num_heads that divides {gcd}"] if gcd else [])
         raise ConfigError(f"{named('embed_dim')} gives stage widths {', '.join(map(str, widths))}, not all "
                           f"divisible by {named('num_heads')}; use {', or '.join(fixes)}")
+    check_neuron_arguments(args, named)
     validate_backend(args["neuron_backend"])
 
 
@@ -97,6 +98,8 @@ class SpikingTransformer(SpikingNetwork):
                  width_ratios: Sequence[float] = (0.5, 0.5, 1.0), token_attention: str = "mssa",
                  attn_threshold: float = 1.0, drop_path_rate: float = 0.0,
                  neuron_backend: str = "auto", batch_coupled_ssa: bool = True,
+                 neuron: str = "lif", tau: float = TAU, v_threshold: float = 1.0, surrogate: str = "sigmoid",
+                 surrogate_alpha: float = 4.0, surrogate_gamma: float = 2.5, detach_reset: bool = True,
                  drop_rate: float = 0.0, global_pool: str = "avg", drop_block_rate: float | None = None,
                  bn_momentum: float | None = None, bn_eps: float | None = None) -> None:
         super().__init__()
@@ -108,7 +111,9 @@ class SpikingTransformer(SpikingNetwork):
                            mlp_ratio=mlp_ratio, width_ratios=tuple(width_ratios),
                            token_attention=token_attention, attn_threshold=attn_threshold,
                            drop_path_rate=drop_path_rate, neuron_backend=neuron_backend,
-                           batch_coupled_ssa=bool(batch_coupled_ssa), drop_rate=drop_rate,
+                           batch_coupled_ssa=bool(batch_coupled_ssa), neuron=neuron, tau=tau,
+                           v_threshold=v_threshold, surrogate=surrogate, surrogate_alpha=surrogate_alpha,
+                           surrogate_gamma=surrogate_gamma, detach_reset=detach_reset, drop_rate=drop_rate,
                            global_pool=global_pool, drop_block_rate=drop_block_rate, bn_momentum=bn_momentum,
                            bn_eps=bn_eps)
         check_arguments(self.config)
@@ -117,13 +122,24 @@ class SpikingTransformer(SpikingNetwork):
         self.drop_rate, self.global_pool = drop_rate, global_pool
         self.dims = [int(embed_dim * r) for r in width_ratios]
         self.num_features = self.dims[-1]
+        self.neurons = NeuronSettings.from_config(self.config)
+        self._build_stages()
+        self.num_stages = len(depths)
+        self.head_drop = nn.Dropout(drop_rate)  # no parameters: state_dicts are the release's
+        self.head = classifier_head(self.num_features, num_classes)
+        override_batch_norms(self, bn_momentum, bn_eps)
 
-        make_stem, make_downsample = STEMS[stem]
-        drop_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
+    def _build_stages(self) -> None:
+        """`patch_embed{i}` and `stage{i}` per stage, and `feature_info`."""
+        cfg, neurons = self.config, self.neurons
+        depths, heads, threshold = cfg["depths"], cfg["num_heads"], cfg["attn_threshold"]
+        make_stem, make_downsample = STEMS[cfg["stem"]]
+        # on the CPU: also under a meta device
+        drop_rates = torch.linspace(0, cfg["drop_path_rate"], sum(depths), device="cpu").tolist()
         self.feature_info, reduction = [], 1
         for i, (dim, depth) in enumerate(zip(self.dims, depths)):
-            embed = (make_stem(in_chans, dim, neuron_backend) if i == 0
-                     else make_downsample(self.dims[i - 1], dim, neuron_backend))
+            embed = (make_stem(self.in_chans, dim, neurons) if i == 0
+                     else make_downsample(self.dims[i - 1], dim, neurons))
             reduction *= 2 ** sum(embed.pooled)  # each max-pool 3/2 halves H and W
             self.feature_info.append(dict(num_chs=dim, reduction=reduction,
                                           module=f"stage{i + 1}.{depth - 1}" if depth else f"patch_embed{i + 1}"))
@@ -131,19 +147,12 @@ class SpikingTransformer(SpikingNetwork):
             blocks = []
             for j in range(depth):
                 if last:
-                    attn = SpikingSelfAttention(dim, num_heads, attn_threshold, neuron_backend,
-                                                batch_coupled_ssa)
+                    attn = SpikingSelfAttention(dim, heads, threshold, neurons, cfg["batch_coupled_ssa"])
                 else:
-                    attn = TokenAttention(dim, num_heads, attn_threshold,
-                                          token_attention == "mssa", neuron_backend)
-                blocks.append(Block(attn, dim, mlp_ratio, drop_rates[sum(depths[:i]) + j],
-                                    neuron_backend))
+                    attn = TokenAttention(dim, heads, threshold, cfg["token_attention"] == "mssa", neurons)
+                blocks.append(Block(attn, dim, cfg["mlp_ratio"], drop_rates[sum(depths[:i]) + j], neurons))
             self.add_module(f"patch_embed{i + 1}", embed)
             self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
-        self.num_stages = len(depths)
-        self.head_drop = nn.Dropout(drop_rate)  # no parameters: state_dicts are the release's
-        self.head = classifier_head(self.num_features, num_classes)
-        override_batch_norms(self, bn_momentum, bn_eps)
 
     def units(self) -> list[nn.Module]:
         """Per stage, its patch embedding then its blocks."""

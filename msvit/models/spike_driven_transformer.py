@@ -19,7 +19,7 @@ from timm.models import register_model
 from torch import nn
 
 from ..layers import Block, LayerStem, MembraneMLP, SpikeDrivenSelfAttention, StemLayer, pooled_layers
-from ..neurons import LIF, reset_neurons
+from ..neurons import reset_neurons
 from ._one_stage import OneStageTransformer, baseline_configs, create_baseline
 from ._timm import pool_features
 
@@ -33,7 +33,7 @@ class SpikeDrivenTransformer(OneStageTransformer):
 
     def __init__(self, *, dvs_mode: bool = False, **kwargs: Any) -> None:
         super().__init__(dvs_mode=bool(dvs_mode), **kwargs)
-        self.head_lif = LIF(backend=self.config["neuron_backend"], tau=self.config["tau"])
+        self.head_lif = self.neurons.make()
 
     def build_stem(self) -> LayerStem:
         d, c = self.embed_dim, self.in_chans
@@ -44,14 +44,14 @@ class SpikeDrivenTransformer(OneStageTransformer):
         layers = [StemLayer(f"proj_conv{n}", f"proj_bn{n}", f"proj_lif{n}", *w, op)
                   for n, w, op in zip(names, widths, ops)]
         embed = StemLayer("rpe_conv", "rpe_bn", "proj_lif3", d, d, "LCB")
-        return LayerStem(layers, embed, self.config["neuron_backend"], self.config["tau"])
+        return LayerStem(layers, embed, self.neurons)
 
     def build_block(self, drop_path: float) -> nn.Module:
-        cfg = self.config
-        dim, backend, hidden = cfg["embed_dim"], cfg["neuron_backend"], int(cfg["embed_dim"] * cfg["mlp_ratio"])
-        attn = SpikeDrivenSelfAttention(dim, cfg["num_heads"], backend, cfg["dvs_mode"])
-        mlp = MembraneMLP(dim, hidden, backend, cfg["tau"], inner_residual=hidden == dim)
-        return Block(attn, dim, cfg["mlp_ratio"], drop_path, backend, mlp=mlp)
+        cfg, neurons = self.config, self.neurons
+        dim, hidden = cfg["embed_dim"], int(cfg["embed_dim"] * cfg["mlp_ratio"])
+        attn = SpikeDrivenSelfAttention(dim, cfg["num_heads"], neurons, cfg["dvs_mode"])
+        mlp = MembraneMLP(dim, hidden, neurons, inner_residual=hidden == dim)
+        return Block(attn, dim, cfg["mlp_ratio"], drop_path, neurons, mlp=mlp)
 
     def init_weights(self) -> None:
         # the release: truncated normal (std 0.02) on every convolution, zero biases; PyTorch's default head

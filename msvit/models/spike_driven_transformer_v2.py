@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layers import Block, MembraneMLP, MSConvBlock, MSDownsampling, RepConvSelfAttention
-from ..neurons import LIF, reset_neurons, validate_backend
+from ..neurons import TAU, NeuronSettings, check_neuron_arguments, reset_neurons, validate_backend
 from ._network import SpikingNetwork
 from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head, override_batch_norms,
                     pool_features, pretrained_config, square_size)
@@ -53,35 +53,40 @@ class MetaSpikeFormer(SpikingNetwork):
     def __init__(self, *, img_size: int | Sequence[int] = 224, in_chans: int = 3, num_classes: int = 1000,
                  T: int = 1, embed_dim: Sequence[int] = (128, 256, 512, 640), num_heads: int = 8,
                  mlp_ratio: float = 4.0, kd: bool = False, drop_path_rate: float = 0.0, neuron_backend: str = "auto",
-                 batch_coupled_ssa: bool = False, drop_rate: float = 0.0, global_pool: str = "avg",
+                 batch_coupled_ssa: bool = False, neuron: str = "lif", tau: float = TAU, v_threshold: float = 1.0,
+                 surrogate: str = "sigmoid", surrogate_alpha: float = 4.0, surrogate_gamma: float = 2.5,
+                 detach_reset: bool = True, drop_rate: float = 0.0, global_pool: str = "avg",
                  drop_block_rate: float | None = None, bn_momentum: float | None = None,
                  bn_eps: float | None = None) -> None:
         super().__init__()
         self.config = dict(img_size=img_size, in_chans=in_chans, num_classes=num_classes, T=T,
                            embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, kd=kd,
                            drop_path_rate=drop_path_rate or 0.0, neuron_backend=neuron_backend,
-                           batch_coupled_ssa=batch_coupled_ssa, drop_rate=drop_rate or 0.0,
+                           batch_coupled_ssa=batch_coupled_ssa, neuron=neuron, tau=tau, v_threshold=v_threshold,
+                           surrogate=surrogate, surrogate_alpha=surrogate_alpha, surrogate_gamma=surrogate_gamma,
+                           detach_reset=detach_reset, drop_rate=drop_rate or 0.0,
                            global_pool="avg" if global_pool is None else global_pool,
                            drop_block_rate=drop_block_rate, bn_momentum=bn_momentum, bn_eps=bn_eps)
         check_arguments(self.config)
+        self.neurons = neurons = NeuronSettings.from_config(self.config)
         self.config["embed_dim"] = dims = [int(d) for d in embed_dim]
         self.config["img_size"] = self.img_size = square_size(img_size)
         self.T, self.num_classes, self.in_chans, self.kd = T, num_classes, in_chans, bool(kd)
         self.drop_rate, self.global_pool = self.config["drop_rate"], self.config["global_pool"]
         self.num_features = self.embed_dim = dims[3]
-        self._build_stages(dims, neuron_backend)
+        self._build_stages(dims, neurons)
         self.num_stages = len(_STAGES)
         last_units = [f"{stage[-1]}.{len(getattr(self, stage[-1])) - 1}" for stage in _STAGES]
         self.feature_info = [dict(num_chs=dim, reduction=stride, module=unit)
                              for dim, stride, unit in zip(dims, _STRIDES, last_units)]
-        self.lif = LIF(backend=neuron_backend)
+        self.lif = neurons.make()
         self.head_drop = nn.Dropout(self.drop_rate)
         self.head = classifier_head(self.num_features, num_classes)
         if self.kd:
             self.head_kd = classifier_head(self.num_features, num_classes)
         override_batch_norms(self, bn_momentum, bn_eps)
 
-    def _build_stages(self, dims: Sequence[int], backend: str) -> None:
+    def _build_stages(self, dims: Sequence[int], neurons: NeuronSettings) -> None:
         """The units in the release's order (so are the state_dict's keys and the forward)."""
         downsampling = {"downsample1_1": (self.in_chans, dims[0] // 2, 7, 2, 3),
                         "downsample1_2": (dims[0] // 2, dims[0]), "downsample2": (dims[0], dims[1]), "downsample3": (dims[1], dims[2]),
@@ -92,19 +97,19 @@ class MetaSpikeFormer(SpikingNetwork):
         rates = iter(torch.linspace(0, self.config["drop_path_rate"], blocks, device="cpu").tolist())
         for name in _UNITS:
             if name in downsampling:
-                unit = MSDownsampling(*downsampling[name], first_layer=name == "downsample1_1", neuron_backend=backend)
+                unit = MSDownsampling(*downsampling[name], first_layer=name == "downsample1_1", neurons=neurons)
             elif name in conv_widths:
-                unit = nn.ModuleList([MSConvBlock(conv_widths[name], backend) for _ in range(counts[name])])
+                unit = nn.ModuleList([MSConvBlock(conv_widths[name], neurons) for _ in range(counts[name])])
             else:
                 dim = dims[dict((n, s) for n, s, _ in _BLOCKS)[name]]
-                unit = nn.ModuleList([self._block(dim, next(rates), backend) for _ in range(counts[name])])
+                unit = nn.ModuleList([self._block(dim, next(rates), neurons) for _ in range(counts[name])])
             self.add_module(name, unit)
 
-    def _block(self, dim: int, drop_path: float, backend: str) -> Block:
+    def _block(self, dim: int, drop_path: float, neurons: NeuronSettings) -> Block:
         cfg = self.config
-        attn = RepConvSelfAttention(dim, cfg["num_heads"], backend)
-        mlp = MembraneMLP(dim, int(dim * cfg["mlp_ratio"]), backend, tokens=True)
-        return Block(attn, dim, cfg["mlp_ratio"], drop_path, backend, mlp=mlp)
+        attn = RepConvSelfAttention(dim, cfg["num_heads"], neurons)
+        mlp = MembraneMLP(dim, int(dim * cfg["mlp_ratio"]), neurons, tokens=True)
+        return Block(attn, dim, cfg["mlp_ratio"], drop_path, neurons, mlp=mlp)
 
     def units(self) -> list[nn.Module]:
         return [unit for group in self.feature_groups() for unit in group]
@@ -186,6 +191,7 @@ def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = 
     if args["batch_coupled_ssa"]:
         raise ConfigError(f"{named('batch_coupled_ssa')}: none of the baseline releases couples the samples of a "
                           f"batch; set batch_coupled_ssa false (the baselines' recipes do)")
+    check_neuron_arguments(args, named)
     validate_backend(args["neuron_backend"])
 
 

@@ -38,21 +38,20 @@ class Spikformer(OneStageTransformer):
             raise ConfigError(f"{named('attn_scale')} must be positive")
 
     def build_stem(self) -> LayerStem:
-        d, c, backend = self.embed_dim, self.in_chans, self.config["neuron_backend"]
+        d, c = self.embed_dim, self.in_chans
         widths = [(c, d // 8), (d // 8, d // 4), (d // 4, d // 2), (d // 2, d)]
         ops = pooled_layers(["CBL"] * 4, self.config["pooling_stat"], [3] * 4)  # the pool after the neuron
         names = ["", "1", "2", "3"]
         layers = [StemLayer(f"proj_conv{n}", f"proj_bn{n}", f"proj_lif{n}", *w, op)
                   for n, w, op in zip(names, widths, ops)]
         embed = StemLayer("rpe_conv", "rpe_bn", "rpe_lif", d, d, "CBL")
-        return LayerStem(layers, embed, backend, self.config["tau"])
+        return LayerStem(layers, embed, self.neurons)
 
     def build_block(self, drop_path: float) -> nn.Module:
         cfg = self.config
-        attn = SpikingSelfAttention(cfg["embed_dim"], cfg["num_heads"], 0.5, cfg["neuron_backend"],
-                                    batch_coupled=False, scale=cfg["attn_scale"], qkv_bias=cfg["qkv_bias"],
-                                    tau=cfg["tau"])
-        return Block(attn, cfg["embed_dim"], cfg["mlp_ratio"], drop_path, cfg["neuron_backend"], tau=cfg["tau"])
+        attn = SpikingSelfAttention(cfg["embed_dim"], cfg["num_heads"], 0.5, self.neurons,
+                                    batch_coupled=False, scale=cfg["attn_scale"], qkv_bias=cfg["qkv_bias"])
+        return Block(attn, cfg["embed_dim"], cfg["mlp_ratio"], drop_path, self.neurons)
 
     def init_weights(self) -> None:
         # the release initialises its nn.Linear layers (truncated normal, std 0.02, zero bias): the head, and on

@@ -36,14 +36,14 @@ class Spikingformer(OneStageTransformer):
         layers = [StemLayer("proj_conv", "proj_bn", "", c, d // 8, "CB")]
         layers += [StemLayer(f"proj{i}_conv", f"proj{i}_bn", f"proj{i}_lif", *w, op)
                    for i, (w, op) in enumerate(zip(widths, ops), start=1)]
-        return LayerStem(layers, None, self.config["neuron_backend"], self.config["tau"])
+        return LayerStem(layers, None, self.neurons)
 
     def build_block(self, drop_path: float) -> nn.Module:
-        cfg = self.config
-        dim, backend, tau = cfg["embed_dim"], cfg["neuron_backend"], cfg["tau"]
-        attn = SpikingSelfAttention(dim, cfg["num_heads"], 0.5, backend, batch_coupled=False, membrane=True, tau=tau)
-        mlp = MembraneMLP(dim, int(dim * cfg["mlp_ratio"]), backend, tau)
-        return Block(attn, dim, cfg["mlp_ratio"], drop_path, backend, mlp=mlp)
+        cfg, neurons = self.config, self.neurons
+        dim = cfg["embed_dim"]
+        attn = SpikingSelfAttention(dim, cfg["num_heads"], 0.5, neurons, batch_coupled=False, membrane=True)
+        mlp = MembraneMLP(dim, int(dim * cfg["mlp_ratio"]), neurons)
+        return Block(attn, dim, cfg["mlp_ratio"], drop_path, neurons, mlp=mlp)
 
 
 _IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000, T=4, num_heads=8, pooling_stat="1111")

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import math
 from types import ModuleType
 from typing import Iterator
 
@@ -24,6 +25,7 @@ from torch import nn
 from . import lif_cpu
 from .lif_cuda import SUPPORTED_DTYPES, CupyLIF
 from .spike_bits import mark_spikes
+from .surrogates import SURROGATES, Dspike
 from ..errors import ConfigError, UserError
 
 
@@ -59,13 +61,23 @@ sj_neuron = import_spikingjelly("spikingjelly.clock_driven.neuron")
 surrogate = import_spikingjelly("spikingjelly.clock_driven.surrogate")
 MemoryModule = import_spikingjelly("spikingjelly.clock_driven.base").MemoryModule
 
-__all__ = ["LIF", "BACKENDS", "BackendUnavailableError", "cupy_unavailable_reason", "implementation", "reset_neurons",
+__all__ = ["LIF", "BACKENDS", "KINDS", "make_surrogate", "BackendUnavailableError", "cupy_unavailable_reason", "implementation", "reset_neurons",
            "set_neuron_backend", "import_spikingjelly", "quiet_spikingjelly"]
 
 BACKENDS = ("auto", "cupy", "torch")
+KINDS = ("lif", "if", "plif")
 TAU = 2.0
 V_RESET = 0.0
 SURROGATE_ALPHA = 4.0
+
+
+def make_surrogate(name: str, alpha: float = SURROGATE_ALPHA, gamma: float = 2.5) -> nn.Module:
+    """The surrogate `name`: spikingjelly's `Sigmoid(alpha, spiking=True)` or `Dspike(gamma)`."""
+    if name == "sigmoid":
+        return surrogate.Sigmoid(alpha=float(alpha), spiking=True)
+    if name == "dspike":
+        return Dspike(gamma)
+    raise ConfigError(f"unknown surrogate {name!r}; choose one of {', '.join(SURROGATES)}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,6 +108,8 @@ def implementation(model: nn.Module, device: torch.device, dtype: torch.dtype = 
     requested = {m.requested_backend for m in neurons}
     if not all(m.fused for m in neurons):
         return "spikingjelly's node (reference path)"
+    if not all(m.kernels_apply for m in neurons):
+        return "spikingjelly's per-step torch loop (neuron settings outside the fused kernels)"
     if device.type == "cuda" and requested != {"torch"} and cupy_unavailable_reason() is None:
         return "CuPy kernel" if dtype in SUPPORTED_DTYPES else "torch operations (dtype not in the CuPy kernel)"
     if device.type == "cpu" and dtype == torch.float32:
@@ -152,19 +166,36 @@ class _FusedLIF(torch.autograd.Function):
 
 
 class LIF(sj_neuron.MultiStepLIFNode):
-    """Multi-step LIF neuron on `[T, ...]` input with the backend chosen per call.
+    """Multi-step spiking neuron on `[T, ...]` input with the backend chosen per call.
+
+    `kind` 'lif' (the releases'), 'if' (spikingjelly's `IFNode` charge, `v + x`: no leak, `tau` unused) or 'plif'
+    (spikingjelly's `ParametricLIFNode` charge with a learnable `w`, `1 / tau = sigmoid(w)`, started at `tau`;
+    `w` is the only state_dict entry a neuron adds). `surrogate_function` (default spikingjelly's sigmoid,
+    alpha 4) and `detach_reset` as in spikingjelly. The fused kernels run where they compute the same thing
+    (`kernels_apply`: LIF, sigmoid surrogate, detached reset), else spikingjelly's per-step torch loop.
+    `v_threshold` is a plain attribute, not one of spikingjelly's memories: its `reset()` would restore the
+    value the node was built with, and `msvit.reset_neurons` resets before every batch.
 
     `backend='auto'` runs the CuPy kernel for CUDA tensors when CuPy works and the
     torch backend otherwise; `'cupy'` fails here, at construction, with the reason
     when it cannot work; `'torch'` always uses the torch backend.
     """
 
-    def __init__(self, v_threshold: float = 1.0, backend: str = "auto", tau: float = TAU) -> None:
-        if not tau > 1.0:  # 1 / tau is the share of the input charged each step; tau <= 1 would not leak
+    def __init__(self, v_threshold: float = 1.0, backend: str = "auto", tau: float = TAU, *, kind: str = "lif",
+                 surrogate_function: nn.Module | None = None, detach_reset: bool = True) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown neuron kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if kind != "if" and not tau > 1.0:  # 1 / tau is the share of the input charged each step
             raise ConfigError(f"LIF tau must be greater than 1, got {tau}")
+        if surrogate_function is None:
+            surrogate_function = surrogate.Sigmoid(alpha=SURROGATE_ALPHA, spiking=True)
         super().__init__(tau=float(tau), decay_input=True, v_threshold=v_threshold, v_reset=V_RESET,
-                         surrogate_function=surrogate.Sigmoid(alpha=SURROGATE_ALPHA, spiking=True),
-                         detach_reset=True, backend="torch")
+                         surrogate_function=surrogate_function, detach_reset=bool(detach_reset), backend="torch")
+        delattr(self, "v_threshold")  # out of spikingjelly's memories, which reset() would restore
+        self.v_threshold = float(v_threshold)
+        self.kind = kind
+        if kind == "plif":
+            self.w = nn.Parameter(torch.as_tensor(-math.log(float(tau) - 1.0)))  # spikingjelly's init_tau
         self.requested_backend = validate_backend(backend)
 
     # False: spikingjelly's own node, its per-step torch loop or its CuPy kernel (the reference path)
@@ -174,7 +205,26 @@ class LIF(sj_neuron.MultiStepLIFNode):
     # fuses with the layers around it. CUDA inputs always take the loop there (the CuPy kernel breaks graphs).
     compiled_as = "loop"
 
+    @property
+    def kernels_apply(self) -> bool:
+        """Whether the fused kernels (and spikingjelly's CuPy LIF kernel) compute this neuron: LIF charge,
+        spikingjelly's sigmoid surrogate, detached hard reset (any tau, threshold and alpha)."""
+        return (self.kind == "lif" and self.detach_reset and type(self.surrogate_function) is surrogate.Sigmoid
+                and self.surrogate_function.spiking)
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        """One step's charge on spikingjelly's torch loop: its LIF, IF or parametric LIF equation."""
+        if self.kind == "if":
+            sj_neuron.IFNode.neuronal_charge(self, x)
+        elif self.kind == "plif":
+            sj_neuron.ParametricLIFNode.neuronal_charge(self, x)
+        else:
+            super().neuronal_charge(x)
+
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if not self.kernels_apply:  # spikingjelly's torch loop: its CuPy kernel is the LIF's, sigmoid only
+            self.backend = "torch"
+            return super().forward(x_seq)
         traced_loop = torch.compiler.is_compiling() and not self._kernel_in_graph(x_seq)
         # in a compiled graph spikingjelly's loop must be its torch one: its CuPy kernel would break the graph
         self.backend = "torch" if traced_loop else self._resolve(x_seq)
@@ -216,7 +266,10 @@ class LIF(sj_neuron.MultiStepLIFNode):
         return "cupy" if x.is_cuda and cupy_unavailable_reason() is None else "torch"
 
     def extra_repr(self) -> str:
-        return f"v_threshold={self.v_threshold}, tau={self.tau}, backend={self.requested_backend}"
+        kind = "" if self.kind == "lif" else f"kind={self.kind}, "
+        tau = "" if self.kind == "if" else f", tau={self.tau}"
+        rest = "" if self.detach_reset else ", detach_reset=False"  # the surrogate shows as the child module
+        return f"{kind}v_threshold={self.v_threshold}{tau}, backend={self.requested_backend}{rest}"
 
 
 class BackendUnavailableError(UserError, RuntimeError):
