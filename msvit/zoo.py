@@ -1,5 +1,7 @@
 """The model zoo: which model suits which dataset (MSViT, QKFormer and the baselines), the published figures, the
-release each follows, and `python -m msvit.zoo`, which builds every model and prints its parameter table."""
+release each follows, and `python -m msvit.zoo`, which builds every model and prints its parameter table (`--table`:
+MSViT's ImageNet comparison table, `msvit.energy.table`). A model name that timm knows and this package does not
+register is an ANN (`msvit.config.ann`): it suits any image dataset."""
 from __future__ import annotations
 
 import os
@@ -15,10 +17,13 @@ from torch import nn
 
 from .models._checkpoint import CheckpointError, extract_state_dict, load_checkpoint, read_checkpoint
 from .config import (DEFAULTS, ArgumentParser, check_model_kwargs, load_config, model_arguments, parse_args)
+from .config.ann import ANN_WORDS, ann_arguments, check_ann_kwargs, is_ann, unknown_model_name
+from .console import print_json, stdout_to_stderr
 from .energy.dense import dense_costs
+from .energy.meter import E_MAC_PJ
 from .errors import ConfigError, cli_entry
 from .models import count_parameters
-from .models._registry import ALL_ARCHS, unknown_model
+from .models._registry import ALL_ARCHS
 
 __all__ = ["ZooEntry", "ZOO", "BASELINE_ZOO", "dataset_models", "check_dataset_model", "create_dataset_model",
            "describe_dataset_model", "reference_batch_sizes", "load_model", "parameter_table", "main"]
@@ -62,6 +67,11 @@ _QKFORMER_384_BATCH = (8, 8)    # inferred from the 384 log's lr (effective 512 
 _V2 = "BICLab/Spike-Driven-Transformer-V2 classification/models.py (35f245f)"
 _V2_CKPT = ("Google Drive folder linked from the V2 README: 55M_kd.pth (T 1) and, very likely, 55M_kd_T4.pth (T 4); "
             "both need kd=True")
+
+# STMixer (Spiking Token Mixer, NeurIPS 2024): the current release (hard reset); no CIFAR figure found
+_STM = "brain-intelligence-lab/STMixer_demo models/STMixer.py (38a0786)"
+_STM_CKPT = ("Google Drive file 12VeoDWvnUcPk-8uM7gP9XRQSSzb5O5D-, linked from the STMixer_demo README "
+             "(STMixer_8_768; its head count not verified)")
 
 
 def _v2_note(label: str) -> str:
@@ -135,6 +145,16 @@ BASELINE_ZOO = (
       for width, params, top1, label in ((256, "15.1M", 74.10, "10-384"), (384, "31.3M", 77.20, "10-512"),
                                          (512, "55.4M", 80.00, "10-768"))),
     ZooEntry("metaspikformer_8_768", "imagenet", {}, "", None, follows=_V2),
+    ZooEntry("stmixer_8_768", "imagenet", {}, "", 76.68, follows=_STM, checkpoint=_STM_CKPT,
+             recipe="imagenet/stmixer.yml", published_energy_mj=4.45,
+             note="T 1; top-1 and energy as SMixer (ICLR 2026) quotes them, the paper's table not found; heads "
+                  "not released: 16 assumed (61.17M; 8 heads 58.71M, 12 heads 59.94M)"),
+    ZooEntry("stmixer_cifar_10_384", "cifar10", {}, "", None, follows=_STM, recipe="cifar10/stmixer.yml"),
+    ZooEntry("stmixer_cifar_4_384", "cifar10", {}, "", None, follows=_STM),
+    ZooEntry("stmixer_cifar_10_384", "cifar100", dict(num_classes=100), "", None, follows=_STM,
+             recipe="cifar100/stmixer.yml"),
+    ZooEntry("stmixer_cifar_4_384", "cifar100", dict(num_classes=100), "", None, follows=_STM,
+             note="STMixer-4-384-16, the paper's CIFAR-100 ablation model (T 1); its top-1 not found"),
 )
 
 ZOO: tuple[ZooEntry, ...] = (
@@ -187,8 +207,10 @@ def check_dataset_model(cfg: Mapping[str, Any], variants: Sequence[str]) -> None
     """A ConfigError unless `cfg['model']` is one of the `variants` that suit the dataset: a typo gets the closest
     registered name, another registered model the list."""
     name = cfg.get("model")
+    if is_ann(name):  # timm's ANN suits any image dataset (config.ann refuses event data)
+        return
     if isinstance(name, str) and name not in ALL_ARCHS and name not in variants:  # a typo
-        raise unknown_model(name)
+        raise unknown_model_name(name)
     if name not in variants:
         raise ConfigError(f"model {name!r} does not suit dataset {cfg.get('dataset')!r}; "
                           f"choose one of {', '.join(variants)}")
@@ -203,9 +225,12 @@ def create_dataset_model(cfg: dict[str, Any] | str | Path, variants: Sequence[st
         cfg = parse_args([], cfg)
     check_dataset_model(cfg, variants)
     name = cfg["model"]
-    kwargs, labels = model_arguments(cfg)
+    ann = is_ann(name)
+    kwargs, labels = ann_arguments(cfg) if ann else model_arguments(cfg)
     kwargs.update(overrides)
     labels.update({key: key for key in overrides})
+    if ann:
+        return timm.create_model(name, pretrained=False, **check_ann_kwargs(name, kwargs, labels))
     return timm.create_model(name, **check_model_kwargs(name, kwargs, labels))
 
 
@@ -226,11 +251,15 @@ def load_model(path: str | os.PathLike | Mapping[str, Any], use_ema: bool = Fals
         raise CheckpointError(f"{_source(path)} carries no saved settings (an authors' release, or bare weights): "
                               f"pass the model it holds, load_model(path, model=NAME), e.g. model="
                               f"'qkformer_cifar_4_384'; python -m msvit.zoo lists the registered models")
-    if name not in ALL_ARCHS:
-        raise CheckpointError(str(unknown_model(name)))
+    ann = is_ann(name)
+    if name not in ALL_ARCHS and not ann:
+        raise CheckpointError(str(unknown_model_name(name)))
     kwargs: dict[str, Any] = {}  # the authors': the registered model's own arguments (the release's)
     labels: dict[str, str] = {}
-    if saved is not None:
+    if ann:  # timm's ANN: its run's model_kwargs, classes and input size
+        kwargs, labels = ann_arguments({**DEFAULTS, **{k: v for k, v in (saved or {}).items() if k in DEFAULTS},
+                                        "model": name})
+    elif saved is not None:
         # the kernel is not the network: the default (auto) runs anywhere, a run's cupy would not on a CPU
         cfg = {**DEFAULTS, **{k: v for k, v in saved.items() if k in DEFAULTS and k != "neuron_backend"}}
         if "batch_coupled_ssa" not in saved:
@@ -241,7 +270,8 @@ def load_model(path: str | os.PathLike | Mapping[str, Any], use_ema: bool = Fals
         kwargs["num_classes"], labels["num_classes"] = head.shape[0], "num_classes"
     kwargs.update(overrides)
     labels.update({key: key for key in overrides})
-    model = timm.create_model(name, **check_model_kwargs(name, kwargs, labels))
+    checked = check_ann_kwargs(name, kwargs, labels) if ann else check_model_kwargs(name, kwargs, labels)
+    model = timm.create_model(name, **({"pretrained": False} if ann else {}), **checked)
     load_checkpoint(model, checkpoint, use_ema=use_ema)
     return model.eval()
 
@@ -256,8 +286,12 @@ def describe_dataset_model(config: str | Path, variants: Sequence[str],
     """`python <dataset>/model.py [--key value ...]`: build the configured model and print its size."""
     cfg = parse_args(list(sys.argv[1:] if argv is None else argv), config, program="model")
     model = create_dataset_model(cfg, variants)
+    size = model.pretrained_cfg["input_size"]
+    if is_ann(cfg["model"]) and cfg["img_size"]:  # the data's size fed timm's constructor
+        size = (size[0], cfg["img_size"], cfg["img_size"])
+    what = ANN_WORDS if is_ann(cfg["model"]) else f"T={model.T}"
     print(f"{cfg['model']} for {cfg['dataset']}: {count_parameters(model):,} parameters, "
-          f"input {model.pretrained_cfg['input_size']}, T={model.T}, {model.num_classes} classes "
+          f"input {size}, {what}, {model.num_classes} classes "
           f"(suitable models: {', '.join(variants)})")
 
 
@@ -276,6 +310,18 @@ def parameter_table(entries: Sequence[ZooEntry] = ZOO) -> list[dict[str, Any]]:
     return rows
 
 
+def _table(firing: Sequence[str], as_json: bool) -> None:
+    """`--table`: the comparison table (msvit.energy.table) as Markdown, or one JSON object; logs on stderr."""
+    from .energy.table import comparison_table, format_table, read_firing
+
+    with stdout_to_stderr(as_json):
+        rows = comparison_table(ZOO, read_firing(firing))
+    if as_json:
+        print_json({"e_mac_pj": E_MAC_PJ, "firing": list(firing), "rows": rows})
+    else:
+        print(format_table(rows))
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgumentParser(description="Build every registered model (MSViT, QKFormer, the baselines) and print "
@@ -283,7 +329,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", nargs="*", help="only these model names")
     parser.add_argument("--energy", action="store_true", help="instead: the rate-independent energy figures of the "
                         "rows with a published energy (msvit.energy.dense.dense_costs)")
+    parser.add_argument("--table", action="store_true", help="instead: MSViT's ImageNet comparison table as this "
+                        "codebase sees it (msvit.energy.table)")
+    parser.add_argument("--firing", nargs="+", default=[], metavar="FILE", help="with --table: outputs of python "
+                        "-m msvit.energy --json whose measured energies fill our energy column")
+    parser.add_argument("--json", action="store_true", help="with --table: one JSON object on stdout")
     args = parser.parse_args(argv)
+    if args.table or args.json or args.firing:
+        return _table(args.firing, args.json)
     entries = [e for e in ZOO if not args.model or e.model in args.model]
     if args.energy:
         print(f"{'model':26} {'T':>3} {'paper mJ':>9} {'MACs mJ':>8} {'dense GFLOPs/step':>17} {'implied rate':>12}")

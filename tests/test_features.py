@@ -1,7 +1,7 @@
 """The models as backbones for detection and segmentation, as timm's are: `feature_info`, `forward_intermediates`
 and `timm.create_model(name, features_only=True, out_indices=...)`, for every registered model of the families
-that give them: MSViT, QKFormer and the Spike-driven Transformer V2 (a map per stage), Spikformer, Spikingformer and
-the Spike-driven Transformer v1 (a map per block, at the stem's stride). Each map is its unit's output in the normal forward, averaged over the
+that give them: MSViT, QKFormer and the Spike-driven Transformer V2 (a map per stage), Spikformer, Spikingformer,
+the Spike-driven Transformer v1 and STMixer (a map per block, at the stem's stride). Each map is its unit's output in the normal forward, averaged over the
 T time steps (`[B, C, H, W]`) or per step (`[B, T, C, H, W]`)."""
 import pytest
 import timm
@@ -61,7 +61,7 @@ def last_units(model: torch.nn.Module) -> list[str]:
 
 def test_the_backbone_families_are_all_tested():
     families = {name.split("_")[0] for name in NAMES}
-    assert families == {"msvit", "qkformer", "spikformer", "spikingformer", "sdt", "metaspikformer"}
+    assert families == {"msvit", "qkformer", "spikformer", "spikingformer", "sdt", "metaspikformer", "stmixer"}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,6 +1,6 @@
 """Neuron settings for ablations (issue 25): the keywords every family takes (`neuron`, `tau`, `v_threshold`,
-`surrogate`, `surrogate_alpha`, `surrogate_gamma`, `detach_reset`), the Dspike surrogate, which settings the fused
-kernels run, that settings survive `reset_neurons`, their config checks and their checkpoints."""
+`surrogate`, `surrogate_alpha`, `surrogate_gamma`, `surrogate_region`, `detach_reset`), the Dspike surrogate, which
+settings the fused kernels run, that settings survive `reset_neurons`, their config checks and their checkpoints."""
 import math
 from pathlib import Path
 
@@ -22,6 +22,7 @@ FAMILIES = {
     "spikingformer": ("spikingformer_cifar_4_384", dict(embed_dim=16, num_heads=2, depth=1)),
     "sdt": ("sdt_cifar_2_512", dict(embed_dim=16, num_heads=2, depth=1)),
     "sdt_v2": ("metaspikformer_8_256", dict(embed_dim=[8, 16, 16, 16], num_heads=2)),
+    "stmixer": ("stmixer_cifar_4_384", dict(embed_dim=16, num_heads=2, depth=1, img_size=16)),  # its own defaults
 }
 MASKS = ("attn_lif",)  # the attention-mask neurons, which keep their family's threshold
 
@@ -116,12 +117,13 @@ def test_the_settings_reach_every_neuron(family):
     default = tiny(family)
     assert not any(k.endswith("_lif.w") or k.endswith("lif.w") for k in default.state_dict())  # keys unchanged
     model = tiny(family, neuron="plif", tau=1.7, v_threshold=0.8, surrogate="dspike", surrogate_gamma=3.0,
-                 detach_reset=False)
+                 surrogate_region=0.7, detach_reset=False)
     masks = {n: m for n, m in default.named_modules() if isinstance(m, LIF) and n.endswith(MASKS)}
     neurons = dict((n, m) for n, m in model.named_modules() if isinstance(m, LIF))
     assert neurons.keys() == {n for n, m in default.named_modules() if isinstance(m, LIF)}
     for name, m in neurons.items():
-        assert (m.kind, m.tau, m.detach_reset, m.surrogate_function.gamma) == ("plif", 1.7, False, 3.0), name
+        fn = m.surrogate_function
+        assert (m.kind, m.tau, m.detach_reset, fn.gamma, fn.region) == ("plif", 1.7, False, 3.0, 0.7), name
         assert m.v_threshold == (masks[name].v_threshold if name in masks else 0.8), name
         assert m.w.item() == pytest.approx(-math.log(0.7)) and not m.kernels_apply
     assert set(model.state_dict()) - set(default.state_dict()) == {f"{n}.w" for n in neurons}
@@ -182,7 +184,8 @@ def test_describe_neurons():
     ("tau", 1.0, "model_kwargs.tau 1.0 must be greater than 1"),
     ("v_threshold", -0.5, "model_kwargs.v_threshold -0.5 must be positive"),
     ("surrogate", "atan", "model_kwargs.surrogate atan is not a surrogate gradient; choose one of sigmoid, dspike"),
-    ("surrogate_gamma", 0.0, "model_kwargs.surrogate_gamma 0.0 must be positive")])
+    ("surrogate_gamma", 0.0, "model_kwargs.surrogate_gamma 0.0 must be positive"),
+    ("surrogate_region", 0.0, "model_kwargs.surrogate_region 0.0 must be positive")])
 def test_bad_neuron_settings_are_one_line_config_errors(family, key, value, message):
     from msvit.config.checks import check_model_kwargs
     with pytest.raises(ConfigError) as info:

@@ -11,7 +11,7 @@ from msvit.models._timm import input_kind
 
 # the family modules of msvit.models, by the prefix of their model names
 FAMILIES = {"msvit": "msvit", "qkformer": "qkformer", "spikformer": "spikformer", "spikingformer": "spikingformer",
-            "sdt": "spike_driven_transformer", "metaspikformer": "spike_driven_transformer_v2"}
+            "sdt": "spike_driven_transformer", "metaspikformer": "spike_driven_transformer_v2", "stmixer": "stmixer"}
 B, T, SIZE, CLASSES = 2, 2, 32, 3
 
 

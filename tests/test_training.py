@@ -70,6 +70,26 @@ def test_digits_run_learns(tmp_path):
         assert path.stat().st_mode & 0o040, f"{path.name} is not readable by the group"
 
 
+def test_a_timm_ann_trains_evaluates_and_reloads_by_the_same_loop(tmp_path, capsys):
+    """timm's ANN through the same recipe: a tiny ViT, one epoch of 11 batches; test.py and load_model rebuild it."""
+    import msvit.training.evaluate
+    from msvit.zoo import load_model
+
+    cfg = tiny_cfg(tmp_path / "run", "--model", "deit_tiny_patch16_224", "--model-kwargs",
+                   "{patch_size: 4, embed_dim: 16, depth: 1, num_heads: 2}", "--epochs", "1", "--batch-size", "128")
+    result = msvit.training.train.run(cfg, VARIANTS)
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("deit_tiny_patch16_224 on"))
+    assert "an ANN (timm's VisionTransformer): no T, no spikes; no effect on it: time_step 2" in header
+    assert not summary_rows(tmp_path / "run")[0]["firing_rate"]  # no firing watch
+    saved = parse_args(["--config", str(tmp_path / "run" / "config.yaml")], None)
+    assert (saved["time_step"], saved["batch_coupled_ssa"], saved["watch_firing"]) == (1, False, False)
+    evaluated = msvit.training.evaluate.run(parse_args([*TINY, "--checkpoint", str(tmp_path / "run" / "best.pth"),
+                                                        "--json"], DIGITS), VARIANTS)
+    assert evaluated["ann"] and evaluated["top1"] == pytest.approx(result["best_top1"])
+    model = load_model(tmp_path / "run" / "best.pth")
+    assert type(model).__name__ == "VisionTransformer" and model.patch_embed.img_size == (8, 8)
+
+
 def test_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch):
     args = ("--epochs", "3", "--mixup", "0.4", "--smoothing", "0.1")
     msvit.training.train.run(tiny_cfg(tmp_path / "straight", *args), VARIANTS)

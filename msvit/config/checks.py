@@ -106,7 +106,7 @@ def option_flag(key: str) -> str:
 def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> None:
     """Check resolved settings: integer ranges (MINIMUM), the optimizer name, a learning rate for a dataset's
     run, an even batch for mixup, and the model's arguments (`check_model_kwargs`) when `cfg['model']` is a
-    registered model. `sources` says where each key was set (a file, 'command line --flag') for the message."""
+    registered model; timm's ANN: its arguments and no spiking-only setting on the command line (`config.ann`). `sources` says where each key was set (a file, 'command line --flag') for the message."""
     def where(key: str) -> str:
         return (sources or {}).get(key, "default")
 
@@ -141,6 +141,12 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
                           f"samples of a batch ({on}): use an even --batch-size, or {off}")
     if cfg["model"] in ALL_ARCHS:
         check_model_kwargs(cfg["model"], *model_arguments(cfg))
+    else:  # timm's ANN (msvit.config.ann)
+        from .ann import ann_arguments, check_ann_kwargs, is_ann, refuse_spiking_settings
+
+        if is_ann(cfg["model"]):
+            refuse_spiking_settings(cfg, sources)
+            check_ann_kwargs(cfg["model"], *ann_arguments(cfg))
 
 
 # the Spike-driven Transformer V2 release's teacher names and the timm names of the same architecture and data

@@ -11,7 +11,7 @@ import yaml
 
 from ..data.registry import dataset_name
 from ..errors import ConfigError, UserError
-from ..models._registry import ALL_ARCHS, unknown_model
+from ..models._registry import ALL_ARCHS
 from .settings import DEFAULTS, MODEL_KEYS
 
 __all__ = ["restore_model_settings", "restore_run_settings", "warn_other_dataset", "save_config", "EVAL_MAY_CHANGE",
@@ -31,7 +31,7 @@ def restore_model_settings(cfg: dict[str, Any], checkpoint: Any, keys: tuple[str
         return
     requested = cfg.get("batch_coupled_ssa")
     cfg.update({k: saved[k] for k in keys if k in saved})
-    if "batch_coupled_ssa" not in keys:
+    if "batch_coupled_ssa" not in keys or saved.get("model", "msvit_10_384") not in ALL_ARCHS:  # an ANN: no SSA
         return
     if "batch_coupled_ssa" not in saved:
         cfg["batch_coupled_ssa"] = False
@@ -75,7 +75,10 @@ def _check_given_model(cfg: Mapping[str, Any], checkpoint: Any, given: tuple[str
     if "model" not in given:
         return
     if cfg["model"] not in ALL_ARCHS:
-        raise unknown_model(cfg["model"], where="--model")
+        from .ann import is_ann, unknown_model_name
+
+        if not is_ann(cfg["model"]):
+            raise unknown_model_name(cfg["model"], where="--model")
     saved = (_saved_config(checkpoint) or {}).get("model")
     if saved is not None and saved != cfg["model"]:
         raise ConfigError(f"--model {cfg['model']} is not the checkpoint's model: it was trained as {saved}; "

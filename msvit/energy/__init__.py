@@ -7,8 +7,9 @@ Spike-driven Transformer v1 and V2), measured from the spikes of an evaluation r
 Modules: `meter` (the hooks that count), `conv_rules` (its plan for V2's conv layers and RepConv), `readings`
 (what a meter hands the report: its `Readings`, and `stage_of`), `report` (what the counts mean: one dict),
 `products` (the attention products' rules, `conv_flops`), `text` (the tables), `figures` (the PNGs); the package re-exports these. Not imported by it: `cli` (the command line,
-`python -m msvit.energy`: `msvit.energy.cli.main` / `run`) and `dense` (the rate-independent energy of a model's
-dense layers, `python -m msvit.zoo --energy`).
+`python -m msvit.energy`: `msvit.energy.cli.main` / `run`), `dense` (the rate-independent energy of a model's
+dense layers, `python -m msvit.zoo --energy`), `ann` (a timm ANN's MACs x 4.6 pJ, counted on the meta device) and
+`table` (MSViT's ImageNet comparison table as this codebase sees it, `python -m msvit.zoo --table`).
 
 The energy model of the papers (Spikformer, QKFormer, MSViT), on a 45 nm chip:
 

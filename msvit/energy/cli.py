@@ -14,6 +14,7 @@ import torch
 
 from ..config import (EVALUATION_KEYS, ArgumentParser, architecture_kwargs, command_line_keys, parse_args,
                       print_program_help, restore_run_settings, warn_other_dataset)
+from ..config.ann import ANN_WORDS, is_ann
 from ..console import print_json, setup_logging, stdout_to_stderr
 from ..data import build_datasets
 from ..errors import ConfigError, UserError, user_message
@@ -72,6 +73,9 @@ def run(cfg: dict[str, Any], batches: int = 0, e_mac_pj: float = E_MAC_PJ, e_ac_
     setup_logging(env.is_main)
     checkpoint = read_checkpoint(cfg["checkpoint"]) if cfg["checkpoint"] else None
     restore_run_settings(cfg, checkpoint, list(given))
+    if is_ann(cfg["model"]):
+        raise ConfigError(f"{cfg['model']} is {ANN_WORDS}: nothing for the meter to count; its energy is its MACs x "
+                          f"{e_mac_pj:g} pJ: msvit.energy.ann.ann_energy({cfg['model']!r}), python -m msvit.zoo --table")
     try:
         seed_everything(cfg["seed"])  # without a checkpoint the weights are random: the same ones every run
         model = create_dataset_model(cfg, ALL_MODEL_NAMES)

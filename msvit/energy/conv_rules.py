@@ -1,5 +1,5 @@
-"""`msvit.energy`'s rules for the Spike-driven Transformer V2's layers (`msvit.layers.conv` and its attention), which
-the meter plans through `plan_conv_layer`:
+"""`msvit.energy`'s rules for the Spike-driven Transformer V2's layers (`msvit.layers.conv` and its attention) and
+STMixer's (its stem and token mixer), which the meter plans through `plan_conv_layer`:
 
 - `MSDownsampling`: the first one's conv sees the image, MACs (once per static image, as every stem's first conv);
   the others' convs read their `encode_lif` spikes, accumulates at that rate.
@@ -14,6 +14,12 @@ the meter plans through `plan_conv_layer`:
   norms and the padded border cost nothing (the border's constant values fold into the bias), and the real values
   inside the chain are never charged as MACs.
 - The attention's products, as SSA's: K^T V and Q (K^T V), N x C x d each at the rates of K resp. Q (`products`).
+- STMixer's `ProtectedStem`: `proj_conv` and the protection shortcut `short_conv` both see the image, MACs (once per
+  static image); `proj1_conv` .. `proj4_conv` read their neurons' spikes, accumulates at that rate.
+- STMixer's `SpikingTokenMixer`: `fc1_conv` and `fc2_conv` read spikes, accumulates; the STM (`stm`, kind
+  "attention") multiplies each channel's spikes by its head's N x N matrix: C x N x N per image and step at the rate
+  of its input spikes (`stm_lif`'s). The FFN is a `MembraneMLP`, and the head reads the real-valued stream (MACs),
+  as Spikingformer's.
 """
 from __future__ import annotations
 
@@ -22,12 +28,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..layers import MSConvBlock, MSDownsampling, RepConv, RepConvSelfAttention, SepConv
+from ..layers import (MSConvBlock, MSDownsampling, ProtectedStem, RepConv, RepConvSelfAttention, SepConv,
+                      SpikingTokenMixer)
 from .products import attention_products, conv_flops
 
 __all__ = ["CONV_LAYERS", "plan_conv_layer", "repconv_flops"]
 
-CONV_LAYERS = (MSDownsampling, SepConv, MSConvBlock, RepConvSelfAttention)
+CONV_LAYERS = (MSDownsampling, SepConv, MSConvBlock, RepConvSelfAttention, ProtectedStem, SpikingTokenMixer)
 
 Deps = dict[int, list[tuple[Any, Callable[[int], int]]]]
 
@@ -70,6 +77,32 @@ def _repconv(meter: Any, name: str, rep: RepConv, planned: set[int]) -> None:
     meter._hooks.append((rep, "pre", hook))
 
 
+def _token_mixing(meter: Any, name: str, mixer: SpikingTokenMixer, planned: set[int]) -> None:
+    """The STM product: C x N x N per image and step at its input spikes' rate."""
+    acc = meter._layer(name, "attention")
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0]  # [T, B, C, N] spikes
+        (s, steps), n = meter._sums(x), x.numel()
+        flops = x.shape[-2] * x.shape[-1] * x.shape[-1]
+        acc.add(n, flops, ops=s * (flops * math.prod(x.shape[:-2]) / n), total=s, steps=steps)
+    meter._hooks.append((mixer.stm, "pre", hook))
+
+
+def _stmixer(meter: Any, name: str, m: nn.Module, planned: set[int]) -> None:
+    if isinstance(m, ProtectedStem):
+        for conv_name in ("proj_conv", "short_conv"):  # both on the image
+            conv = getattr(m, conv_name)
+            planned.add(id(conv))
+            meter._hooks.append((conv, "pre", meter._dense_hook(meter._layer(_join(name, conv_name), "MAC"))))
+        for layer in m.NAMES[1:]:
+            _spiking(meter, _join(name, f"{layer}_conv"), getattr(m, f"{layer}_conv"), planned)
+        return
+    _spiking(meter, _join(name, "fc1_conv"), m.fc1_conv, planned)
+    _token_mixing(meter, _join(name, "stm"), m, planned)
+    _spiking(meter, _join(name, "fc2_conv"), m.fc2_conv, planned)
+
+
 def plan_conv_layer(meter: Any, name: str, m: nn.Module, planned: set[int], lif_deps: Deps,
                     first_dense: bool) -> bool:
     """Plan the hooks of one of `CONV_LAYERS` on `meter` (an `EnergyMeter` being set up); returns whether the first
@@ -88,6 +121,9 @@ def plan_conv_layer(meter: Any, name: str, m: nn.Module, planned: set[int], lif_
     elif isinstance(m, MSConvBlock):
         _spiking(meter, _join(name, "conv1"), m.conv1, planned)
         _spiking(meter, _join(name, "conv2"), m.conv2, planned)
+    elif isinstance(m, (ProtectedStem, SpikingTokenMixer)):
+        _stmixer(meter, name, m, planned)
+        return first_dense and not isinstance(m, ProtectedStem)
     elif isinstance(m, RepConvSelfAttention):
         for branch in ("q_conv", "k_conv", "v_conv", "proj_conv"):
             _repconv(meter, _join(name, branch), getattr(m, branch)[0], planned)

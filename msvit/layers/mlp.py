@@ -37,10 +37,11 @@ class MembraneMLP(nn.Module):
     to x. `inner_residual` (the Spike-driven Transformer where hidden == C) adds x to the hidden membrane before
     the second neuron, and that sum's excess over x to the output, as its MS_MLP does. `tokens` (the Spike-driven
     Transformer V2's MS_MLP) runs Conv1d and BatchNorm1d on the tokens `[T*B, C, N]` (the same maths, weights of
-    shape `[C', C, 1]`). `tau`, when given, overrides the time constant of `neurons`."""
+    shape `[C', C, 1]`). `tau`, when given, overrides the time constant of `neurons`; `bias=False` (STMixer's FFN)
+    builds the convs without bias."""
 
     def __init__(self, dim: int, hidden: int, neurons: Neurons = "auto", tau: float | None = None,
-                 inner_residual: bool = False, tokens: bool = False) -> None:
+                 inner_residual: bool = False, tokens: bool = False, bias: bool = True) -> None:
         super().__init__()
         if inner_residual and hidden != dim:
             raise ValueError(f"an inner residual needs hidden == dim, got {hidden} and {dim}")
@@ -48,10 +49,10 @@ class MembraneMLP(nn.Module):
         self.inner_residual, self.tokens = inner_residual, bool(tokens)
         conv, norm = (nn.Conv1d, nn.BatchNorm1d) if tokens else (nn.Conv2d, nn.BatchNorm2d)
         self.fc1_lif = neurons.make()
-        self.fc1_conv = conv(dim, hidden, 1)
+        self.fc1_conv = conv(dim, hidden, 1, bias=bias)
         self.fc1_bn = norm(hidden)
         self.fc2_lif = neurons.make()
-        self.fc2_conv = conv(hidden, dim, 1)
+        self.fc2_conv = conv(hidden, dim, 1, bias=bias)
         self.fc2_bn = norm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,9 @@
     the pooled spikes (outputs count 0-2);
   - Spikingformer's tokenizer: `CB`, then `L[P]CB` layers (a real-valued output, no embedding);
   - the Spike-driven Transformer's MS_SPS: three `CBL[P]` layers, a `CB[P]` layer, and an `LCB` embedding added
-    at membrane level.
+    at membrane level;
+- `ProtectedStem`, STMixer's IPSPS: five strided conv-BN layers with neurons between them (no max-pool), and an
+  information-protection shortcut, a strided conv + BN on the raw image, concatenated to it (a real-valued output).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import nn
 from ..neurons import Neurons, as_settings
 from ._time import fold_time, unfold_time
 
-__all__ = ["PatchEmbed", "STEMS", "batch_norm_of_copies", "StemLayer", "LayerStem", "pooled_layers"]
+__all__ = ["PatchEmbed", "STEMS", "batch_norm_of_copies", "StemLayer", "LayerStem", "pooled_layers", "ProtectedStem"]
 
 
 def batch_norm_of_copies(bn: nn.BatchNorm2d, y: torch.Tensor, copies: int) -> torch.Tensor:
@@ -213,3 +215,53 @@ class LayerStem(nn.Module):
     def extra_repr(self) -> str:
         layers = " ".join(layer.ops for layer in self.layers)
         return f"layers {layers}" + (f", embedding {self.embed.ops} + identity" if self.embed else "")
+
+
+class ProtectedStem(nn.Module):
+    """STMixer's IPSPS (the release's `SPSV2`) on `[T, B, C, H, W]` -> `[T, B, D, H / 2^d, W / 2^d]`, d =
+    `downsample_times` (4 ImageNet, 2 CIFAR).
+
+    Main path: `proj_conv` (3x3, no bias) and `proj_bn` on the input, then `proj{i}_lif`, `proj{i}_conv`, `proj{i}_bn`
+    for i = 1..4; widths D/8, D/4, D/2, D, 7D/8 and strides 1, 2, 2, 2, 2 (d = 4) or 1, 1, 1, 2, 2 (d = 2); no
+    max-pool; it ends on the batch norm. Shortcut: `short_conv` (kernel = stride = 2^d, no bias) and `short_bn` on the
+    raw input, D/8 channels. Output: the shortcut's channels, then the main path's, both real-valued.
+
+    A static image reaches the stem as one image expanded over T (stride 0 along T): both convolutions on it then
+    run once per image (`once_per_image`, the default path), not on T identical copies (the reference path).
+    """
+
+    once_per_image = True
+    NAMES = ("proj", "proj1", "proj2", "proj3", "proj4")
+
+    def __init__(self, in_chans: int, dim: int, downsample_times: int = 4, neurons: Neurons = "auto") -> None:
+        super().__init__()
+        if downsample_times not in (2, 4):
+            raise ValueError(f"downsample_times {downsample_times}: STMixer's stem downsamples 2 or 4 times")
+        neurons = as_settings(neurons)
+        widths = (in_chans, dim // 8, dim // 4, dim // 2, dim, dim // 8 * 7)
+        strides = (1, 2, 2, 2, 2) if downsample_times == 4 else (1, 1, 1, 2, 2)
+        self.reduction = 2 ** downsample_times
+        for i, (name, stride) in enumerate(zip(self.NAMES, strides)):
+            if i:
+                self.add_module(f"{name}_lif", neurons.make())
+            self.add_module(f"{name}_conv", nn.Conv2d(widths[i], widths[i + 1], 3, stride, 1, bias=False))
+            self.add_module(f"{name}_bn", nn.BatchNorm2d(widths[i + 1]))
+        self.short_conv = nn.Conv2d(in_chans, dim // 8, self.reduction, self.reduction, bias=False)
+        self.short_bn = nn.BatchNorm2d(dim // 8)
+
+    def _on_input(self, conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`bn(conv(x))` on the stem's input, once per image where it is one image over T."""
+        T = x.shape[0]
+        if self.once_per_image and x.stride(0) == 0 and not isinstance(bn, nn.SyncBatchNorm):
+            y = batch_norm_of_copies(bn, conv(x[0]), T)
+            return y.expand(T, *y.shape)
+        return unfold_time(bn(conv(fold_time(x))), T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        short = self._on_input(self.short_conv, self.short_bn, x)
+        y = self._on_input(self.proj_conv, self.proj_bn, x)
+        for name in self.NAMES[1:]:
+            spikes = getattr(self, f"{name}_lif")(y)
+            y = unfold_time(getattr(self, f"{name}_bn")(getattr(self, f"{name}_conv")(fold_time(spikes))), T)
+        return torch.cat([short, y], dim=2)

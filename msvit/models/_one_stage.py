@@ -84,9 +84,9 @@ class OneStageTransformer(SpikingNetwork):
                  pooling_stat: str = "1111", tau: float = TAU, drop_path_rate: float = 0.0,
                  neuron_backend: str = "auto", batch_coupled_ssa: bool = False, neuron: str = "lif",
                  v_threshold: float = 1.0, surrogate: str = "sigmoid", surrogate_alpha: float = 4.0,
-                 surrogate_gamma: float = 2.5, detach_reset: bool = True, drop_rate: float = 0.0,
-                 global_pool: str = "avg", drop_block_rate: float | None = None, bn_momentum: float | None = None,
-                 bn_eps: float | None = None, **family: Any) -> None:
+                 surrogate_gamma: float = 2.5, surrogate_region: float = 1.0, detach_reset: bool = True,
+                 drop_rate: float = 0.0, global_pool: str = "avg", drop_block_rate: float | None = None,
+                 bn_momentum: float | None = None, bn_eps: float | None = None, **family: Any) -> None:
         unknown = sorted(set(family) - set(constructor_parameters(type(self))[0]))
         if unknown:  # `family` holds the subclass's own arguments only
             raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}")
@@ -96,7 +96,7 @@ class OneStageTransformer(SpikingNetwork):
                            tau=tau, drop_path_rate=drop_path_rate or 0.0, neuron_backend=neuron_backend,
                            batch_coupled_ssa=batch_coupled_ssa, neuron=neuron, v_threshold=v_threshold,
                            surrogate=surrogate, surrogate_alpha=surrogate_alpha, surrogate_gamma=surrogate_gamma,
-                           detach_reset=detach_reset,
+                           surrogate_region=surrogate_region, detach_reset=detach_reset,
                            drop_rate=drop_rate or 0.0, global_pool="avg" if global_pool is None else global_pool,
                            drop_block_rate=drop_block_rate, bn_momentum=bn_momentum, bn_eps=bn_eps, **family)
         check_arguments(type(self), self.config)
@@ -108,7 +108,7 @@ class OneStageTransformer(SpikingNetwork):
         self.patch_embed = self.build_stem()
         rates = torch.linspace(0, self.config["drop_path_rate"], depth, device="cpu").tolist()
         self.block = nn.ModuleList([self.build_block(rate) for rate in rates])
-        stride = 2 ** sum(layer.ops.count("P") for layer in self.patch_embed.layers)  # each max-pool 3/2 halves
+        stride = self.stem_stride()
         self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f"block.{i}") for i in range(depth)]
         self.head_drop = nn.Dropout(self.drop_rate)
         self.head = classifier_head(self.num_features, num_classes)
@@ -124,6 +124,10 @@ class OneStageTransformer(SpikingNetwork):
 
     def build_block(self, drop_path: float) -> nn.Module:
         raise NotImplementedError
+
+    def stem_stride(self) -> int:
+        """How much the stem shrinks H and W (a `LayerStem`: each max-pool 3/2 halves them)."""
+        return 2 ** sum(layer.ops.count("P") for layer in self.patch_embed.layers)
 
     def init_weights(self) -> None:
         """The release's initialisation (the default: PyTorch's, with the head's from `classifier_head`)."""

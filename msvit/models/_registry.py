@@ -1,6 +1,6 @@
 """Every registered model of the package, by name: its class, its architecture arguments and their check.
 MSViT and QKFormer are `SpikingTransformer` (`ARCHS`); the baselines (Spikformer, Spikingformer, the Spike-driven
-Transformer v1 and V2) are one class per family (`BASELINE_ARCHS`): V2 (`MetaSpikeFormer`) is not one-stage and has
+Transformer v1 and V2, STMixer) are one class per family (`BASELINE_ARCHS`): V2 (`MetaSpikeFormer`) is not one-stage and has
 its own argument check."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .qkformer import QKFORMER_ARCHS
 from .spike_driven_transformer import SDT_ARCHS, SpikeDrivenTransformer
 from .spikformer import SPIKFORMER_ARCHS, Spikformer
 from .spikingformer import SPIKINGFORMER_ARCHS, Spikingformer
+from .stmixer import STMIXER_ARCHS, STMixer
 from . import spike_driven_transformer_v2 as sdt_v2
 
 __all__ = ["ARCHS", "MODEL_NAMES", "ALL_ARCHS", "ALL_MODEL_NAMES", "BASELINE_ARCHS", "BASELINE_NAMES", "model_class",
@@ -29,9 +30,10 @@ MODEL_NAMES = tuple(ARCHS)
 BASELINE_CLASSES = {**{name: Spikformer for name in SPIKFORMER_ARCHS},
                     **{name: Spikingformer for name in SPIKINGFORMER_ARCHS},
                     **{name: SpikeDrivenTransformer for name in SDT_ARCHS},
-                    **{name: sdt_v2.MetaSpikeFormer for name in sdt_v2.SDT_V2_ARCHS}}
+                    **{name: sdt_v2.MetaSpikeFormer for name in sdt_v2.SDT_V2_ARCHS},
+                    **{name: STMixer for name in STMIXER_ARCHS}}
 BASELINE_ARCHS: dict[str, dict[str, Any]] = {**SPIKFORMER_ARCHS, **SPIKINGFORMER_ARCHS, **SDT_ARCHS,
-                                             **sdt_v2.SDT_V2_ARCHS}
+                                             **sdt_v2.SDT_V2_ARCHS, **STMIXER_ARCHS}
 ALL_ARCHS: dict[str, dict[str, Any]] = {**ARCHS, **BASELINE_ARCHS}
 ALL_MODEL_NAMES = tuple(ALL_ARCHS)
 BASELINE_NAMES = tuple(BASELINE_ARCHS)

@@ -55,8 +55,8 @@ class MetaSpikeFormer(SpikingNetwork):
                  mlp_ratio: float = 4.0, kd: bool = False, drop_path_rate: float = 0.0, neuron_backend: str = "auto",
                  batch_coupled_ssa: bool = False, neuron: str = "lif", tau: float = TAU, v_threshold: float = 1.0,
                  surrogate: str = "sigmoid", surrogate_alpha: float = 4.0, surrogate_gamma: float = 2.5,
-                 detach_reset: bool = True, drop_rate: float = 0.0, global_pool: str = "avg",
-                 drop_block_rate: float | None = None, bn_momentum: float | None = None,
+                 surrogate_region: float = 1.0, detach_reset: bool = True, drop_rate: float = 0.0,
+                 global_pool: str = "avg", drop_block_rate: float | None = None, bn_momentum: float | None = None,
                  bn_eps: float | None = None) -> None:
         super().__init__()
         self.config = dict(img_size=img_size, in_chans=in_chans, num_classes=num_classes, T=T,
@@ -64,7 +64,7 @@ class MetaSpikeFormer(SpikingNetwork):
                            drop_path_rate=drop_path_rate or 0.0, neuron_backend=neuron_backend,
                            batch_coupled_ssa=batch_coupled_ssa, neuron=neuron, tau=tau, v_threshold=v_threshold,
                            surrogate=surrogate, surrogate_alpha=surrogate_alpha, surrogate_gamma=surrogate_gamma,
-                           detach_reset=detach_reset, drop_rate=drop_rate or 0.0,
+                           surrogate_region=surrogate_region, detach_reset=detach_reset, drop_rate=drop_rate or 0.0,
                            global_pool="avg" if global_pool is None else global_pool,
                            drop_block_rate=drop_block_rate, bn_momentum=bn_momentum, bn_eps=bn_eps)
         check_arguments(self.config)

@@ -25,7 +25,7 @@ from torch import nn
 from . import lif_cpu
 from .lif_cuda import SUPPORTED_DTYPES, CupyLIF
 from .spike_bits import mark_spikes
-from .surrogates import SURROGATES, Dspike
+from .surrogates import DSPIKE_REGION, SURROGATES, Dspike
 from ..errors import ConfigError, UserError
 
 
@@ -71,12 +71,13 @@ V_RESET = 0.0
 SURROGATE_ALPHA = 4.0
 
 
-def make_surrogate(name: str, alpha: float = SURROGATE_ALPHA, gamma: float = 2.5) -> nn.Module:
-    """The surrogate `name`: spikingjelly's `Sigmoid(alpha, spiking=True)` or `Dspike(gamma)`."""
+def make_surrogate(name: str, alpha: float = SURROGATE_ALPHA, gamma: float = 2.5,
+                   region: float = DSPIKE_REGION) -> nn.Module:
+    """The surrogate `name`: spikingjelly's `Sigmoid(alpha, spiking=True)` or `Dspike(gamma, region)`."""
     if name == "sigmoid":
         return surrogate.Sigmoid(alpha=float(alpha), spiking=True)
     if name == "dspike":
-        return Dspike(gamma)
+        return Dspike(gamma, region)
     raise ConfigError(f"unknown surrogate {name!r}; choose one of {', '.join(SURROGATES)}")
 
 

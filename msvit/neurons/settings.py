@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .lif import BACKENDS, KINDS, LIF, SURROGATE_ALPHA, TAU, make_surrogate
-from .surrogates import SURROGATES, Dspike
+from .surrogates import DSPIKE_REGION, SURROGATES, Dspike
 
 __all__ = ["NeuronSettings", "Neurons", "NEURON_KEYWORDS", "as_settings", "check_neuron_arguments",
            "describe_neurons"]
@@ -28,7 +28,8 @@ DSPIKE_GAMMA = 2.5  # STMixer's
 class NeuronSettings:
     """Every neuron of a model: `kind` ('lif', 'if', 'plif'), `tau` (LIF's time constant, PLIF's initial one;
     IF has none), `v_threshold` (all but the attention-mask neurons, which keep their family's threshold),
-    `surrogate` ('sigmoid' with `surrogate_alpha`, or 'dspike' with `surrogate_gamma`), `detach_reset`, and the
+    `surrogate` ('sigmoid' with `surrogate_alpha`, or 'dspike' with `surrogate_gamma` on `surrogate_region`),
+    `detach_reset`, and the
     kernels' `backend` ('auto', 'cupy', 'torch')."""
 
     kind: str = "lif"
@@ -37,6 +38,7 @@ class NeuronSettings:
     surrogate: str = "sigmoid"
     surrogate_alpha: float = SURROGATE_ALPHA
     surrogate_gamma: float = DSPIKE_GAMMA
+    surrogate_region: float = DSPIKE_REGION
     detach_reset: bool = True
     backend: str = "auto"
 
@@ -63,15 +65,16 @@ class NeuronSettings:
         """A neuron with these settings (`v_threshold`: the attention-mask neurons' own threshold)."""
         return LIF(self.v_threshold if v_threshold is None else v_threshold, self.backend, self.tau,
                    kind=self.kind, surrogate_function=make_surrogate(self.surrogate, self.surrogate_alpha,
-                                                                     self.surrogate_gamma),
+                                                                     self.surrogate_gamma, self.surrogate_region),
                    detach_reset=self.detach_reset)
 
 
 # constructor keyword -> NeuronSettings field
 _FIELDS = {"neuron": "kind", "tau": "tau", "v_threshold": "v_threshold", "surrogate": "surrogate",
-           "surrogate_alpha": "surrogate_alpha", "surrogate_gamma": "surrogate_gamma", "detach_reset": "detach_reset",
-           "neuron_backend": "backend"}
-NEURON_KEYWORDS = ("neuron", "tau", "v_threshold", "surrogate", "surrogate_alpha", "surrogate_gamma", "detach_reset")
+           "surrogate_alpha": "surrogate_alpha", "surrogate_gamma": "surrogate_gamma",
+           "surrogate_region": "surrogate_region", "detach_reset": "detach_reset", "neuron_backend": "backend"}
+NEURON_KEYWORDS = ("neuron", "tau", "v_threshold", "surrogate", "surrogate_alpha", "surrogate_gamma",
+                   "surrogate_region", "detach_reset")
 
 Neurons = NeuronSettings | str  # what a layer takes: the settings, or a backend name for the releases' neurons
 
@@ -103,6 +106,8 @@ def check_neuron_arguments(args: Mapping[str, Any], named: Callable[[str], str])
     for key in ("surrogate_alpha", "surrogate_gamma"):
         if not get(key, 1.0) > 0:
             raise ConfigError(f"{named(key)} must be positive (the surrogate's sharpness)")
+    if not get("surrogate_region", 1.0) > 0:
+        raise ConfigError(f"{named('surrogate_region')} must be positive (Dspike's half-width around the threshold)")
     if not isinstance(get("detach_reset", True), bool):
         raise ConfigError(f"{named('detach_reset')} must be true or false")
     if args.get("neuron_backend", "auto") not in BACKENDS:
@@ -118,7 +123,7 @@ def _values(neurons: list[LIF], read: Callable[[LIF], Any]) -> str:
 def _surrogate_words(m: LIF) -> str:
     fn = m.surrogate_function
     if isinstance(fn, Dspike):
-        return f"dspike gamma {fn.gamma:g}"
+        return f"dspike gamma {fn.gamma:g}" + ("" if fn.region == DSPIKE_REGION else f" region {fn.region:g}")
     return f"sigmoid alpha {fn.alpha:g}" if hasattr(fn, "alpha") else type(fn).__name__
 
 

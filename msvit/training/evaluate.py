@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..models._checkpoint import load_checkpoint, read_checkpoint
-from ..config import MODEL_KEYS, command_line_keys, parse_args, restore_run_settings, warn_other_dataset
+from ..config import MODEL_KEYS, command_line_keys, option_flag, parse_args, restore_run_settings, warn_other_dataset
+from ..config.ann import ann_run_settings, is_ann, refuse_spiking_settings
 from ..data import build_datasets, eval_transform_line, resolve_num_classes
 from .distributed import DistEnv, cleanup, init_distributed, main_process_first, set_threads
 from ..energy import EnergyMeter, format_firing, format_totals
@@ -48,6 +49,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
         setup_logging(env.is_main)
         checkpoint = read_checkpoint(cfg["checkpoint"])
         restore_run_settings(cfg, checkpoint, given)
+        ann = _ann_settings(cfg, given)
         cfg["num_classes"] = resolve_num_classes(cfg, train=False)  # null: the val class folders' count
         try:
             model = _load_model(cfg, checkpoint, variants).to(env.device)
@@ -57,19 +59,28 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
             transform = eval_transform_line(cfg)  # which resize and crop: crop_pct null depends on img_size
             if transform is not None:
                 log.info("%s", transform)
-            coupled = model.config["batch_coupled_ssa"]
+            coupled = False if ann else model.config["batch_coupled_ssa"]
             metrics, energy, by_setting = _measure(cfg, model, loader, env)
         finally:
             cleanup()
-    result = {**metrics, "weights": "ema" if cfg["use_ema"] else "raw", "time_step": model.T,
-              "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size,
+    result = {**metrics, "weights": "ema" if cfg["use_ema"] else "raw", "time_step": 1 if ann else model.T,
+              "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size, "ann": ann is not None,
               **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:
         if cfg["json"]:
             print_json(result)
         else:
-            print(_report(cfg, result, env))
+            print(_report(cfg, result, env, ann))
     return result
+
+
+def _ann_settings(cfg: dict[str, Any], given: Sequence[str]) -> str | None:
+    """For timm's ANN (`config.ann`): the spiking-only settings given here refused, the rest set neutral; the
+    report's line that says what the model is."""
+    if not is_ann(cfg["model"]):
+        return None
+    refuse_spiking_settings(cfg, {key: f"command line {option_flag(key)}" for key in given})
+    return ann_run_settings(cfg)
 
 
 def _load_model(cfg: dict[str, Any], checkpoint: Any, variants: Sequence[str]) -> Any:
@@ -84,7 +95,7 @@ def _measure(cfg: dict[str, Any], model: Any, loader: Any,
              env: DistEnv) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(metrics, energy per image, metrics by SSA setting with --compare-ssa-coupling) of `model` on `loader`."""
     amp = amp_settings(cfg, env.device)
-    coupled = model.config["batch_coupled_ssa"]
+    coupled = cfg["batch_coupled_ssa"] if is_ann(cfg["model"]) else model.config["batch_coupled_ssa"]
     meter = EnergyMeter(model) if cfg["energy"] else contextlib.nullcontext()
     runner = model
     if cfg["compile"] and not cfg["energy"]:  # the energy meter counts through hooks: eager
@@ -111,19 +122,21 @@ def _accuracy(metrics: dict[str, Any]) -> str:
     return f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
 
 
-def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv) -> str:
-    """The text report: the SSA setting and batch first, then the accuracy line(s), then the energy."""
+def _report(cfg: dict[str, Any], result: dict[str, Any], env: DistEnv, ann: str | None = None) -> str:
+    """The text report: the SSA setting (an ANN: what it is) and batch first, then the accuracy line(s), then the
+    energy."""
     coupled, batch = result["batch_coupled_ssa"], result["val_batch_size"]
     processes = f", {env.world_size} processes (each evaluates its own shard)" if env.world_size > 1 else ""
-    lines = [f"SSA output neuron: {'batch-coupled (as in the release)' if coupled else 'per sample'}; "
-             f"evaluation batch {batch} per process{processes}"]
+    network = ann or f"SSA output neuron: {'batch-coupled (as in the release)' if coupled else 'per sample'}"
+    lines = [f"{network}; evaluation batch {batch} per process{processes}"]
     if coupled:
         reference = reference_batch_sizes(cfg)
         at = f"; {reference[2]} evaluates at {reference[1]} per process" if reference else ""
         lines.append(f"note: with the batch-coupled SSA, predictions depend on the evaluation batch size and on "
                      f"which images share a batch{at}")
     weights = ", EMA weights" if result["weights"] == "ema" else ""
-    lines.append(f"{cfg['model']} on {cfg['dataset']} (T {result['time_step']}, batch {batch}{weights}): {_accuracy(result)}  "
+    steps = "" if ann else f"T {result['time_step']}, "
+    lines.append(f"{cfg['model']} on {cfg['dataset']} ({steps}batch {batch}{weights}): {_accuracy(result)}  "
                  f"images {result['n']}")
     if "ssa_settings" in result:
         for key, name in ((True, "batch-coupled SSA"), (False, "per-sample SSA")):

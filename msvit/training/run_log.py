@@ -14,7 +14,7 @@ from torch import nn
 from .distributed import DistEnv
 from .engine import AmpSettings
 from ..models import count_parameters
-from ..neurons import implementation
+from ..neurons import describe_neurons, implementation
 from ..console import epoch_label
 from .preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
@@ -68,9 +68,11 @@ def _schedule_line(cfg: dict[str, Any], lr: float) -> str:
 
 
 def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple[int, int], lr: float,
-                updates_per_epoch: int, amp: AmpSettings, output: Path, distillation: str | None = None) -> None:
+                updates_per_epoch: int, amp: AmpSettings, output: Path, distillation: str | None = None,
+                ann: str | None = None) -> None:
     """One block at the start: what trains on what, with which batch, schedule, precision and neurons (and the
-    `distillation` line, `distillation.describe`'s, when a teacher takes part)."""
+    `distillation` line, `distillation.describe`'s, when a teacher takes part; `ann`: what timm's ANN is and the
+    settings that have no effect on it, `config.ann.ann_run_settings`'s, instead of T and the SSA)."""
     neurons = _devices_and_neurons(model, env, amp)  # a collective: every process takes part
     if not env.is_main:
         return
@@ -78,10 +80,13 @@ def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple
     precision = (f"AMP {str(amp.dtype).removeprefix('torch.')}" if amp.enabled
                  else "float32" + (" (amp applies to CUDA only)" if cfg["amp"] else ""))
     interval = f" and every {cfg['checkpoint_interval']} updates" if cfg["checkpoint_interval"] else ""
+    network = ann or (f"T {cfg['time_step']}, SSA "
+                      f"{'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}"
+                      + (f"; TET loss (means {cfg['tet_means']:g}, lambda {cfg['tet_lambda']:g})" if cfg["tet"] else ""))
+    spikes = "" if ann else f"; saved spikes {'as bits' if cfg['pack_saved_spikes'] else 'dense'}"
     for line in (
-            f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, T {cfg['time_step']}, "
-            f"SSA {'batch-coupled (as released)' if cfg['batch_coupled_ssa'] else 'per sample'}"
-            + (f"; TET loss (means {cfg['tet_means']:g}, lambda {cfg['tet_lambda']:g})" if cfg["tet"] else ""),
+            f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, {network}",
+            None if ann else describe_neurons(model),
             distillation,
             f"data: {sizes[0]:,} train / {sizes[1]:,} val samples, {cfg['num_classes']:,} classes; global batch "
             f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} "
@@ -89,8 +94,7 @@ def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple
             f"per epoch; {cfg['workers']} loader workers per process",
             _schedule_line(cfg, lr),
             f"devices: {neurons}; {precision}; compile {_compile_words(cfg)}; "
-            f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}; saved spikes "
-            f"{'as bits' if cfg['pack_saved_spikes'] else 'dense'}",
+            f"activation checkpointing {'on' if cfg['grad_checkpointing'] else 'off'}{spikes}",
             f"run folder {output}: last.pth at each epoch end{interval}; SIGTERM/SIGUSR1 (exit {EXIT_PREEMPTED}) "
             f"and Ctrl-C (exit {EXIT_INTERRUPTED}) stop after the current update"):
         if line:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..models._checkpoint import read_checkpoint
 from ..config import restore_model_settings, save_config
+from ..config.ann import ann_run_settings, is_ann
 from ..console import EpochDisplay, add_log_file, log_to_file, setup_logging
 from ..data import build_datasets, eval_transform_line, resolve_num_classes
 from .distributed import (DistEnv, barrier, broadcast_buffers, cleanup, init_distributed, main_process_first,
@@ -123,12 +124,14 @@ def _finetune_source(cfg: dict[str, Any], variants: Sequence[str],
 
 def _prepare_model(model: nn.Module, cfg: dict[str, Any], env: DistEnv) -> nn.Module:
     """The run's options on the model (on its device): activation checkpointing, packed spikes, memory format,
-    SyncBatchNorm."""
-    cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
-    _check_coupled_batch(cfg)
+    SyncBatchNorm. timm's ANN has no SSA and no spikes."""
+    spiking = not is_ann(cfg["model"])
+    if spiking:
+        cfg["batch_coupled_ssa"] = model.config["batch_coupled_ssa"]  # model_kwargs may have set it
+        _check_coupled_batch(cfg)
+        model.pack_saved_spikes = cfg["pack_saved_spikes"]
     if cfg["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
-    model.pack_saved_spikes = cfg["pack_saved_spikes"]
     if cfg["channels_last"]:  # opt-in: see docs/benchmarks.md for when it pays off
         model = model.to(memory_format=torch.channels_last)
     if cfg["sync_bn"] and env.distributed:
@@ -169,6 +172,7 @@ class Trainer:
         checkpoint_path = resume_path(cfg, self.output)
         variants, source = _finetune_source(cfg, variants, checkpoint_path)
         check_dataset_model(cfg, variants)  # before any data is read
+        self.ann = ann_run_settings(cfg) if is_ann(cfg["model"]) else None  # timm's ANN: no T, no spikes
         check_output_writable(self.output)  # the folder itself is made once the data and the model are checked
         _clamp_workers(cfg)
         self.teacher = build_teacher(cfg, env.device)  # before the data: a bad teacher leaves no run folder
@@ -261,7 +265,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(output), purge_step=epoch if epoch else None)
         log_header(cfg, env, self.model, (len(self.train_set), len(self.val_set)), self.lr, self.updates_per_epoch,
-                   self.amp, output, describe(cfg, self.model))
+                   self.amp, output, describe(cfg, self.model), self.ann)
         self.total_epochs = cfg["epochs"] + cfg["cooldown_epochs"]
 
     def fit(self) -> dict[str, Any]:
