@@ -72,3 +72,14 @@ def test_head_contract_and_reset_classifier(name):
     assert torch.allclose(head(pooled), logits, atol=1e-6)  # logits = head(pooled features)
     assert features.shape == (B, model.num_features) and model.num_classes == 0
     assert features.abs().sum() > 0 and torch.allclose(features, pooled)
+
+
+# the other families: tests/test_baselines.py and tests/test_compile.py
+@pytest.mark.parametrize("name", ["metaspikformer_8_256", "stmixer_cifar_4_384"])
+def test_the_newer_families_trace_as_one_graph(name):
+    torch._dynamo.reset()
+    model = timm.create_model(name, **small(name)).train()
+    x, _ = batch(name, model)
+    explanation = torch._dynamo.explain(model)(x)
+    torch._dynamo.reset()
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
