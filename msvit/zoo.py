@@ -290,7 +290,9 @@ def describe_dataset_model(config: str | Path, variants: Sequence[str],
     if is_ann(cfg["model"]) and cfg["img_size"]:  # the data's size fed timm's constructor
         size = (size[0], cfg["img_size"], cfg["img_size"])
     what = ANN_WORDS if is_ann(cfg["model"]) else f"T={model.T}"
-    print(f"{cfg['model']} for {cfg['dataset']}: {count_parameters(model):,} parameters, "
+    side = getattr(model, "training_only_parameters", lambda: 0)()  # STMixer's SML side branches
+    side_words = f" (of which {side:,} in training-only side branches)" if side else ""
+    print(f"{cfg['model']} for {cfg['dataset']}: {count_parameters(model):,} parameters{side_words}, "
           f"input {size}, {what}, {model.num_classes} classes "
           f"(suitable models: {', '.join(variants)})")
 

@@ -392,6 +392,8 @@ SETTINGS_REFUSED: dict[str, Callable[[Path], Case]] = {
     "ann-with-a-time-step": _refused("digits/train.py", "--model", "deit_tiny_patch16_224", "--time-step", "2",
                                      expect=["--time-step", "deit_tiny_patch16_224 is an ANN", "no T, no spikes",
                                              "drop --time-step"]),
+    "sml-with-tet": _refused("cifar10/train.py", "--config", "stmixer.yml", "--tet", "true",
+                             expect=["tet with model_kwargs.sml", "one logit per sample", "drop --tet"]),
     "ann-with-tet": _refused("digits/train.py", "--model", "deit_tiny_patch16_224", "--tet", "true",
                              expect=["--tet", "is an ANN", "drop --tet"]),
     "ann-unknown-argument": _refused("digits/model.py", "--model", "deit_tiny_patch16_224", "--model-kwargs",

@@ -124,6 +124,7 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
         raise ConfigError(f"{where('tet_lambda')}: tet_lambda must be in [0, 1], got {cfg['tet_lambda']:g}: TET "
                           f"weighs its MSE term by tet_lambda and the per-step criterion by 1 - tet_lambda")
     _check_distillation(cfg, where)
+    _check_sml(cfg, where)
     total = cfg["epochs"] + cfg["cooldown_epochs"]
     if cfg["start_epoch"] >= total:
         raise ConfigError(f"{where('start_epoch')}: start_epoch {cfg['start_epoch']} leaves nothing to train: the "
@@ -147,6 +148,20 @@ def check_config(cfg: Mapping[str, Any], sources: Mapping[str, str] | None = Non
         if is_ann(cfg["model"]):
             refuse_spiking_settings(cfg, sources)
             check_ann_kwargs(cfg["model"], *ann_arguments(cfg))
+
+
+def _check_sml(cfg: Mapping[str, Any], where: Any) -> None:
+    """Surrogate module learning's weights in range; its side outputs and TET's per-step logits do not compose."""
+    bad = [key for key, wrong in (("sml_lambda", not 0 <= cfg["sml_lambda"] <= 1),
+                                  ("sml_alpha", cfg["sml_alpha"] < 0),
+                                  ("sml_temperature", not cfg["sml_temperature"] > 0)) if wrong]
+    if bad:
+        key = bad[0]
+        raise ConfigError(f"{where(key)}: {key} {cfg[key]:g} is out of range: sml_lambda in [0, 1], sml_alpha 0 or "
+                          f"more, sml_temperature positive")
+    if cfg["tet"] and cfg["model_kwargs"].get("sml"):
+        raise ConfigError(f"{where('tet')}: tet with model_kwargs.sml: the side branches give one logit per sample "
+                          f"(they average the time steps), TET scores each step's; drop --tet or set sml false")
 
 
 # the Spike-driven Transformer V2 release's teacher names and the timm names of the same architecture and data

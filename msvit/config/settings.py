@@ -80,6 +80,11 @@ SETTINGS: dict[str, Setting] = {
                    "evaluation averages them"),
     "tet_means": Setting(1.0, "optimisation", "TET: the constant its MSE term pulls the logits towards"),
     "tet_lambda": Setting(0.0, "optimisation", "TET: the weight of the MSE term, in [0, 1]"),
+    "sml_temperature": Setting(3.0, "optimisation", "surrogate module learning (a model with side branches, "
+                               "STMixer's sml: true; msvit.training.sml): the KL's temperature"),
+    "sml_alpha": Setting(0.5, "optimisation", "SML: the weight of each side output's criterion beside the main one"),
+    "sml_lambda": Setting(0.9, "optimisation", "SML: loss = lambda x the outputs' symmetric KL + (1 - lambda) x "
+                          "their criterion, lambda in [0, 1]"),
     "amp": Setting(True, "optimisation", "mixed precision on CUDA (CPU runs in float32)"),
     "amp_dtype": Setting("float16", "optimisation", "the mixed-precision type"),
     "model_ema": Setting(False, "optimisation", "also keep and evaluate an exponential moving average of the weights"),

@@ -16,8 +16,13 @@ defaults, equal in forward and backward (docs/neurons.md). The release's current
 2025-07-17 it reset softly (`mem - spike`), which changes nothing at T=1, the ImageNet setting.
 
 The STM matrices tie a model to one token count (`img_size / 2^d` squared): another `img_size` builds its own
-N x N, and weights of another token count are refused on load, naming both counts. The release's surrogate module
-learning (ANN side branches during training) is not built: evaluation reads only the main output.
+N x N, and weights of another token count are refused on load, naming both counts.
+
+`sml=True` adds the release's surrogate module learning: ANN side branches `sml{i}` (`layers.surrogate_module`)
+after the stem and after every second block, whose keys are the release's. In training the model returns
+the tuple (main, side 1, ...) for `training.sml.SMLLoss`; in evaluation the main logits alone, the same as the
+model without side branches and the same backbone weights. A model without them loads an SML checkpoint by
+dropping its `sml{i}.*` keys: they are training-only parameters.
 """
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layers import Block, MembraneMLP, ProtectedStem, SpikingTokenMixer
+from ..layers.surrogate_module import SurrogateModule, side_branch_layers
 from ._checkpoint import CheckpointError
 from ._one_stage import OneStageTransformer, baseline_configs, create_baseline
+from ._timm import override_batch_norms
 
 __all__ = ["STMixer", "STMIXER_ARCHS", "release_renames"]
 
@@ -54,6 +61,7 @@ def release_renames() -> tuple[tuple[str, str], ...]:
 
 
 _STM_KEY = re.compile(r"^block\.(\d+)\.token_mix\.attn\.linear_mix\.(\d+)\.weight$")
+_SIDE_KEY = re.compile(r"^sml\d+\.")
 
 
 class STMixer(OneStageTransformer):
@@ -66,10 +74,19 @@ class STMixer(OneStageTransformer):
 
     def __init__(self, *, T: int = 1, downsample_times: int = 4, pooling_stat: str = "0000",
                  v_threshold: float = 0.5, surrogate: str = "dspike", surrogate_gamma: float = 5.0,
-                 surrogate_region: float = 0.5, detach_reset: bool = False, **kwargs: Any) -> None:
+                 surrogate_region: float = 0.5, detach_reset: bool = False, sml: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(T=T, downsample_times=downsample_times, pooling_stat=pooling_stat, v_threshold=v_threshold,
                          surrogate=surrogate, surrogate_gamma=surrogate_gamma, surrogate_region=surrogate_region,
-                         detach_reset=detach_reset, **kwargs)
+                         detach_reset=detach_reset, sml=bool(sml), **kwargs)
+        self.sml = bool(sml)
+        layers = side_branch_layers(self.config["depth"]) if self.sml else []
+        self.side_branch_count = len(layers)
+        for i, count in enumerate(layers):
+            setattr(self, f"sml{i + 1}", SurrogateModule(self.embed_dim, self.embed_dim, self.num_tokens,
+                                                         self.num_classes, self.config["num_heads"], count))
+        if self.sml:
+            override_batch_norms(self.side_branches(), kwargs.get("bn_momentum"), kwargs.get("bn_eps"))
 
     @classmethod
     def check_family_arguments(cls, args: Mapping[str, Any], named: Callable[[str], str]) -> None:
@@ -83,6 +100,9 @@ class STMixer(OneStageTransformer):
         if size % stride:
             raise ConfigError(f"{named('img_size')} must be a multiple of {stride} (2^downsample_times: the stem's "
                               f"stride)")
+        if args.get("sml") and not 2 <= args["depth"] <= 11:
+            raise ConfigError(f"{named('sml')}: the release defines surrogate module learning's side branches for "
+                              f"depth 2 to 11, not {args['depth']}; set sml false")
 
     @property
     def num_tokens(self) -> int:
@@ -109,10 +129,37 @@ class STMixer(OneStageTransformer):
         if isinstance(self.head, nn.Linear):
             self.head.reset_parameters()
 
+    def side_branches(self) -> nn.ModuleList:
+        """The side branches `sml1`, `sml2`, ... in order (empty without sml)."""
+        return nn.ModuleList([getattr(self, f"sml{i + 1}") for i in range(self.side_branch_count)])
+
+    def training_only_parameters(self) -> int:
+        """The side branches' parameter count: what training adds to the evaluated network."""
+        return sum(p.numel() for p in self.side_branches().parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The logits; in training with sml, the tuple (main, side 1, ...): side branch i reads the stream after
+        the stem (i = 0) or after block 2i - 1."""
+        if not (self.sml and self.training):
+            return super().forward(x)
+        count, blocks = self.side_branch_count, list(self.block)
+        groups = [[self.patch_embed]] + [blocks[2 * i - 2:2 * i] for i in range(1, count)] + [blocks[2 * count - 2:]]
+        features, taken = self.run_units(x, groups, set(range(count)))
+        return (self.forward_head(features), *(branch(t) for branch, t in zip(self.side_branches(), taken)))
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head, and new side-branch heads, for `num_classes`."""
+        super().reset_classifier(num_classes, global_pool)
+        for branch in self.side_branches():
+            branch.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
     def adapt_release_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The release's layout in ours (its per-head `linear_mix.{h}` stacked into one `stm.weight`), and the
-        refusal of STM matrices of another token count or head count, in one line naming both."""
+        """The release's layout in ours (its per-head `linear_mix.{h}` stacked into one `stm.weight`; the side
+        branches' `sml{i}.*` kept as they are, or dropped by a model without them), and the refusal of STM
+        matrices of another token count or head count, in one line naming both."""
         state, heads = dict(state), {}
+        if not self.sml:  # training-only parameters: the evaluated network is the backbone
+            state = {key: value for key, value in state.items() if not _SIDE_KEY.match(key)}
         for key in [k for k in state if _STM_KEY.match(k)]:
             block, head = map(int, _STM_KEY.match(key).groups())
             heads.setdefault(block, {})[head] = state.pop(key)

@@ -7,8 +7,9 @@ after facebookresearch/deit's `losses.py`):
     soft: KL(log_softmax(outputs_kd / tau) || log_softmax(teacher / tau)) summed, x tau^2 / outputs_kd.numel()
 
 A student with a distillation head (V2's `kd=True`) returns the pair (head, head_kd) in training; one without
-distils from its single output, which then takes both terms. The criterion is the loop's own (smoothing, mixup's
-soft targets, TET). The teacher, any timm model, is built once: frozen, in eval mode, run under `no_grad` inside
+distils from its single output, which then takes both terms; a student with SML side branches
+(`training.sml`) distils from its main output, the SML loss taking the criterion's place. The criterion is the
+loop's own (smoothing, mixup's soft targets, TET). The teacher, any timm model, is built once: frozen, in eval mode, run under `no_grad` inside
 the student's autocast; it is not part of the student, so neither checkpoints nor DDP see it.
 """
 from __future__ import annotations
@@ -62,8 +63,11 @@ class DistillationLoss(nn.Module):
         return self
 
     def forward(self, inputs: torch.Tensor, outputs: Outputs, targets: torch.Tensor) -> torch.Tensor:
-        outputs, outputs_kd = outputs if isinstance(outputs, (tuple, list)) else (outputs, outputs)
-        base = self.criterion(outputs, targets)
+        if getattr(self.criterion, "reads_all_outputs", False):  # SML: its loss reads (main, sides...)
+            base, outputs_kd = self.criterion(outputs, targets), outputs[0]
+        else:
+            outputs, outputs_kd = outputs if isinstance(outputs, (tuple, list)) else (outputs, outputs)
+            base = self.criterion(outputs, targets)
         if self.kind == "none":
             return base
         with torch.no_grad():
@@ -143,6 +147,7 @@ def describe(cfg: Mapping[str, Any], model: nn.Module) -> str | None:
     weights = (f"weights {cfg['teacher_checkpoint']}" if cfg["teacher_checkpoint"]
                else "timm's pretrained weights" if cfg["teacher_pretrained"] else "random weights")
     student = ("the student's head_kd" if hasattr(model, "head_kd") and getattr(model, "kd", True)
+               else "the student's main output" if getattr(model, "side_branch_count", 0)
                else "the student's single output")
     return (f"distillation: {cfg['distillation_type']} from {cfg['teacher_model']} ({weights}, frozen), "
             f"alpha {cfg['distillation_alpha']:g}, tau {cfg['distillation_tau']:g}; into {student}")

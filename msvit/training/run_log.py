@@ -17,6 +17,7 @@ from ..models import count_parameters
 from ..neurons import describe_neurons, implementation
 from ..console import epoch_label
 from .preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from .sml import describe_sml, parameter_words
 
 __all__ = ["log_header", "log_epoch", "inductor_cache"]
 
@@ -85,8 +86,9 @@ def log_header(cfg: dict[str, Any], env: DistEnv, model: nn.Module, sizes: tuple
                       + (f"; TET loss (means {cfg['tet_means']:g}, lambda {cfg['tet_lambda']:g})" if cfg["tet"] else ""))
     spikes = "" if ann else f"; saved spikes {'as bits' if cfg['pack_saved_spikes'] else 'dense'}"
     for line in (
-            f"{cfg['model']} on {cfg['dataset']}: {count_parameters(model):,} parameters, {network}",
+            f"{cfg['model']} on {cfg['dataset']}: {parameter_words(model, count_parameters(model))}, {network}",
             None if ann else describe_neurons(model),
+            describe_sml(cfg, model),
             distillation,
             f"data: {sizes[0]:,} train / {sizes[1]:,} val samples, {cfg['num_classes']:,} classes; global batch "
             f"{batch * env.world_size * accum} = {batch} per process x {env.world_size} "

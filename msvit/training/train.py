@@ -41,6 +41,7 @@ from .distillation import build_teacher, describe, distillation_criterion
 from .firing_watch import FiringWatch
 from .loaders import SeededSamples, build_eval_loader, build_train_loader, derived_seed, seed_everything
 from .losses import TETLoss
+from .sml import sml_criterion
 from ..models import compile_model
 from .preemption import Preempted, StopRequest
 from .run_log import inductor_cache, log_epoch, log_header
@@ -238,6 +239,7 @@ class Trainer:
         if cfg["tet"]:  # the criterion on every time step's logits, which the model now returns
             self.criterion = TETLoss(self.criterion, cfg["tet_means"], cfg["tet_lambda"])
             model.per_step_logits = True
+        self.criterion = sml_criterion(self.criterion, model, cfg)  # with side branches: every output's loss
         self.criterion = distillation_criterion(self.criterion, self.teacher, cfg)  # takes the inputs too
         self.optimizer = optimizer
         self.training = Training(cfg, env, model, optimizer, self.scheduler, scaler, self.ema, self.output)
