@@ -2,18 +2,21 @@
 hand, batch independence, the release's neuron as the family's defaults, the token-count rule on load, the
 release's key layout, and the energy rule of its layers by hand."""
 import math
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
 import msvit
+from msvit.config import parse_args
 from msvit.energy import E_AC_PJ, E_MAC_PJ, EnergyMeter
 from msvit.models import CheckpointError, load_checkpoint
 from msvit.models.stmixer import NEURON_DEFAULTS
 from msvit.layers import ProtectedStem, TokenMixing
 from msvit.neurons import LIF, Dspike, describe_neurons
 from msvit.neurons.surrogates import DspikeFunction
+from msvit.zoo import create_dataset_model
 
 T, B = 2, 2
 TINY = dict(embed_dim=16, num_heads=2, depth=1, T=T, num_classes=3, img_size=16, neuron_backend="torch")
@@ -173,3 +176,14 @@ def test_energy_of_each_layer_by_hand():
     assert sum(layer["energy_mj"] for layer in layers.values()) == pytest.approx(energy * 1e-9, rel=1e-9)
     assert not meter.unmetered and math.isfinite(energy)
     assert msvit.models.model_class("stmixer_8_768").head_reads_spikes is False
+
+
+def test_a_dataset_folder_builds_it_at_the_datas_img_size():
+    recipe = Path(__file__).resolve().parents[1] / "digits" / "digits.yml"  # 16 x 16 digits
+    argv = ["--batch-coupled-ssa", "false", "--model", "stmixer_cifar_4_384", "--model-kwargs",
+            "{embed_dim: 32, num_heads: 2, depth: 1}"]
+    model = create_dataset_model(parse_args(argv, recipe), [msvit.ALL_MODEL_NAMES[0], "stmixer_cifar_4_384"])
+    assert model.img_size == 16 and model.num_tokens == (16 // 4) ** 2  # the CIFAR stem's stride 4
+    given = create_dataset_model(parse_args([*argv[:5], "{embed_dim: 32, num_heads: 2, depth: 1, img_size: 32}"],
+                                            recipe), ["stmixer_cifar_4_384"])
+    assert given.img_size == 32  # model_kwargs win

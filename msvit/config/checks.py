@@ -11,7 +11,7 @@ from typing import Any, Mapping, get_args, get_origin
 import yaml
 
 from ..errors import ConfigError
-from ..models._registry import ALL_ARCHS, check_model_arguments, model_parameters
+from ..models._registry import ALL_ARCHS, check_model_arguments, model_class, model_parameters
 from .settings import ALIASES, CHOICES, DEFAULTS, MINIMUM, TYPES
 
 __all__ = ["check_config", "check_model_kwargs", "model_arguments", "model_kwargs", "architecture_kwargs",
@@ -270,6 +270,9 @@ def model_arguments(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, s
     for legacy, name in (("dim", "embed_dim"), ("num_heads", "num_heads"), ("mlp_ratio", "mlp_ratio")):
         if cfg[legacy] is not None:
             kwargs[name], labels[name] = cfg[legacy], legacy
+    sized = cfg["model"] in ALL_ARCHS and getattr(model_class(cfg["model"]), "size_dependent", False)
+    if sized and cfg["img_size"] is not None:  # STMixer: parameters sized by the input, so built at the data's
+        kwargs["img_size"], labels["img_size"] = cfg["img_size"], "img_size"
     kwargs.update(cfg["model_kwargs"])
     labels.update({key: f"model_kwargs.{key}" for key in cfg["model_kwargs"]})
     return kwargs, labels

@@ -69,6 +69,8 @@ class STMixer(OneStageTransformer):
     `num_heads` STM matrices per block. Neuron defaults: the release's neuron (`NEURON_DEFAULTS`); T defaults to 1,
     the release's. `pooling_stat` must stay '0000': the stem has no max-pool."""
 
+    # its STM matrices are sized by img_size: a dataset folder builds it at the data's img_size
+    size_dependent = True
     RELEASE_RENAMES = release_renames()
     head_reads_spikes = False  # the head reads the real-valued stream: msvit.energy charges it as MACs
 
