@@ -15,8 +15,8 @@ from ..errors import ConfigError
 from ..layers import LayerStem
 from ..neurons import TAU, NeuronSettings, check_neuron_arguments, validate_backend
 from ._network import SpikingNetwork
-from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head, override_batch_norms,
-                    pretrained_config, square_size)
+from ._timm import (argument_namer, build_registered, check_ranges, check_timm_arguments, classifier_head,
+                    override_batch_norms, pretrained_config, square_size)
 
 __all__ = ["OneStageTransformer", "check_arguments", "constructor_parameters", "create_baseline", "baseline_configs"]
 
@@ -30,13 +30,7 @@ def check_arguments(cls: type, args: Mapping[str, Any], labels: Mapping[str, str
     named = argument_namer(args, labels)
     args = {**args, "img_size": square_size(args["img_size"], named("img_size"))}
     check_timm_arguments(args, named)
-    for key, low in _MINIMUM.items():
-        if args[key] < low:
-            raise ConfigError(f"{named(key)} must be {low} or more")
-    if args["mlp_ratio"] <= 0:
-        raise ConfigError(f"{named('mlp_ratio')} must be positive")
-    if not 0 <= (args["drop_path_rate"] or 0.0) < 1:
-        raise ConfigError(f"{named('drop_path_rate')} must be at least 0 and below 1")
+    check_ranges(args, named, _MINIMUM)
     if args["embed_dim"] % args["num_heads"] or args["embed_dim"] % 8:
         raise ConfigError(f"{named('embed_dim')} must be a multiple of 8 (the stem's first width is embed_dim/8) "
                           f"and of {named('num_heads')}")

@@ -18,8 +18,8 @@ from torch import nn
 from ..errors import ConfigError
 from ._checkpoint import release_filter  # the authors' key layouts -> ours, for pretrained=True
 
-__all__ = ["GLOBAL_POOLS", "CIFAR_MEAN", "CIFAR_STD", "square_size", "argument_namer", "check_timm_arguments",
-           "classifier_head", "pool_features", "override_batch_norms", "stage_group_matcher", "input_kind",
+__all__ = ["GLOBAL_POOLS", "CIFAR_MEAN", "CIFAR_STD", "square_size", "argument_namer", "check_ranges",
+           "check_timm_arguments", "classifier_head", "pool_features", "override_batch_norms", "stage_group_matcher", "input_kind",
            "pretrained_config", "build_registered", "unwrapped"]
 
 # '' keeps the features unpooled; 'fast' is timm's name for its cheaper average pool (benchmark.py's default)
@@ -54,6 +54,18 @@ def argument_namer(args: Mapping[str, Any], labels: Mapping[str, str] | None = N
 
 def _number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_ranges(args: Mapping[str, Any], named: Callable[[str], str], minimum: Mapping[str, int]) -> None:
+    """The ranges every family's arguments share: each key of `minimum` at its lowest value or more, a positive
+    mlp_ratio, a drop_path_rate in [0, 1) (None: 0); ConfigError naming the argument."""
+    for key, low in minimum.items():
+        if args[key] < low:
+            raise ConfigError(f"{named(key)} must be {low} or more")
+    if args["mlp_ratio"] <= 0:
+        raise ConfigError(f"{named('mlp_ratio')} must be positive")
+    if not 0 <= (args["drop_path_rate"] or 0.0) < 1:
+        raise ConfigError(f"{named('drop_path_rate')} must be at least 0 and below 1")
 
 
 def check_timm_arguments(args: dict[str, Any], named: Callable[[str], str]) -> None:

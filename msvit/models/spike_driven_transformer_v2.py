@@ -20,7 +20,7 @@ The attribute names are the release's, so its checkpoints (`{'model': ...}`) loa
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Sequence, get_type_hints
+from typing import Any, Mapping, Sequence, get_type_hints
 
 import torch
 from timm.models import generate_default_cfgs, register_model
@@ -30,8 +30,8 @@ from ..errors import ConfigError
 from ..layers import Block, MembraneMLP, MSConvBlock, MSDownsampling, RepConvSelfAttention
 from ..neurons import TAU, NeuronSettings, check_neuron_arguments, reset_neurons, validate_backend
 from ._network import SpikingNetwork
-from ._timm import (argument_namer, build_registered, check_timm_arguments, classifier_head, override_batch_norms,
-                    pool_features, pretrained_config, square_size)
+from ._timm import (argument_namer, build_registered, check_ranges, check_timm_arguments, classifier_head,
+                    override_batch_norms, pool_features, pretrained_config, square_size)
 
 __all__ = ["MetaSpikeFormer", "SDT_V2_ARCHS", "check_arguments", "constructor_parameters"]
 
@@ -178,7 +178,7 @@ def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = 
     named = argument_namer(args, labels)
     args = {**args, "img_size": square_size(args["img_size"], named("img_size"))}
     check_timm_arguments(args, named)
-    _check_ranges(args, named)
+    check_ranges(args, named, dict(img_size=1, in_chans=1, T=1, num_heads=1, num_classes=0))
     dims = args["embed_dim"]
     if not (isinstance(dims, Sequence) and not isinstance(dims, str) and len(dims) == 4
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)):
@@ -194,15 +194,6 @@ def check_arguments(args: Mapping[str, Any], labels: Mapping[str, str] | None = 
     check_neuron_arguments(args, named)
     validate_backend(args["neuron_backend"])
 
-
-def _check_ranges(args: Mapping[str, Any], named: Callable[[str], str]) -> None:
-    for key, low in (("img_size", 1), ("in_chans", 1), ("T", 1), ("num_heads", 1), ("num_classes", 0)):
-        if args[key] < low:
-            raise ConfigError(f"{named(key)} must be {low} or more")
-    if args["mlp_ratio"] <= 0:
-        raise ConfigError(f"{named('mlp_ratio')} must be positive")
-    if not 0 <= (args["drop_path_rate"] or 0.0) < 1:
-        raise ConfigError(f"{named('drop_path_rate')} must be at least 0 and below 1")
 
 
 _IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000, T=1, num_heads=8)
