@@ -64,7 +64,7 @@ def run(cfg: dict[str, Any], variants: Sequence[str], given: Sequence[str] = ())
         finally:
             cleanup()
     result = {**metrics, "weights": "ema" if cfg["use_ema"] else "raw", "time_step": 1 if ann else model.T,
-              "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size, "ann": ann is not None,
+              "batch_coupled_ssa": coupled, "val_batch_size": loader.batch_size, **({"ann": True} if ann else {}),
               **({"ssa_settings": by_setting} if by_setting else {}), **energy}
     if env.is_main:
         if cfg["json"]:
