@@ -100,6 +100,8 @@ ADDED: tuple[TableRow, ...] = (
     TableRow("Spikingformer 8-768", "66.34", 224, "4", None, 75.85, "spikingformer_8_768"),
     TableRow("QKFormer 10-768 384²", "64.96", 384, "4", 113.64, 85.65, "qkformer_10_768", dict(img_size=384),
              follows=_QKFORMER, note="fine-tuned at 384² from the 224² weights; energy from QKFormer's paper"),
+    TableRow("STMixer-8-768 (NeurIPS 2024)", "", 224, "1", 4.45, 76.68, "stmixer_8_768",
+             note="top-1 and energy as SMixer (ICLR 2026) quotes them; 16 heads assumed (not released)"),
     TableRow("SpiLiFormer-10-768 (ICCV 2025)", "69.10", 224, "4", 44.17, 85.82, status=NO_CODE,
              follows="KirinZheng/SpiLiFormer (README only at 942ed57)"),
     TableRow("STAS (arXiv 2508.14138)", "", 224, "", None, None, status=NO_CODE,
