@@ -8,9 +8,7 @@ from ..errors import ConfigError
 from ..layers import AttentionBase, SpikingSelfAttention
 from ..neurons import LIF
 from ._network import SpikingNetwork
-from ._one_stage import OneStageTransformer
 from .msvit import SpikingTransformer
-from .spike_driven_transformer_v2 import MetaSpikeFormer
 
 __all__ = ["compile_model", "use_reference_implementation", "set_batch_coupled_ssa", "count_parameters"]
 
@@ -41,10 +39,12 @@ def use_reference_implementation(model: nn.Module, enabled: bool = True) -> nn.M
 def set_batch_coupled_ssa(model: nn.Module, coupled: bool) -> nn.Module:
     """Switch the SSA output neurons of `model` between the release's batch-coupled integration (True)
     and per-sample integration (False). The weights are the same; only how samples share a membrane changes.
-    The baselines run per sample in every release: coupling them is a ConfigError."""
-    if coupled and any(isinstance(m, (OneStageTransformer, MetaSpikeFormer)) for m in model.modules()):
-        raise ConfigError("the baselines (Spikformer, Spikingformer, SDT v1 and V2) run their SSA per sample in every "
-                          "release: batch_coupled_ssa cannot be switched on for them")
+    Only QKFormer's and MSViT's releases couple the batch; every other family runs per sample in every release,
+    so coupling one of them is a ConfigError."""
+    if coupled and any(isinstance(m, SpikingNetwork) and not isinstance(m, SpikingTransformer)
+                       for m in model.modules()):
+        raise ConfigError("the baselines (Spikformer, Spikingformer, SDT v1 and V2, STMixer) run their SSA per sample in "
+                          "every release: batch_coupled_ssa cannot be switched on for them")
     for module in model.modules():
         if isinstance(module, SpikingSelfAttention):
             module.batch_coupled = bool(coupled)

@@ -53,11 +53,6 @@ class NeuronSettings:
         fields = {field: config[key] for key, field in _FIELDS.items() if key in config}
         return cls(**fields)
 
-    @property
-    def fused(self) -> bool:
-        """Whether the fused kernels (C, CuPy) run these neurons: LIF, sigmoid surrogate, detached reset."""
-        return self.kind == "lif" and self.surrogate == "sigmoid" and self.detach_reset
-
     def replace(self, **changes: Any) -> NeuronSettings:
         return dataclasses.replace(self, **changes)
 
